@@ -1,0 +1,138 @@
+"""Command line: parse, call the library, print. Every RelxferError becomes one line on stderr and
+exit code 2; `relxfer --debug ...` shows the traceback instead."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import RelxferError
+
+DEFAULT_CACHE = Path(os.environ.get("RELXFER_CACHE", Path.home() / ".cache" / "relxfer"))
+
+
+class RelxferGroup(click.Group):
+    """Turns library errors into a one-line message with exit code 2 (the traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except RelxferError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=RelxferGroup)
+@click.version_option(__version__, prog_name="relxfer")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """relxfer: cross-lingual transfer studies declared as JSON specs, tracked in MLflow."""
+    ctx.obj = {"debug": debug}
+
+
+def _spec_arg():
+    return click.argument("spec", type=click.Path(dir_okay=False, path_type=Path))
+
+
+@main.command()
+@_spec_arg()
+def validate(spec: Path) -> None:
+    """Check SPEC against the schema and the language table; run nothing.
+
+    Example: relxfer validate specs/smoke.json
+    """
+    from .spec import load_spec
+
+    loaded = load_spec(spec)
+    click.echo(f"{spec}: valid (spec hash {loaded.hash})")
+
+
+@main.command()
+@_spec_arg()
+def plan(spec: Path) -> None:
+    """Print every cell SPEC expands into and the counts per kind; run nothing.
+
+    Example: relxfer plan specs/full.json
+    """
+    from .plan import count_by_kind, plan as expand
+    from .spec import load_spec
+
+    loaded = load_spec(spec)
+    cells = expand(loaded)
+    for cell in cells:
+        click.echo(f"{cell.kind:9} {cell.key}  {cell.run_name}" + (f"  [{cell.group}/{cell.role}]" if cell.group else ""))
+    counts = count_by_kind(cells)
+    click.echo(f"cells: {counts['finetune']} finetune, {counts['evaluate']} evaluate, {len(cells)} total")
+    from .data.study import summarize_study_data
+
+    data = summarize_study_data(loaded)
+    how = "loaded" if data.loaded else "expected"
+    click.echo(
+        f"data ({how}): {data.train_items} training items from {', '.join(loaded.train_languages)}; "
+        f"{data.held_out_ids} held-out ids; {data.leaked_ids} held-out ids in training; "
+        f"evaluation items per language: {data.eval_items}"
+    )
+    if data.note:
+        click.echo(f"data: {data.note}")
+
+
+@main.command()
+@_spec_arg()
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
+              help="Where built models, checkpoints and downloaded adapters live.")
+@click.option("--force", is_flag=True, help="Re-run every cell, even those with a FINISHED run of the same key.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run(spec: Path, tracking_uri: str | None, cache_dir: Path, force: bool, no_progress: bool) -> None:
+    """Run SPEC: fine-tune and evaluate every cell not yet finished, one MLflow run per cell.
+
+    Example: relxfer run specs/smoke.json --tracking-uri http://127.0.0.1:5000
+    """
+    from .runner import StudyRunner
+    from .spec import load_spec
+    from .tracking import Tracker
+
+    loaded = load_spec(spec)
+    tracker = Tracker(tracking_uri)
+    runner = StudyRunner(loaded, tracker, cache_dir, report=lambda line: click.echo(line, err=True), progress=not no_progress)
+    outcomes = runner.run(force=force)
+    ran = sum(o.status == "FINISHED" for o in outcomes)
+    skipped = sum(o.status == "SKIPPED" for o in outcomes)
+    click.echo(f"{spec}: {ran} cells run, {skipped} already finished, tracking URI {tracker.uri}")
+
+
+@main.command()
+@click.option("--experiment", help="Experiment to compare (every FINISHED evaluation run, latest per cell).")
+@click.option("--parent", "parent_id", help="A spec's parent run id: compare the cells of that run.")
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
+@click.option("--reference", default="baseline", show_default=True, help="Condition gains are measured against.")
+def compare(experiment: str | None, parent_id: str | None, tracking_uri: str | None, reference: str) -> None:
+    """Read a study's runs back from the tracking server and compare conditions and groups.
+
+    Example: relxfer compare --experiment smoke --tracking-uri http://127.0.0.1:5000
+    """
+    from .compare.basic import accuracy_by_cell, gains_table, raw_family_gap
+    from .compare.frame import load_items
+    from .tracking import Tracker
+
+    if (experiment is None) == (parent_id is None):
+        raise click.UsageError("give exactly one of --experiment or --parent")
+    tracker = Tracker(tracking_uri)
+    runs, items = load_items(tracker, experiment=experiment, parent=parent_id)
+    if items.empty:
+        raise RelxferError(f"no finished evaluation runs in {'experiment ' + experiment if experiment else 'run ' + parent_id}")
+    gains = gains_table(accuracy_by_cell(items), reference)
+    click.echo(gains.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for condition, gap in raw_family_gap(gains).items():
+        click.echo(f"family gap ({condition} - {reference}, related minus control, mean over cells): {gap:+.3f}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

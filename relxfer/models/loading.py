@@ -1,0 +1,228 @@
+"""Load a causal LM and its tokenizer from a spec's model entry: the built-in tiny model, a local
+directory or a Hugging Face hub id, optionally in 4-bit (bitsandbytes NF4) and with a LoRA adapter.
+
+Local paths and hub ids go through the same `from_pretrained` call. Hub access uses the
+standard Hugging Face cache (HF_HOME) and token (HF_TOKEN, read by huggingface_hub itself);
+no credential ever passes through this code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+from . import tiny
+
+BUILTIN_MODELS = {tiny.BUILTIN_ID: tiny.build_tiny_model}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+# Defaults of the optional keys of a spec's model entry.
+MODEL_DEFAULTS = {
+    "revision": None,  # hub revision (branch, tag or commit); None = the default branch
+    "dtype": "auto",  # weights dtype; "auto" = what the checkpoint's config says
+    "trust_remote_code": False,  # never run code shipped with a checkpoint unless the spec says so
+    "device_map": "auto",  # "auto" = spread over the visible GPUs, or the CPU when there is none
+    "gguf_file": None,  # file name inside a local directory holding a GGUF checkpoint
+}
+
+# Defaults of a spec's quantization entry (used when it is given).
+QUANTIZATION_DEFAULTS = {
+    "load_in_4bit": True,
+    "quant_type": "nf4",  # "nf4" or "fp4"
+    "double_quant": True,  # also quantize the per-block scales
+    "compute_dtype": "float32",  # dtype of the matmuls after dequantization
+}
+
+
+def resolve_model(model: dict) -> dict:
+    """The model entry with every optional key filled in."""
+    if "source" not in model:
+        raise ModelError(f"model {model.get('name', '?')!r} has no 'source'")
+    # Other keys (architecture, size, backend...) describe the model for the analysis.
+    return {**MODEL_DEFAULTS, **model}
+
+
+def is_local_path(source: str) -> bool:
+    """A source is a local path when it is absolute, starts with '.' or '~', or exists on disk;
+    anything else of the form 'org/name' is a hub id."""
+    return source.startswith(("/", ".", "~")) or os.path.exists(source)
+
+
+def resolve_source(model: dict, cache_dir: Path) -> str:
+    """The directory or hub id `from_pretrained` should read; builds a built-in model on demand."""
+    source = str(model["source"])
+    if source.startswith("builtin:"):
+        if source not in BUILTIN_MODELS:
+            raise ModelError(f"unknown built-in model {source!r}; known: {', '.join(sorted(BUILTIN_MODELS))}")
+        return str(BUILTIN_MODELS[source](Path(cache_dir)))
+    if is_local_path(source):
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            raise ModelError(f"model directory {str(path)!r} does not exist")
+        if not (path / "config.json").is_file() and not model.get("gguf_file"):
+            raise ModelError(f"model directory {str(path)!r} has no config.json (not a transformers checkpoint)")
+        return str(path)
+    return source
+
+
+def bnb_config(quantization: dict | None):
+    """A `BitsAndBytesConfig` for the spec's quantization entry, or None for full precision."""
+    if not quantization:
+        return None
+    q = {**QUANTIZATION_DEFAULTS, **quantization}
+    if not q["load_in_4bit"]:
+        return None
+    if q["quant_type"] not in ("nf4", "fp4"):
+        raise ModelError(f"quant_type must be 'nf4' or 'fp4', not {q['quant_type']!r}")
+    if q["compute_dtype"] not in DTYPES or q["compute_dtype"] == "auto":
+        raise ModelError(f"compute_dtype must be float32, bfloat16 or float16, not {q['compute_dtype']!r}")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q["quant_type"],
+        bnb_4bit_use_double_quant=bool(q["double_quant"]),
+        bnb_4bit_compute_dtype=DTYPES[q["compute_dtype"]],
+    )
+
+
+def _device_map(requested):
+    # accelerate's "auto" would look for GPUs and fall back to CPU anyway; naming the CPU
+    # directly keeps CPU-only runs free of offloading heuristics.
+    if requested == "auto" and not torch.cuda.is_available():
+        return "cpu"
+    return requested
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' per-load progress bars (the library never prints)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_tokenizer(model: dict, cache_dir: Path):
+    """The tokenizer of a spec's model entry, with a pad token (EOS when the model has none)."""
+    model = resolve_model(model)
+    source = resolve_source(model, cache_dir)
+    from transformers import AutoTokenizer
+
+    kwargs = {"revision": model["revision"], "trust_remote_code": bool(model["trust_remote_code"])}
+    if model["gguf_file"]:
+        kwargs["gguf_file"] = model["gguf_file"]
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - every loading failure becomes one ModelError
+        raise _load_error(source, model, exc) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    model: dict,
+    quantization: dict | None,
+    cache_dir: Path,
+    adapter_dir: Path | None = None,
+):
+    """(model, tokenizer) for a spec's model entry, in eval mode.
+
+    `quantization` (e.g. {"load_in_4bit": true, "quant_type": "nf4", "double_quant": true,
+    "compute_dtype": "float32"}) loads the linear layers as bitsandbytes `Linear4bit`, on the
+    CPU or on CUDA. `adapter_dir` puts a saved peft LoRA adapter on top.
+    """
+    model = resolve_model(model)
+    if model["dtype"] not in DTYPES:
+        raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, not {model['dtype']!r}")
+    source = resolve_source(model, cache_dir)
+    if not is_local_path(source):
+        _check_hub_model(source, model)
+    tokenizer = load_tokenizer(model, cache_dir)
+
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {
+        "revision": model["revision"],
+        "trust_remote_code": bool(model["trust_remote_code"]),
+        "dtype": DTYPES[model["dtype"]],
+        "device_map": _device_map(model["device_map"]),
+    }
+    quant_config = bnb_config(quantization)
+    if quant_config is not None:
+        kwargs["quantization_config"] = quant_config
+    if model["gguf_file"]:
+        kwargs["gguf_file"] = model["gguf_file"]
+    try:
+        with quiet_transformers():
+            lm = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - every loading failure becomes one ModelError
+        raise _load_error(source, model, exc) from exc
+    if quant_config is not None:
+        keep_compute_dtype(lm, quant_config.bnb_4bit_compute_dtype)
+
+    if adapter_dir is not None:
+        adapter_dir = Path(adapter_dir)
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise ModelError(f"adapter directory {str(adapter_dir)!r} has no adapter_config.json")
+        from peft import PeftModel
+
+        lm = PeftModel.from_pretrained(lm, str(adapter_dir), is_trainable=False)
+    lm.eval()
+    return lm, tokenizer
+
+
+def keep_compute_dtype(model, compute_dtype) -> None:
+    """Make bitsandbytes 4-bit layers compute in `compute_dtype` on the CPU too.
+
+    On CPUs with AVX512-BF16, bitsandbytes' `Linear4bit` switches in eval mode to a fused kernel
+    that computes in bfloat16 whatever the compute dtype says. Its results then change with the
+    batch shape at bfloat16 precision (seen: 5e-3 in a log-prob between one sequence and the
+    same sequence one token longer), so scores would depend on batching. Unless bfloat16 was
+    asked for, keep the dequantize-then-matmul path in the requested dtype."""
+    if compute_dtype == torch.bfloat16:
+        return
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _check_hub_model(source: str, model: dict) -> None:
+    """Read the hub model's config first, so an unreachable or uncached model fails once, early."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(
+            source, revision=model["revision"], trust_remote_code=bool(model["trust_remote_code"])
+        )
+    except Exception as exc:  # noqa: BLE001
+        raise _load_error(source, model, exc) from exc
+
+
+def _load_error(source: str, model: dict, exc: Exception) -> ModelError:
+    """One line that says what failed and how to fix it."""
+    text = str(exc).strip()
+    detail = text.splitlines()[0][:300] if text else "no details"
+    if is_local_path(source) or source.startswith("builtin:"):
+        return ModelError(f"cannot load model from {source!r}: {detail}")
+    revision = f" at revision {model['revision']!r}" if model["revision"] else ""
+    flag = f" --revision {model['revision']}" if model["revision"] else ""
+    return ModelError(
+        f"cannot load hub model {source!r}{revision}: the weights must be downloaded and cached first "
+        f"(e.g. `hf download {source}{flag}` on a machine with network access, then copy the Hugging Face "
+        f"cache or point HF_HOME at it; gated models also need HF_TOKEN) ({type(exc).__name__}: {detail})"
+    )

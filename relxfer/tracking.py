@@ -1,0 +1,197 @@
+"""Every MLflow call of relxfer lives here: the spec's parent run, one child run per cell, tags,
+metrics, tables and artifacts, the look-ups that make re-runs resume, and reading runs back for
+`relxfer compare`. Everything goes through an explicit MlflowClient and explicit run ids, never
+MLflow's global active run: under `mlflow run`, MLFLOW_RUN_ID in the environment would otherwise
+hijack nested runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import TrackingError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
+SUPPORTED_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+PREDICTIONS_TABLE = "predictions.json"
+CELLS_TABLE = "cells.json"
+TAG = "relxfer."
+
+
+def _mlflow():
+    # Imported lazily: `relxfer validate` and `plan` should not pay MLflow's import time.
+    import mlflow
+    from mlflow import MlflowClient
+
+    return mlflow, MlflowClient
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
+    if scheme not in SUPPORTED_SCHEMES:
+        raise TrackingError(
+            f"tracking URI '{uri}': unsupported scheme '{scheme or uri}'; use http://HOST:PORT for a "
+            f"tracking server or sqlite:///PATH.db for a local database"
+        )
+    return uri
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    run_id: str
+    experiment_id: str
+    adopted: bool  # True when the run was started by `mlflow run` (MLflow ends it, not relxfer)
+
+
+class Tracker:
+    def __init__(self, uri: str | None = None):
+        self.uri = resolve_tracking_uri(uri)
+        self._check_reachable()
+        _, MlflowClient = _mlflow()
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def _check_reachable(self) -> None:
+        if not self.uri.startswith(("http://", "https://")):
+            return
+        try:
+            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=10) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TrackingError(f"cannot reach the MLflow tracking server at {self.uri}: {reason}") from None
+
+    # --- experiments and the parent run -------------------------------------------------
+
+    def experiment_id(self, name: str, create: bool = True) -> str | None:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return self.client.create_experiment(name) if create else None
+
+    def start_parent(self, experiment_name: str, run_name: str, tags: dict[str, str]) -> ParentRun:
+        """The spec's parent run: the run `mlflow run` started (MLFLOW_RUN_ID) or a new one."""
+        adopted_id = os.environ.pop("MLFLOW_RUN_ID", None)
+        if adopted_id:
+            run = self.client.get_run(adopted_id)
+            parent = ParentRun(adopted_id, run.info.experiment_id, adopted=True)
+        else:
+            experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or self.experiment_id(
+                os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name
+            )
+            run = self.client.create_run(experiment_id, run_name=run_name)
+            parent = ParentRun(run.info.run_id, experiment_id, adopted=False)
+        self.set_tags(parent.run_id, tags)
+        return parent
+
+    # --- cell runs ------------------------------------------------------------------------
+
+    def finished_cells(self, experiment_id: str) -> dict[str, str]:
+        """cell key -> run id of the latest FINISHED run of each cell in the experiment."""
+        runs = self._search(
+            [experiment_id], f"attributes.status = 'FINISHED' and tags.`{TAG}cell_key` != ''", ["attributes.start_time ASC"]
+        )
+        return {run.data.tags[f"{TAG}cell_key"]: run.info.run_id for run in runs}
+
+    def start_child(self, parent: ParentRun, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(
+            parent.experiment_id,
+            run_name=run_name,
+            tags={"mlflow.parentRunId": parent.run_id, **tags},
+        )
+        return run.info.run_id
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_table(self, run_id: str, records: list[dict], artifact_file: str = PREDICTIONS_TABLE) -> None:
+        self.client.log_table(run_id, pd.DataFrame.from_records(records), artifact_file)
+
+    def log_dict(self, run_id: str, data, artifact_file: str) -> None:
+        self.client.log_dict(run_id, data, artifact_file)
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_file), artifact_path)
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str) -> None:
+        """Record a data set a run used (shown in the MLflow UI's Datasets column)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest, source_type="relxfer", source=json.dumps({"uri": source}))
+        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+
+    def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status)
+
+    # --- reading back for compare -----------------------------------------------------------
+
+    def _search(self, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None) -> list:
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                experiment_ids, filter_string, max_results=1000, order_by=order_by, page_token=token
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def evaluation_runs(self, experiment_name: str | None = None, parent_id: str | None = None) -> list:
+        """FINISHED evaluation runs of an experiment (latest per cell) or of one spec's parent run
+        (the cells it ran and the finished cells it reused, as listed in its cells table)."""
+        if parent_id is not None:
+            parent = self.client.get_run(parent_id)
+            cells = self.client.load_table(parent.info.experiment_id, CELLS_TABLE, run_ids=[parent_id])
+            ids = set(cells.loc[cells["kind"] == "evaluate", "run_id"])
+            runs = self._search([parent.info.experiment_id], f"tags.`{TAG}kind` = 'evaluate' and attributes.status = 'FINISHED'")
+            return [r for r in runs if r.info.run_id in ids]
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        if experiment is None:
+            raise TrackingError(f"no experiment named '{experiment_name}' at {self.uri}")
+        runs = self._search(
+            [experiment.experiment_id],
+            f"tags.`{TAG}kind` = 'evaluate' and attributes.status = 'FINISHED'",
+            ["attributes.start_time ASC"],
+        )
+        latest = {r.data.tags[f"{TAG}cell_key"]: r for r in runs}
+        return list(latest.values())
+
+    def load_predictions(self, runs: list) -> pd.DataFrame:
+        """Per-item tables of `runs`, one frame with a run_id column, fetched from the server."""
+        frames = []
+        by_experiment: dict[str, list[str]] = {}
+        for run in runs:
+            by_experiment.setdefault(run.info.experiment_id, []).append(run.info.run_id)
+        for experiment_id, run_ids in by_experiment.items():
+            frames.append(self.client.load_table(experiment_id, PREDICTIONS_TABLE, run_ids=run_ids, extra_columns=["run_id"]))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def start_comparison(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        return self.client.create_run(experiment_id, run_name=run_name, tags={f"{TAG}kind": "compare", **tags}).info.run_id

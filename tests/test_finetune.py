@@ -1,0 +1,198 @@
+"""QLoRA fine-tuning of the built-in tiny model with real bitsandbytes 4-bit layers: the loss
+falls on a learnable toy, the saved adapter reproduces the trained model, a killed run resumes
+from its checkpoint and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from relxfer.backends.local import LocalBackend
+from relxfer.data.synthetic import _syllables
+from relxfer.errors import ModelError
+from relxfer.finetune import KEEP_CHECKPOINTS, completion_loss, tokenize_examples, train_lora
+from relxfer.models.loading import load_causal_lm
+from relxfer.models.tiny import BUILTIN_ID
+
+# One intra-op thread: fast for the tiny model, robust on a shared 2-core machine, and the same
+# in the subprocess of the resume test (results are compared bit for bit).
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
+NF4 = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+
+
+def qlora(**training) -> dict:
+    return {
+        "method": "qlora",
+        "quantization": NF4,
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
+        "training": {"learning_rate": 1e-2, "batch_size": 8, **training},
+    }
+
+
+@pytest.fixture(scope="module")
+def toy() -> list[tuple[str, str]]:
+    """A learnable toy: the answer label is a fixed function of the word in the prompt."""
+    rng = random.Random(0)
+    syllables = _syllables("shared")
+    words = [rng.choice(syllables) + rng.choice(syllables) for _ in range(8)]
+    return [(f"Item: {w}\nAnswer:", f" {i % 4 + 1}") for i, w in enumerate(words)] * 4
+
+
+@pytest.fixture(scope="module")
+def trained(toy, relxfer_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "run"
+    calls = []
+    result = train_lora(TINY, qlora(max_steps=30), toy, out, seed=0, cache_dir=relxfer_cache, on_step=lambda s, m: calls.append((s, m)), progress=False)
+    return result, calls, out
+
+
+def label_scores(backend: LocalBackend, examples) -> np.ndarray:
+    prompts, conts = [], []
+    for prompt, _ in examples:
+        pairs = [backend.split_continuation(prompt, f" {k}") for k in "1234"]
+        prompts.append(pairs[0][0])
+        conts.append([c for _, c in pairs])
+    return backend.label_logprobs(prompts, conts)
+
+
+def test_loss_falls_and_the_toy_is_learned(trained, toy):
+    result, calls, _ = trained
+    assert result.steps == 30 and result.resumed_from_step == 0 and result.n_items == len(toy)
+    assert len(result.loss_history) == 30 and result.final_loss == result.loss_history[-1]
+    # From ~ln(vocabulary) to well below ln(4) = 1.39: the mapping is learned, not just the labels.
+    assert result.loss_history[0] > 5 and np.mean(result.loss_history[-3:]) < 0.5
+    assert [s for s, _ in calls] == list(range(1, 31))
+    assert set(calls[0][1]) == {"train_loss", "learning_rate", "tokens_per_s"}
+    assert calls[0][1]["learning_rate"] == pytest.approx(1e-2) and calls[-1][1]["learning_rate"] < 1e-3  # linear decay
+    assert result.tokens_per_s > 0 and result.peak_memory_mb > 0
+    backend = LocalBackend(result.model, AutoTokenizer.from_pretrained(result.adapter_dir))
+    gold = np.array([int(c) - 1 for _, c in toy])
+    assert (label_scores(backend, toy).argmax(1) == gold).all()
+
+
+def test_saved_adapter_reproduces_the_trained_model(trained, toy, relxfer_cache):
+    result, _, out = trained
+    adapter = Path(result.adapter_dir)
+    assert adapter == out / "adapter"
+    names = {p.name for p in adapter.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "relxfer_finetune.json"} <= names
+    record = json.loads((adapter / "relxfer_finetune.json").read_text())
+    assert record["base_model"] == {"name": "tiny", "source": BUILTIN_ID, "revision": None, "dtype": "float32"}
+    assert record["finetune"]["lora"]["target_modules"] == "all-linear" and record["finetune"]["training"]["max_steps"] == 30
+    assert record["seed"] == 0 and record["result"]["steps"] == 30 and "bitsandbytes" in record["versions"]
+    assert not (out / "checkpoints").exists()
+
+    reloaded = LocalBackend.load(TINY, NF4, relxfer_cache, adapter_dir=adapter)
+    ids = torch.tensor([reloaded.encode(toy[0][0] + toy[0][1])])
+    with torch.inference_mode():
+        in_memory = result.model(input_ids=ids).logits
+        from_disk = reloaded.model(input_ids=ids).logits
+    # Same NF4 weights, same adapter tensors, same kernels: equal to float32 rounding.
+    torch.testing.assert_close(from_disk, in_memory, atol=1e-5, rtol=0)
+    base = LocalBackend.load(TINY, NF4, relxfer_cache)
+    with torch.inference_mode():
+        assert (base.model(input_ids=ids).logits - in_memory).abs().max() > 0.1  # the adapter matters
+
+
+def test_rerun_returns_the_finished_result_and_a_changed_config_is_refused(trained, toy, relxfer_cache):
+    result, _, out = trained
+    again = train_lora(TINY, qlora(max_steps=30), toy, out, seed=0, cache_dir=relxfer_cache, progress=False)
+    assert again.resumed_from_step == again.steps == 30 and again.loss_history == result.loss_history
+    assert again.model is None
+    with pytest.raises(ModelError, match="holds a finished fine-tuning run with other settings"):
+        train_lora(TINY, qlora(max_steps=31), toy, out, seed=0, cache_dir=relxfer_cache, progress=False)
+
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import json, sys, time, torch
+    from pathlib import Path
+    torch.set_num_threads(1)
+    from relxfer.finetune import train_lora
+    args = json.loads(sys.argv[1])
+    def slow_after_checkpoint(step, metrics):
+        if step >= 4:
+            time.sleep(2.0)  # the parent kills the process during this sleep
+    train_lora(args["model"], args["finetune"], [tuple(e) for e in args["examples"]], Path(args["out"]),
+               seed=1, cache_dir=Path(args["cache"]), on_step=slow_after_checkpoint, progress=False)
+    """
+)
+
+
+def test_killed_run_resumes_from_its_checkpoint(toy, relxfer_cache, tmp_path):
+    finetune = qlora(max_steps=8, checkpoint_every=2)
+    reference = train_lora(TINY, finetune, toy, tmp_path / "reference", seed=1, cache_dir=relxfer_cache, progress=False)
+
+    out = tmp_path / "killed"
+    args = {"model": TINY, "finetune": finetune, "examples": toy, "out": str(out), "cache": str(relxfer_cache)}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, json.dumps(args)], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (out / "checkpoints" / "step-4" / "state.json").exists():
+        assert child.poll() is None, child.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not (out / "adapter").exists()
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert kept == ["step-2", "step-4"] and len(kept) <= KEEP_CHECKPOINTS
+
+    resumed = train_lora(TINY, finetune, toy, out, seed=1, cache_dir=relxfer_cache, progress=False)
+    assert resumed.resumed_from_step == 4 and resumed.steps == 8
+    # Adapter, optimizer, scheduler, RNG (LoRA dropout) and data position all restored: the
+    # resumed run ends where the uninterrupted one does, here bit for bit (tolerance 1e-6).
+    np.testing.assert_allclose(resumed.loss_history, reference.loss_history, atol=1e-6, rtol=0)
+    a = load_file(out / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "reference" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and len(a) == 28  # A and B of 7 projections x 2 layers
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
+
+
+def test_gradient_accumulation_equals_one_big_batch(toy, relxfer_cache, tmp_path):
+    lora = {"method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
+    runs = {}
+    for batch, accum in ((8, 1), (4, 2)):
+        cfg = {**lora, "training": {"learning_rate": 1e-2, "max_steps": 3, "batch_size": batch, "grad_accum_steps": accum, "lr_scheduler": "constant"}}
+        runs[accum] = train_lora(TINY, cfg, toy, tmp_path / f"accum{accum}", seed=2, cache_dir=relxfer_cache, progress=False)
+    np.testing.assert_allclose(runs[1].loss_history, runs[2].loss_history, atol=1e-5, rtol=0)
+    a = load_file(tmp_path / "accum1" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "accum2" / "adapter" / "adapter_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+
+
+def test_completion_tokens_only_and_padding_does_not_change_the_loss(relxfer_cache):
+    model, tokenizer = load_causal_lm(TINY, None, relxfer_cache)
+    backend = LocalBackend(model, tokenizer)
+    examples = [("Item: mabo\nAnswer:", " 3"), ("Passage: a much longer prompt here.\nAnswer: ", "teka lupi"), ("Q:", " 1 2")]
+    rows = tokenize_examples(tokenizer, examples, add_bos_token=False, max_seq_len=512)
+    for (prompt, completion), (ids, n) in zip(examples, rows):
+        context_ids, completion_ids = backend.split_continuation(prompt, completion)
+        assert ids == context_ids + completion_ids and n == len(completion_ids)
+    assert tokenize_examples(tokenizer, examples[1:2], False, max_seq_len=4)[0] == (rows[1][0][-4:], 3)
+    with torch.inference_mode():
+        batched, n_batched = completion_loss(model, rows, tokenizer.pad_token_id, torch.device("cpu"))
+        singles = [completion_loss(model, [row], tokenizer.pad_token_id, torch.device("cpu")) for row in rows]
+    assert n_batched == sum(n for _, n in singles) == sum(n for _, n in rows)
+    assert batched.item() == pytest.approx(sum(loss.item() for loss, _ in singles), abs=1e-4)
+    # The summed loss is minus the log-likelihood that scoring computes for the same split.
+    scored = backend.label_logprobs_bruteforce([backend.split_continuation(*examples[0])[0]], [[backend.split_continuation(*examples[0])[1]]])
+    assert singles[0][0].item() == pytest.approx(-scored[0, 0], abs=1e-4)

@@ -1,0 +1,63 @@
+"""Plan: cell counts and keys that change exactly when a result-affecting setting changes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from relxfer.plan import count_by_kind, plan
+from relxfer.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_variant(tmp_path: Path, name: str, edit=None):
+    raw = json.loads((REPO / "specs" / "smoke.json").read_text())
+    if edit:
+        edit(raw)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(raw))
+    return load_spec(path)
+
+
+def keys(spec) -> dict[str, str]:
+    return {cell.run_name: cell.key for cell in plan(spec)}
+
+
+def test_smoke_plan_counts(tmp_path):
+    cells = plan(load_variant(tmp_path, "a"))
+    assert count_by_kind(cells) == {"finetune": 1, "evaluate": 3 * 4}
+    assert len({c.key for c in cells}) == len(cells)
+    finetuned = [c for c in cells if c.condition == "finetuned"]
+    assert all(c.finetune_key == cells[0].key and c.seed == 0 for c in finetuned)
+    assert all(c.seed is None for c in cells if c.condition in ("baseline", "cot"))
+
+
+def test_keys_are_stable_across_loads(tmp_path):
+    assert keys(load_variant(tmp_path, "a")) == keys(load_variant(tmp_path, "b"))
+
+
+def test_learning_rate_changes_only_finetune_dependent_keys(tmp_path):
+    before = keys(load_variant(tmp_path, "a"))
+    after = keys(load_variant(tmp_path, "b", lambda r: r["finetune"]["training"].update(learning_rate=0.01)))
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {name for name in before if name.startswith("finetune/") or "/finetuned/" in name}
+
+
+def test_cot_settings_change_only_cot_keys(tmp_path):
+    before = keys(load_variant(tmp_path, "a"))
+    after = keys(load_variant(tmp_path, "b", lambda r: r["cot"].update(max_new_tokens=99)))
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {name for name in before if "/cot/" in name}
+
+
+def test_seeds_multiply_finetunes_and_finetuned_evaluations_only(tmp_path):
+    spec = load_variant(tmp_path, "a", lambda r: r.update(seeds=[0, 1, 2]))
+    counts = count_by_kind(plan(spec))
+    assert counts == {"finetune": 3, "evaluate": 4 * (1 + 3 + 1)}
+
+
+def test_prose_does_not_change_keys(tmp_path):
+    before = keys(load_variant(tmp_path, "a"))
+    after = keys(load_variant(tmp_path, "b", lambda r: r.update(description="reworded", notes="new")))
+    assert before == after
