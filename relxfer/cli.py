@@ -113,13 +113,20 @@ def run(spec: Path, tracking_uri: str | None, cache_dir: Path, force: bool, no_p
 @click.option("--parent", "parent_id", help="A spec's parent run id: compare the cells of that run.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--reference", default="baseline", show_default=True, help="Condition gains are measured against.")
-def compare(experiment: str | None, parent_id: str | None, tracking_uri: str | None, reference: str) -> None:
-    """Read a study's runs back from the tracking server and compare conditions and groups.
+@click.option("--scale", type=click.Choice(["logit", "raw"]), default="logit", show_default=True,
+              help="Scale of gains in the family-gap model.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="table: readable report; json: everything as JSON; csv: the accuracy table.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write CSV tables, report.json and PNG plots into this directory.")
+@click.option("--no-log", is_flag=True, help="Do not log a comparison run to MLflow.")
+def compare(experiment, parent_id, tracking_uri, reference, scale, fmt, out_dir, no_log) -> None:
+    """Read a study's runs back from the tracking server and answer its question with statistics.
 
-    Example: relxfer compare --experiment smoke --tracking-uri http://127.0.0.1:5000
+    Example: relxfer compare --experiment smoke --tracking-uri http://127.0.0.1:5000 --out report/
     """
-    from .compare.basic import accuracy_by_cell, gains_table, raw_family_gap
     from .compare.frame import load_items
+    from .compare.report import build_report, render_text, to_json
     from .tracking import Tracker
 
     if (experiment is None) == (parent_id is None):
@@ -128,10 +135,33 @@ def compare(experiment: str | None, parent_id: str | None, tracking_uri: str | N
     runs, items = load_items(tracker, experiment=experiment, parent=parent_id)
     if items.empty:
         raise RelxferError(f"no finished evaluation runs in {'experiment ' + experiment if experiment else 'run ' + parent_id}")
-    gains = gains_table(accuracy_by_cell(items), reference)
-    click.echo(gains.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    for condition, gap in raw_family_gap(gains).items():
-        click.echo(f"family gap ({condition} - {reference}, related minus control, mean over cells): {gap:+.3f}")
+    report = build_report(items, reference=reference, scale=scale)
+    if fmt == "json":
+        click.echo(to_json(report))
+    elif fmt == "csv":
+        click.echo(report.accuracy.drop(columns=["summary"]).to_csv(index=False), nl=False)
+    else:
+        click.echo(render_text(report))
+    if out_dir is not None or not no_log:
+        _write_and_log(report, tracker, runs, out_dir, experiment or parent_id, no_log)
+
+
+def _write_and_log(report, tracker, runs, out_dir: Path | None, subject: str, no_log: bool) -> None:
+    import tempfile
+
+    from .compare.report import headline_metrics, write_outputs
+
+    with tempfile.TemporaryDirectory(prefix="relxfer-compare-") as tmp:
+        target = out_dir or Path(tmp)
+        written = write_outputs(report, target)
+        if out_dir is not None:
+            click.echo(f"wrote {len(written)} files to {out_dir}", err=True)
+        if not no_log:
+            run_id = tracker.log_comparison(
+                runs["experiment_id"].iloc[0], f"compare/{subject}", {"relxfer.compared": subject},
+                headline_metrics(report), target,
+            )
+            click.echo(f"comparison run {run_id}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,7 @@ Layout of `out_dir`:
     adapter/                the final adapter (peft `save_pretrained`), the tokenizer files and
                             relxfer_finetune.json (full config, base model id and revision, result)
 Both are written to a temporary directory and renamed into place, so they are complete or absent.
+Only the last KEEP_CHECKPOINTS checkpoints are kept, and none once the final adapter is saved.
 """
 
 from __future__ import annotations
@@ -35,39 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backends.local import _left_pad, default_add_bos_token, encode_pair
+from .backends.local import default_add_bos_token, encode_pair, left_pad
 from .errors import DataError, ModelError
+from .models import tiny
 from .models.loading import load_causal_lm, resolve_model
-
-FINETUNE_DEFAULTS = {
-    "method": "qlora",  # "qlora": 4-bit NF4 base + LoRA; "lora": base in the model's dtype + LoRA
-    "quantization": {  # used when method == "qlora"
-        "load_in_4bit": True,
-        "quant_type": "nf4",
-        "double_quant": True,  # quantize the quantization scales too (QLoRA paper)
-        "compute_dtype": "float32",  # bfloat16 on GPUs that support it saves memory and time
-    },
-    "lora": {
-        "r": 8,  # rank of the update
-        "alpha": 16,  # scaling = alpha / r
-        "dropout": 0.05,  # dropout on the LoRA input
-        "target_modules": "all-linear",  # every linear layer but the output head, or a list of names
-    },
-    "training": {
-        "epochs": 1,  # passes over the examples (ignored when max_steps is set)
-        "max_steps": None,  # optimizer steps; None = as many as `epochs` takes
-        "learning_rate": 2e-4,
-        "lr_scheduler": "linear",  # "linear", "cosine" or "constant" (after warmup)
-        "warmup_ratio": 0.0,  # share of the steps with a linear warmup from 0
-        "batch_size": 8,  # examples per micro-batch
-        "grad_accum_steps": 1,  # micro-batches per optimizer step
-        "max_seq_len": 512,  # longer examples lose tokens from the start of the prompt
-        "gradient_checkpointing": False,  # recompute activations in backward: less memory, slower
-        "checkpoint_every": 0,  # optimizer steps between checkpoints; 0 = no checkpoints
-        "weight_decay": 0.0,  # AdamW decoupled weight decay
-        "max_grad_norm": 1.0,  # gradient clipping; None = no clipping (1.0 is the HF Trainer default)
-    },
-}
+from .spec import section_defaults
 
 SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 KEEP_CHECKPOINTS = 2  # older checkpoints are deleted once a newer one is complete
@@ -89,19 +62,9 @@ class TrainResult:
     model: object = field(default=None, repr=False, compare=False)
 
 
-def resolve_finetune(finetune: dict) -> dict:
-    """The fine-tuning entry with every default filled in (nested one level), validated."""
-    cfg = copy.deepcopy(FINETUNE_DEFAULTS)
-    for key, value in (finetune or {}).items():
-        if isinstance(cfg.get(key), dict) and isinstance(value, dict):
-            cfg[key].update(value)
-        else:
-            cfg[key] = value
-    if cfg["method"] not in ("qlora", "lora"):
-        raise ModelError(f"fine-tuning method must be 'qlora' or 'lora', not {cfg['method']!r}")
-    if cfg["training"]["lr_scheduler"] not in SCHEDULERS:
-        raise ModelError(f"lr_scheduler must be one of {', '.join(SCHEDULERS)}, not {cfg['training']['lr_scheduler']!r}")
-    return cfg
+def resolve_finetune(finetune: dict | None) -> dict:
+    """The fine-tuning entry with every default filled in from the spec schema, validated."""
+    return section_defaults("finetune", finetune, ModelError)
 
 
 def tokenize_examples(tokenizer, examples, add_bos_token: bool, max_seq_len: int) -> list[tuple[list[int], int]]:
@@ -137,7 +100,7 @@ def completion_loss(model, rows: Sequence[tuple[list[int], int]], pad_id: int, d
     """Summed cross-entropy of the completion tokens of left-padded `rows`, and their number.
     Left padding puts every completion at the end, so logits are computed for the last
     (longest completion + 1) positions only."""
-    ids, mask, positions = _left_pad([r[0] for r in rows], pad_id, device)
+    ids, mask, positions = left_pad([r[0] for r in rows], pad_id, device)
     keep = max(n for _, n in rows) + 1
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False).logits
     targets = ids[:, -(keep - 1) :].clone()  # position t of `logits` predicts token t + 1
@@ -204,12 +167,11 @@ def train_lora(
 
     # -- data ------------------------------------------------------------------------------------
     rows = tokenize_examples(tokenizer, examples, default_add_bos_token(base), train["max_seq_len"])
-    batch_size, accum = int(train["batch_size"]), int(train["grad_accum_steps"])
-    per_epoch = math.ceil(len(rows) / batch_size)
-    if train["max_steps"]:
-        steps, total_micro = int(train["max_steps"]), int(train["max_steps"]) * accum
-    else:
-        total_micro = per_epoch * int(train["epochs"])
+    batch_size, accum = train["batch_size"], train["grad_accum_steps"]
+    if train["max_steps"] is not None:
+        steps, total_micro = train["max_steps"], train["max_steps"] * accum
+    else:  # fractional epochs are allowed: 0.5 = the first half of one shuffled pass
+        total_micro = max(1, math.ceil(math.ceil(len(rows) / batch_size) * train["epochs"]))
         steps = math.ceil(total_micro / accum)
 
     # -- optimizer, schedule, resume -------------------------------------------------------------
@@ -259,7 +221,7 @@ def train_lora(
             speeds.append(n_tokens / elapsed)
             loss_history.append(step_loss / n_targets)
             if train["checkpoint_every"] and step % train["checkpoint_every"] == 0 and step < steps:
-                _save_checkpoint(out_dir, step, peft_model, optimizer, scheduler, loss_history, config_hash)
+                _save_checkpoint(out_dir, step, step * accum, peft_model, optimizer, scheduler, loss_history, config_hash)
             if on_step is not None:
                 on_step(step, {"train_loss": loss_history[-1], "learning_rate": learning_rate, "tokens_per_s": speeds[-1]})
             bar.set_postfix(loss=f"{loss_history[-1]:.4f}")
@@ -299,14 +261,17 @@ def train_lora(
 # Checkpoints
 
 
-def _save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, loss_history, config_hash: str) -> None:
+def _save_checkpoint(
+    out_dir: Path, step: int, data_position: int, model, optimizer, scheduler, loss_history, config_hash: str
+) -> None:
     with _atomic_dir(out_dir / "checkpoints" / f"step-{step}") as tmp:
         model.save_pretrained(tmp / "adapter")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(_rng_state(), tmp / "rng.pt")
-        # The data position is the step: the micro-batches of step N+1 follow from (seed, N).
-        state = {"step": step, "loss_history": loss_history, "config_hash": config_hash}
+        # Data position: micro-batches consumed so far (step x grad_accum_steps). The order is a
+        # function of the seed, so the next micro-batch follows from (seed, position).
+        state = {"step": step, "data_position": data_position, "loss_history": loss_history, "config_hash": config_hash}
         (tmp / "state.json").write_text(json.dumps(state) + "\n")
     for old in sorted(_checkpoints(out_dir))[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old[1], ignore_errors=True)
@@ -402,6 +367,8 @@ def _config_hash(model: dict, cfg: dict, examples, seed: int) -> str:
     """Everything that decides the adapter: base model, settings, seed and the examples."""
     h = hashlib.sha256()
     base = {k: model.get(k) for k in ("source", "revision", "dtype")}
+    if str(model["source"]) == tiny.BUILTIN_ID:  # a rebuilt tiny model is another base model
+        base["recipe"] = tiny.recipe_hash()
     h.update(json.dumps({"model": base, "finetune": cfg, "seed": seed}, sort_keys=True).encode())
     for prompt, completion in examples:
         h.update(json.dumps([prompt, completion]).encode())

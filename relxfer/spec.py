@@ -185,6 +185,24 @@ def fill_defaults(raw: dict) -> dict:
     return filled
 
 
+def section_defaults(def_name: str, partial: dict | None, error: type[Exception] = SpecError) -> dict:
+    """`partial` completed with the schema's defaults for `$defs/<def_name>` (its object-valued
+    settings included) and validated against it: the schema is the one home of every default,
+    for specs and for direct library calls alike."""
+    schema = load_schema()
+    section = schema["$defs"][def_name]
+    value = copy.deepcopy(partial or {})
+    for name, prop in section.get("properties", {}).items():
+        if _resolve_ref(prop, schema).get("type") == "object":
+            value.setdefault(name, {})
+    _fill(value, section, schema)
+    validator = jsonschema.Draft202012Validator({"$ref": f"#/$defs/{def_name}", "$defs": schema["$defs"]})
+    problem = best_match(validator.iter_errors(value))
+    if problem is not None:
+        raise error(f"{def_name}: {json_pointer(problem.absolute_path)}: {problem.message}")
+    return value
+
+
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 

@@ -53,6 +53,8 @@ class ParentRun:
 
 class Tracker:
     def __init__(self, uri: str | None = None):
+        # MLflow's per-download progress bars would flood the terminal (one per run's table).
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = resolve_tracking_uri(uri)
         self._check_reachable()
         _, MlflowClient = _mlflow()
@@ -193,5 +195,15 @@ class Tracker:
             frames.append(self.client.load_table(experiment_id, PREDICTIONS_TABLE, run_ids=run_ids, extra_columns=["run_id"]))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
-    def start_comparison(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
-        return self.client.create_run(experiment_id, run_name=run_name, tags={f"{TAG}kind": "compare", **tags}).info.run_id
+    def log_comparison(self, experiment_id: str, run_name: str, tags: dict[str, str], metrics: dict[str, float],
+                       out_dir: Path) -> str:
+        """A FINISHED comparison run holding the report's headline numbers and its files."""
+        run_id = self.client.create_run(experiment_id, run_name=run_name, tags={f"{TAG}kind": "compare", **tags}).info.run_id
+        try:
+            self.log_metrics(run_id, metrics)
+            self.log_artifacts(run_id, out_dir, "report")
+        except BaseException:
+            self.end(run_id, "FAILED")
+            raise
+        self.end(run_id, "FINISHED")
+        return run_id

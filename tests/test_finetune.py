@@ -41,7 +41,7 @@ def qlora(**training) -> dict:
         "method": "qlora",
         "quantization": NF4,
         "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
-        "training": {"learning_rate": 1e-2, "batch_size": 8, **training},
+        "training": {"learning_rate": 1e-2, "batch_size": 8, "warmup_ratio": 0.0, **training},
     }
 
 
@@ -196,3 +196,20 @@ def test_completion_tokens_only_and_padding_does_not_change_the_loss(relxfer_cac
     # The summed loss is minus the log-likelihood that scoring computes for the same split.
     scored = backend.label_logprobs_bruteforce([backend.split_continuation(*examples[0])[0]], [[backend.split_continuation(*examples[0])[1]]])
     assert singles[0][0].item() == pytest.approx(-scored[0, 0], abs=1e-4)
+
+
+def test_epochs_set_the_number_of_steps_and_bad_settings_are_refused(toy, relxfer_cache, tmp_path):
+    cfg = {"method": "lora", "lora": {"dropout": 0.0}, "training": {"epochs": 1.5, "batch_size": 8, "warmup_ratio": 0.5, "lr_scheduler": "cosine"}}
+    rates = []
+    result = train_lora(TINY, cfg, toy, tmp_path / "epochs", seed=0, cache_dir=relxfer_cache, on_step=lambda s, m: rates.append(m["learning_rate"]), progress=False)
+    assert result.steps == 6  # 32 examples / 8 per batch = 4 steps per epoch, x 1.5
+    assert rates[0] == 0.0 and max(rates) == pytest.approx(2e-4)  # linear warmup over 3 steps, then cosine
+    for bad, message in (
+        ({"method": "full"}, r"finetune: /method: 'full' is not one of \['qlora', 'lora'\]"),
+        ({"training": {"lr_scheduler": "step"}}, "finetune: /training/lr_scheduler: 'step' is not one of"),
+        ({"training": {"batch_size": 0}}, "finetune: /training/batch_size: 0 is less than the minimum of 1"),
+        ({"training": {"max_steps": 0}}, "finetune: /training/max_steps: 0 is less than the minimum of 1"),
+        ({"training": {"epochs": 0}}, "finetune: /training/epochs: 0 is less than or equal to the minimum of 0"),
+    ):
+        with pytest.raises(ModelError, match=message):
+            train_lora(TINY, bad, toy, tmp_path / "bad", seed=0, cache_dir=relxfer_cache, progress=False)

@@ -107,7 +107,7 @@ def _requests(prompts, continuations) -> list[_Request]:
     return requests
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask and position_ids of left-padded rows. Position ids count real
     tokens only, so a padded row gets the same rotary positions as the row alone."""
     width = max(len(r) for r in rows)
@@ -204,7 +204,7 @@ class LocalBackend:
                 n = max(1, int(batch_size))
             else:
                 width = len(requests[i].input_ids) + extra_tokens  # the longest row of the batch
-                kept = max(len(r.targets) for r in requests[i : i + self.max_batch_size]) if extra_tokens == 0 else 1
+                kept = max(len(r.targets) for r in requests[i : i + self.max_batch_size])  # logits per row
                 n = min(
                     self.max_batch_size,
                     self.max_batch_tokens // max(1, width),
@@ -215,7 +215,7 @@ class LocalBackend:
             i += n
 
     def _score_batch(self, batch: list[_Request]) -> list[np.ndarray]:
-        ids, mask, positions = _left_pad([r.input_ids for r in batch], self.pad_id, self.device)
+        ids, mask, positions = left_pad([r.input_ids for r in batch], self.pad_id, self.device)
         keep = max(len(r.targets) for r in batch)
         kwargs = {"logits_to_keep": keep} if self._keeps_logits else {}
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **kwargs).logits
@@ -265,12 +265,13 @@ class LocalBackend:
         if stop:
             config.update(stop_strings=list(stop))
 
+        # A generation step keeps the logits of one position per row, like a one-target request.
         requests = [_Request(i, None, [int(t) for t in p], [[0]]) for i, p in enumerate(prompts)]
         requests.sort(key=lambda r: (-len(r.input_ids), r.index))
         out = [""] * len(requests)
         with torch.inference_mode(), tqdm(total=len(requests), desc="generating", disable=not progress) as bar:
             for batch in self._batches(requests, batch_size, extra_tokens=int(max_new_tokens)):
-                ids, mask, _ = _left_pad([r.input_ids for r in batch], self.pad_id, self.device)
+                ids, mask, _ = left_pad([r.input_ids for r in batch], self.pad_id, self.device)
                 generated = self.model.generate(
                     input_ids=ids,
                     attention_mask=mask,

@@ -18,10 +18,10 @@ def runs_frame(runs: list) -> pd.DataFrame:
     for run in runs:
         tags = run.data.tags
         row = {factor: tags.get(f"{TAG}{factor}", "") for factor in FACTORS}
-        row |= {"run_id": run.info.run_id, "logged_accuracy": run.data.metrics.get("accuracy"),
+        row |= {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "logged_accuracy": run.data.metrics.get("accuracy"),
                 "n_items": run.data.metrics.get("n_items")}
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*FACTORS, "run_id", "logged_accuracy", "n_items"])
+    return pd.DataFrame(rows, columns=[*FACTORS, "run_id", "experiment_id", "logged_accuracy", "n_items"])
 
 
 def _expand_seedless(items: pd.DataFrame) -> pd.DataFrame:

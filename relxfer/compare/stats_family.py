@@ -39,6 +39,7 @@ from .stats_data import cell_table, missing_conditions, on_scale, paired_wide, v
 MAX_EXACT_ASSIGNMENTS = 200_000
 DEFAULT_MONTE_CARLO = 20_000
 TIE_TOLERANCE = 1e-9
+MIN_LANGUAGES_PER_GROUP = 3  # below this the summary draws no conclusion
 LEAD = "CR2 cluster-robust by language, Bell-McCaffrey df"
 
 
@@ -218,6 +219,13 @@ def _finish(result: FamilyGapResult) -> FamilyGapResult:
         "below zero": "controls gained more than related languages",
         "includes zero": "no evidence of a family advantage",
     }[interval_verdict(result.ci_low, result.ci_high)]
+    if min(result.n_related, result.n_control) < MIN_LANGUAGES_PER_GROUP:
+        # With 2 languages a side the cluster-robust interval rests on one or two degrees of
+        # freedom and the permutation test cannot reach 0.05: nothing can be decided.
+        verdict = (
+            f"too few languages ({result.n_related} vs {result.n_control}; at least "
+            f"{MIN_LANGUAGES_PER_GROUP} a side) for a language-level conclusion, descriptive only"
+        )
     direction = "more" if result.estimate >= 0 else "less"
     result.summary = (
         f"Related languages gained {show(abs(result.estimate))} {unit} {direction} than controls at "

@@ -10,41 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelError
+from ..spec import section_defaults
 from . import tiny
 
 BUILTIN_MODELS = {tiny.BUILTIN_ID: tiny.build_tiny_model}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
-# Defaults of the optional keys of a spec's model entry.
-MODEL_DEFAULTS = {
-    "revision": None,  # hub revision (branch, tag or commit); None = the default branch
-    "dtype": "auto",  # weights dtype; "auto" = what the checkpoint's config says
-    "trust_remote_code": False,  # never run code shipped with a checkpoint unless the spec says so
-    "device_map": "auto",  # "auto" = spread over the visible GPUs, or the CPU when there is none
-    "gguf_file": None,  # file name inside a local directory holding a GGUF checkpoint
-}
-
-# Defaults of a spec's quantization entry (used when it is given).
-QUANTIZATION_DEFAULTS = {
-    "load_in_4bit": True,
-    "quant_type": "nf4",  # "nf4" or "fp4"
-    "double_quant": True,  # also quantize the per-block scales
-    "compute_dtype": "float32",  # dtype of the matmuls after dequantization
-}
-
-
 def resolve_model(model: dict) -> dict:
-    """The model entry with every optional key filled in."""
-    if "source" not in model:
-        raise ModelError(f"model {model.get('name', '?')!r} has no 'source'")
-    # Other keys (architecture, size, backend...) describe the model for the analysis.
-    return {**MODEL_DEFAULTS, **model}
+    """The model entry with every optional key filled in from the spec schema, validated."""
+    return section_defaults("model", model, ModelError)
 
 
 def is_local_path(source: str) -> bool:
@@ -74,13 +55,9 @@ def bnb_config(quantization: dict | None):
     """A `BitsAndBytesConfig` for the spec's quantization entry, or None for full precision."""
     if not quantization:
         return None
-    q = {**QUANTIZATION_DEFAULTS, **quantization}
+    q = section_defaults("quantization", quantization, ModelError)
     if not q["load_in_4bit"]:
         return None
-    if q["quant_type"] not in ("nf4", "fp4"):
-        raise ModelError(f"quant_type must be 'nf4' or 'fp4', not {q['quant_type']!r}")
-    if q["compute_dtype"] not in DTYPES or q["compute_dtype"] == "auto":
-        raise ModelError(f"compute_dtype must be float32, bfloat16 or float16, not {q['compute_dtype']!r}")
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -145,8 +122,6 @@ def load_causal_lm(
     CPU or on CUDA. `adapter_dir` puts a saved peft LoRA adapter on top.
     """
     model = resolve_model(model)
-    if model["dtype"] not in DTYPES:
-        raise ModelError(f"dtype must be one of {', '.join(DTYPES)}, not {model['dtype']!r}")
     source = resolve_source(model, cache_dir)
     if not is_local_path(source):
         _check_hub_model(source, model)
@@ -179,7 +154,9 @@ def load_causal_lm(
             raise ModelError(f"adapter directory {str(adapter_dir)!r} has no adapter_config.json")
         from peft import PeftModel
 
-        lm = PeftModel.from_pretrained(lm, str(adapter_dir), is_trainable=False)
+        with warnings.catch_warnings():  # peft reads a property that transformers has deprecated
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            lm = PeftModel.from_pretrained(lm, str(adapter_dir), is_trainable=False)
     lm.eval()
     return lm, tokenizer
 

@@ -51,7 +51,7 @@ MODEL_SIZES = {
 
 # Tokenizer: byte-level BPE, so any text (Arabic, Hebrew, Ethiopic) tokenizes without unknowns.
 TOKENIZER_SETTINGS = {
-    "vocab_size": 1024,  # bytes + special tokens + merges; the corpus yields ~770 merges
+    "vocab_size": 1024,  # 256 bytes + 6 special tokens + 762 merges (the trainer stops at the cap)
     "min_frequency": 1,  # merge even pairs seen once: the corpus is small
 }
 SPECIAL_TOKENS = ("<|pad|>", "<|bos|>", "<|eos|>", "<|system|>", "<|user|>", "<|assistant|>")
