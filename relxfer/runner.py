@@ -1,21 +1,34 @@
 """Run a spec: record its parent run, execute every cell whose key has no FINISHED run yet (all of
-them with `force`), one child run per cell. A cell's run is marked FINISHED only after its
-metrics, table and artifacts are written; a cell that raises is marked FAILED and the error is
-re-raised, so a re-run picks up exactly the cells still missing."""
+them with `force`), one child run per cell.
+
+What makes it lose nothing:
+- A cell's run is marked FINISHED only after its metrics, table and artifacts are written; a
+  cell that raises is marked FAILED and the error is re-raised, so a re-run picks up exactly
+  the cells still missing.
+- Before a cell runs, the runner claims it (relxfer.claims: an flock the kernel drops when the
+  holder dies) and looks again at the tracking server: a second `relxfer run` of the same spec
+  skips cells another process holds and comes back to them at the end.
+- Runs left RUNNING by a killed process are marked KILLED; a fine-tune is resumed from its last
+  checkpoint inside its old run, logging only the steps that run does not have yet, so its loss
+  curve has no duplicated or missing steps.
+"""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .claims import CellClaims
 from .data.study import StudyData, load_study_data
+from .errors import RelxferError
 from .evaluate import evaluate_items
 from .plan import COT_CONDITIONS, Cell, plan
 from .prompts import PromptBuilder
 from .spec import Spec
-from .tracking import CELLS_TABLE, TAG, ParentRun, Tracker
+from .tracking import CELLS_TABLE, TAG, UNFINISHED, ParentRun, Tracker
 
 Report = Callable[[str], None]
 
@@ -62,6 +75,15 @@ def _flatten(prefix: str, value) -> dict:
     return {prefix: json.dumps(value) if isinstance(value, list) else value}
 
 
+def check_writable(directory: Path, what: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".relxfer-write-check-"):
+            pass
+    except OSError as e:
+        raise RelxferError(f"{what} {directory} is not writable ({e.strerror or e}); choose another with --cache-dir") from None
+
+
 class StudyRunner:
     def __init__(self, spec: Spec, tracker: Tracker, cache_dir: Path, report: Report = lambda _: None, progress: bool = True):
         self.spec = spec
@@ -71,12 +93,24 @@ class StudyRunner:
         self.progress = progress
         self.builder = PromptBuilder.from_spec(spec.prompt)
         self.outcomes: list[CellOutcome] = []
+        self.force = False
 
     # --- the study -------------------------------------------------------------------------
 
+    def preflight(self) -> StudyData:
+        """Everything that can be checked before a run exists: a problem here runs nothing."""
+        from .models.loading import check_source
+
+        check_writable(self.cache_dir, "cache directory")
+        for model in self.spec.models:
+            check_source(model)
+        return load_study_data(self.spec)
+
     def run(self, force: bool = False) -> list[CellOutcome]:
-        data = load_study_data(self.spec)  # before any run exists: bad data fails fast
+        self.force = force
+        data = self.preflight()
         cells = plan(self.spec)
+        self.claims = CellClaims(self.cache_dir)
         parent = self.tracker.start_parent(
             self.spec.experiment,
             run_name=self.spec.name,
@@ -91,9 +125,13 @@ class StudyRunner:
                 self._run_model(parent, data, [c for c in cells if c.model == model["name"]], finished)
             status = "FINISHED"
         finally:
-            self.tracker.log_table(parent.run_id, [self._cell_row(o) for o in self.outcomes], CELLS_TABLE)
-            if not parent.adopted:
-                self.tracker.end(parent.run_id, status)
+            try:
+                self.tracker.log_table(parent.run_id, [self._cell_row(o) for o in self.outcomes], CELLS_TABLE)
+                if not parent.adopted:
+                    self.tracker.end(parent.run_id, status)
+            except RelxferError as e:
+                # The server went away: keep the error that stopped the study, report this one.
+                self.report(f"could not close the parent run: {e}")
         return self.outcomes
 
     def _log_study_inputs(self, parent: ParentRun, data: StudyData) -> None:
@@ -113,21 +151,52 @@ class StudyRunner:
 
     def _run_model(self, parent: ParentRun, data: StudyData, cells: list[Cell], finished: dict[str, str]) -> None:
         finetune_runs: dict[str, str] = {}
-        for cell in (c for c in cells if c.kind == "finetune"):
-            finetune_runs[cell.key] = finished.get(cell.key) or self._run_finetune(parent, data, cell)
+        finetunes = [c for c in cells if c.kind == "finetune"]
+        for cell in self._in_claim_order(finetunes, finished):
+            finetune_runs[cell.key] = self._claimed(parent, cell, finished, lambda c, orphans: self._run_finetune(parent, data, c, orphans))
+        finetune_runs |= {c.key: finished[c.key] for c in finetunes if c.key not in finetune_runs}
+        backends: dict[str | None, object] = {}
+
+        def evaluate(cell: Cell, orphans: list) -> str:
+            if cell.finetune_key not in backends:
+                adapter = self._fetch_adapter(finetune_runs[cell.finetune_key], cell.finetune_key) if cell.finetune_key else None
+                backends.clear()  # one model in memory at a time
+                backends[cell.finetune_key] = self._load_backend(cell.model, adapter)
+            return self._run_evaluation(parent, data, cell, backends[cell.finetune_key], orphans)
+
+        evaluations = sorted((c for c in cells if c.kind == "evaluate"), key=lambda c: c.finetune_key or "")
+        for cell in self._in_claim_order(evaluations, finished):
+            self._claimed(parent, cell, finished, evaluate)
+
+    def _in_claim_order(self, cells: list[Cell], finished: dict[str, str]):
+        """Yield each cell to run: first every cell no other process holds, then (waiting for
+        their claims) the ones that were held. Cells already finished are reported and skipped."""
+        deferred = []
+        for cell in cells:
             if cell.key in finished:
                 self._skip(cell, finished[cell.key])
-        by_adapter: dict[str | None, list[Cell]] = {}
-        for cell in (c for c in cells if c.kind == "evaluate"):
-            if cell.key in finished:
-                self._skip(cell, finished[cell.key])
+            elif self._claim_is_free(cell):
+                yield cell
             else:
-                by_adapter.setdefault(cell.finetune_key, []).append(cell)
-        for finetune_key, group in by_adapter.items():
-            adapter_dir = self._fetch_adapter(finetune_runs[finetune_key], finetune_key) if finetune_key else None
-            backend = self._load_backend(group[0].model, adapter_dir)
-            for cell in group:
-                self._run_evaluation(parent, data, cell, backend)
+                self.report(f"busy  {cell.run_name}: another process holds it; coming back to it")
+                deferred.append(cell)
+        yield from deferred
+
+    def _claim_is_free(self, cell: Cell) -> bool:
+        with self.claims.claim(cell.key, wait=False) as got:
+            return got
+
+    def _claimed(self, parent: ParentRun, cell: Cell, finished: dict[str, str], work: Callable[[Cell, list], str]) -> str:
+        """Run `cell` while holding its claim, unless a FINISHED run of it appeared meanwhile."""
+        with self.claims.claim(cell.key, wait=True):
+            runs = self.tracker.cell_runs(parent.experiment_id, cell.key)
+            done = [r for r in runs if r.info.status == "FINISHED"]
+            if done and not self.force:
+                finished[cell.key] = done[-1].info.run_id
+                self._skip(cell, done[-1].info.run_id)
+                return done[-1].info.run_id
+            # Holding the claim, any RUNNING run of this cell was left by a killed process.
+            return work(cell, [r for r in runs if r.info.status in UNFINISHED])
 
     def _skip(self, cell: Cell, run_id: str) -> None:
         self.outcomes.append(CellOutcome(cell, run_id, "SKIPPED"))
@@ -149,27 +218,53 @@ class StudyRunner:
         target = self.cache_dir / "adapters" / finetune_key
         return self.tracker.download(finetune_run_id, "adapter", target)
 
-    def _in_cell_run(self, parent: ParentRun, cell: Cell, work: Callable[[str], dict]) -> str:
-        run_id = self.tracker.start_child(parent, cell.run_name, cell_tags(self.spec, cell, self.builder))
+    def _start_cell_run(self, parent: ParentRun, cell: Cell, orphans: list, resume: bool) -> str:
+        """A run for `cell`: the newest orphaned run when resuming (fine-tunes), a new run
+        otherwise. Orphans not resumed are marked KILLED so only one run can end FINISHED."""
+        if resume and orphans:
+            run_id = orphans[-1].info.run_id
+            self.tracker.reopen(run_id)
+            self.tracker.set_tags(run_id, {"mlflow.parentRunId": parent.run_id, f"{TAG}resumed": "true"})
+            orphans = orphans[:-1]
+        else:
+            run_id = self.tracker.start_child(parent, cell.run_name, cell_tags(self.spec, cell, self.builder))
+        for orphan in orphans:
+            if orphan.info.status != "KILLED":
+                self.tracker.end(orphan.info.run_id, "KILLED")
+        return run_id
+
+    def _in_cell_run(self, parent: ParentRun, cell: Cell, orphans: list, work: Callable[[str], dict], resume: bool = False) -> str:
+        run_id = self._start_cell_run(parent, cell, orphans, resume)
         try:
             metrics = work(run_id)
         except BaseException:
-            self.tracker.end(run_id, "FAILED")
             self.outcomes.append(CellOutcome(cell, run_id, "FAILED"))
+            try:
+                self.tracker.end(run_id, "FAILED")
+            except RelxferError:
+                pass  # the server is gone; the run stays RUNNING and the re-run marks it KILLED
             raise
         self.tracker.end(run_id, "FINISHED")
         self.outcomes.append(CellOutcome(cell, run_id, "FINISHED", metrics))
         return run_id
 
-    def _run_finetune(self, parent: ParentRun, data: StudyData, cell: Cell) -> str:
+    def _run_finetune(self, parent: ParentRun, data: StudyData, cell: Cell, orphans: list) -> str:
         from .finetune import train_lora
 
         def work(run_id: str) -> dict:
             model = self.spec.model(cell.model)
-            self.tracker.log_params(run_id, _flatten("finetune", self.spec.finetune) | {"model_source": model["source"]})
-            self.tracker.log_dataset(run_id, "train", data.train_digest, data.source, "train")
+            logged = self.tracker.last_step(run_id, "train_loss")
+            if logged == 0:
+                self.tracker.log_params(run_id, _flatten("finetune", self.spec.finetune) | {"model_source": model["source"]})
+                self.tracker.log_dataset(run_id, "train", data.train_digest, data.source, "train")
             examples = [self.builder.training_example(item) for item in data.train_items]
-            self.report(f"train {cell.run_name}: {len(examples)} examples")
+            self.report(f"train {cell.run_name}: {len(examples)} examples" + (f", resuming after step {logged}" if logged else ""))
+
+            def on_step(step: int, metrics: dict) -> None:
+                # A resumed trainer repeats the steps after its last checkpoint; the run has them.
+                if step > logged:
+                    self.tracker.log_metrics(run_id, metrics, step)
+
             result = train_lora(
                 model,
                 self.spec.finetune,
@@ -177,12 +272,13 @@ class StudyRunner:
                 out_dir=self.cache_dir / "finetune" / cell.key,
                 seed=cell.seed,
                 cache_dir=self.cache_dir,
-                on_step=lambda step, m: self.tracker.log_metrics(run_id, m, step),
+                on_step=on_step,
                 progress=self.progress,
             )
             summary = {
                 "n_train_items": result.n_items,
                 "steps": result.steps,
+                "resumed_from_step": result.resumed_from_step,
                 "final_loss": result.final_loss,
                 "mean_tokens_per_s": result.tokens_per_s,
                 "peak_memory_mb": result.peak_memory_mb,
@@ -192,9 +288,9 @@ class StudyRunner:
             self.report(f"done  {cell.run_name}: final loss {result.final_loss:.3f} after {result.steps} steps")
             return summary
 
-        return self._in_cell_run(parent, cell, work)
+        return self._in_cell_run(parent, cell, orphans, work, resume=True)
 
-    def _run_evaluation(self, parent: ParentRun, data: StudyData, cell: Cell, backend) -> str:
+    def _run_evaluation(self, parent: ParentRun, data: StudyData, cell: Cell, backend, orphans: list) -> str:
         def work(run_id: str) -> dict:
             items = data.eval_items[cell.language]
             self.tracker.log_params(
@@ -218,4 +314,4 @@ class StudyRunner:
             self.report(f"done  {cell.run_name}: accuracy {m['accuracy']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] n={m['n_items']}")
             return result.metrics
 
-        return self._in_cell_run(parent, cell, work)
+        return self._in_cell_run(parent, cell, orphans, work)

@@ -6,7 +6,9 @@ hijack nested runs."""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import time
 import urllib.error
@@ -23,6 +25,35 @@ SUPPORTED_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", 
 PREDICTIONS_TABLE = "predictions.json"
 CELLS_TABLE = "cells.json"
 TAG = "relxfer."
+
+
+# Bounded retries for a tracking server that restarts or goes away mid-study: urllib3 backoff
+# sleeps factor * 2^k between tries (about 1+2+4+8 s here) instead of MLflow's default of
+# 7 retries with factor 2 (minutes). Each can be overridden in the environment.
+RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+UNFINISHED = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
+
+
+def server_call(method):
+    """Turn a failure to talk to the tracking server (after MLflow's bounded retries) into a
+    one-line TrackingError that names the URI and the operation."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        from mlflow.exceptions import MlflowException
+        from requests.exceptions import RequestException
+
+        try:
+            return method(self, *args, **kwargs)
+        except (MlflowException, RequestException, ConnectionError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise TrackingError(f"tracking server {self.uri}: {method.__name__} failed: {first_line[:300]}") from e
+
+    return wrapper
 
 
 def _mlflow():
@@ -55,10 +86,23 @@ class Tracker:
     def __init__(self, uri: str | None = None):
         # MLflow's per-download progress bars would flood the terminal (one per run's table).
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one "View run" line per cell
+        for name, value in RETRY_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        # A new sqlite store announces its schema migrations at INFO level on stderr.
+        for noisy in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         self.uri = resolve_tracking_uri(uri)
         self._check_reachable()
-        _, MlflowClient = _mlflow()
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self._client = None
+
+    @property
+    def client(self):
+        """Created on first use, so checks that fail before any run leave no store behind."""
+        if self._client is None:
+            _, MlflowClient = _mlflow()
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
 
     def _check_reachable(self) -> None:
         if not self.uri.startswith(("http://", "https://")):
@@ -72,12 +116,14 @@ class Tracker:
 
     # --- experiments and the parent run -------------------------------------------------
 
+    @server_call
     def experiment_id(self, name: str, create: bool = True) -> str | None:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
         return self.client.create_experiment(name) if create else None
 
+    @server_call
     def start_parent(self, experiment_name: str, run_name: str, tags: dict[str, str]) -> ParentRun:
         """The spec's parent run: the run `mlflow run` started (MLFLOW_RUN_ID) or a new one."""
         adopted_id = os.environ.pop("MLFLOW_RUN_ID", None)
@@ -95,6 +141,7 @@ class Tracker:
 
     # --- cell runs ------------------------------------------------------------------------
 
+    @server_call
     def finished_cells(self, experiment_id: str) -> dict[str, str]:
         """cell key -> run id of the latest FINISHED run of each cell in the experiment."""
         runs = self._search(
@@ -102,6 +149,23 @@ class Tracker:
         )
         return {run.data.tags[f"{TAG}cell_key"]: run.info.run_id for run in runs}
 
+    @server_call
+    def cell_runs(self, experiment_id: str, cell_key: str) -> list:
+        """Every run of one cell (any status), oldest first: a fresh look just before running it."""
+        return self._search([experiment_id], f"tags.`{TAG}cell_key` = '{cell_key}'", ["attributes.start_time ASC"])
+
+    @server_call
+    def reopen(self, run_id: str) -> None:
+        """Mark a run left behind by a killed process as RUNNING again, to resume into it."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    @server_call
+    def last_step(self, run_id: str, metric: str) -> int:
+        """The highest step logged for `metric` (0 when none): a resumed trainer logs only later steps."""
+        history = self.client.get_metric_history(run_id, metric)
+        return max((m.step for m in history), default=0)
+
+    @server_call
     def start_child(self, parent: ParentRun, run_name: str, tags: dict[str, str]) -> str:
         run = self.client.create_run(
             parent.experiment_id,
@@ -110,34 +174,42 @@ class Tracker:
         )
         return run.info.run_id
 
+    @server_call
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    @server_call
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
         self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
+    @server_call
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
+    @server_call
     def log_table(self, run_id: str, records: list[dict], artifact_file: str = PREDICTIONS_TABLE) -> None:
         self.client.log_table(run_id, pd.DataFrame.from_records(records), artifact_file)
 
+    @server_call
     def log_dict(self, run_id: str, data, artifact_file: str) -> None:
         self.client.log_dict(run_id, data, artifact_file)
 
+    @server_call
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(run_id, str(local_dir), artifact_path)
 
+    @server_call
     def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(local_file), artifact_path)
 
+    @server_call
     def log_dataset(self, run_id: str, name: str, digest: str, source: str, context: str) -> None:
         """Record a data set a run used (shown in the MLflow UI's Datasets column)."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
@@ -145,10 +217,12 @@ class Tracker:
         dataset = Dataset(name=name, digest=digest, source_type="relxfer", source=json.dumps({"uri": source}))
         self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
 
+    @server_call
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(self.client.download_artifacts(run_id, artifact_path, str(dst)))
 
+    @server_call
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
@@ -195,6 +269,7 @@ class Tracker:
             frames.append(self.client.load_table(experiment_id, PREDICTIONS_TABLE, run_ids=run_ids, extra_columns=["run_id"]))
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
+    @server_call
     def log_comparison(self, experiment_id: str, run_name: str, tags: dict[str, str], metrics: dict[str, float],
                        out_dir: Path) -> str:
         """A FINISHED comparison run holding the report's headline numbers and its files."""

@@ -19,6 +19,10 @@ class Backend(Protocol):
         """(context_ids, continuation_ids) the lm-evaluation-harness way: encode the whole
         string, then cut it at the length of the encoded context."""
 
+    def chat(self, text: str) -> str:
+        """`text` as one user turn of the model's chat template, ending where the assistant's
+        reply begins (for `prompt.chat_template`)."""
+
     def label_logprobs(
         self,
         prompts: Sequence[Sequence[int]],

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import ModelError
 from ..models.loading import load_causal_lm
 
 # Auto batch size: at most this many (padded) tokens per forward pass, this many rows, and this
@@ -161,6 +162,20 @@ class LocalBackend:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def chat(self, text: str) -> str:
+        """`text` as one user turn of the tokenizer's chat template, ending where the assistant's
+        reply begins (lm-eval's `apply_chat_template`). A BOS the template writes is dropped when
+        `encode` adds one itself, so the ids hold one BOS either way (lm-eval's has_bos_prefix)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ModelError(f"model {self.name!r} has no chat template; set prompt.chat_template to false")
+        rendered = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+        bos = self.tokenizer.bos_token
+        if self.add_bos_token and bos and rendered.startswith(bos):
+            rendered = rendered[len(bos) :]
+        return rendered
 
     # -- scoring ------------------------------------------------------------------------------
 

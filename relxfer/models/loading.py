@@ -34,20 +34,31 @@ def is_local_path(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or os.path.exists(source)
 
 
-def resolve_source(model: dict, cache_dir: Path) -> str:
-    """The directory or hub id `from_pretrained` should read; builds a built-in model on demand."""
+def check_source(model: dict) -> None:
+    """Fail fast, before any run starts, on a model that cannot be found: an unknown built-in
+    id, a missing local directory or one without a checkpoint. Hub ids are checked at load."""
     source = str(model["source"])
     if source.startswith("builtin:"):
         if source not in BUILTIN_MODELS:
             raise ModelError(f"unknown built-in model {source!r}; known: {', '.join(sorted(BUILTIN_MODELS))}")
-        return str(BUILTIN_MODELS[source](Path(cache_dir)))
-    if is_local_path(source):
+    elif is_local_path(source):
         path = Path(source).expanduser()
         if not path.is_dir():
             raise ModelError(f"model directory {str(path)!r} does not exist")
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ModelError(f"model directory {str(path)!r} is not readable")
         if not (path / "config.json").is_file() and not model.get("gguf_file"):
             raise ModelError(f"model directory {str(path)!r} has no config.json (not a transformers checkpoint)")
-        return str(path)
+
+
+def resolve_source(model: dict, cache_dir: Path) -> str:
+    """The directory or hub id `from_pretrained` should read; builds a built-in model on demand."""
+    check_source(model)
+    source = str(model["source"])
+    if source.startswith("builtin:"):
+        return str(BUILTIN_MODELS[source](Path(cache_dir)))
+    if is_local_path(source):
+        return str(Path(source).expanduser())
     return source
 
 
