@@ -34,8 +34,6 @@ ALPHABETS = {
 N_PEOPLE = 12
 N_OBJECTS = 16
 FUNCTION_WORDS = ("likes", "what", "does", "like")
-# Distractor options taken from the passage's other objects (the rest come from outside it).
-N_IN_PASSAGE_DISTRACTORS = 1
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,7 @@ def _questions(n_passages: int, questions_per_passage: int, facts_per_passage: i
             # passage is not enough), then objects from outside it.
             in_passage = [o for _, o in facts if o != answer]
             outside = [o for o in range(N_OBJECTS) if o not in objects]
-            distractors = (rng.sample(in_passage, min(N_IN_PASSAGE_DISTRACTORS, len(in_passage))) + rng.sample(outside, 3))[:3]
+            distractors = (rng.sample(in_passage, min(2, len(in_passage))) + rng.sample(outside, 3))[:3]
             options = [answer, *distractors]
             rng.shuffle(options)
             questions.append(
@@ -188,41 +186,3 @@ def tokenizer_corpus() -> list[str]:
         "P: Q: A: B: C: D: 1 2 3 4 A B C D 0 5 6 7 8 9 . , ? ! : ; ( ) - \n",
     ] * 4
     return lines
-
-
-def pretraining_corpus(n_documents: int, seed: int = 0, home_seed: int = 0, home_share: float = 0.5) -> list[str]:
-    """Plain text the built-in tiny model is pretrained on: short documents that state who likes
-    what and then restate one fact as a question and its answer ("P likes O. Q likes R. what does
-    Q like? R."), each document in one synthetic language. It teaches language-model skills (find
-    a word earlier in the text and copy what followed it) and, in the *home* language only, the
-    lexical facts: there each restated object is followed by its category word ("... R C.").
-
-    The home language is the base language of the synthetic set with seed `home_seed` (the first
-    language of `build_lexicons`, shared alphabet); the other documents are each in a fresh
-    generic language coined for that document, in the shared or the disjoint alphabet. So a
-    disjoint-alphabet control language never gets a lexical fact, and no document has the
-    multiple-choice format (no options, no answer labels): a model trained on this text knows
-    the home words but not the task. Independent of any spec."""
-    rng = random.Random(f"pretraining:{seed}")
-    home = build_lexicons([SyntheticLanguage("home")], home_seed)["home"]
-    concepts = _concepts()
-    documents = []
-    for _ in range(n_documents):
-        if rng.random() < home_share:
-            w, is_home = home, True
-        else:
-            taken: set[str] = set()
-            alphabet = rng.choice(sorted(ALPHABETS))
-            w, is_home = {c: _new_word(rng, alphabet, taken) for c in concepts}, False
-        n_facts = rng.choice((2, 3, 4))
-        people = rng.sample(range(N_PEOPLE), n_facts)
-        objects = rng.sample(range(N_OBJECTS), n_facts)
-        sentences = [f"{w[f'person{p}']} {w['likes']} {w[f'object{o}']}." for p, o in zip(people, objects)]
-        for asked in rng.sample(range(n_facts), rng.choice((1, 2))):
-            p, o = people[asked], objects[asked]
-            # The answer restates the fact ("P likes O"): copying what followed "P likes" before.
-            answer = f"{w[f'person{p}']} {w['likes']} {w[f'object{o}']}"
-            answer += f" {w[f'category{o}']}." if is_home else "."
-            sentences.append(f"{w['what']} {w['does']} {w[f'person{p}']} {w['like']}? {answer}")
-        documents.append(" ".join(sentences))
-    return documents

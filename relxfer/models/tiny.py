@@ -19,12 +19,12 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ..data.synthetic import pretraining_corpus, tokenizer_corpus
+from ..data.synthetic import tokenizer_corpus
 
 BUILTIN_ID = "builtin:tiny-llama"
 
 # Bump when the build code changes in a way the recipe below does not capture.
-BUILD_VERSION = 2
+BUILD_VERSION = 1
 
 # Model sizes: small enough that a smoke study (QLoRA on ~200 items, ~1,500 scored questions,
 # ~100 short CoT generations) runs in well under two minutes on two CPU cores, large enough that
@@ -65,22 +65,6 @@ CHAT_TEMPLATE = (
 )
 
 
-# Pretraining: a short full-parameter language-model run on plain synthetic text
-# (`relxfer.data.synthetic.pretraining_corpus`), so the built model can find and copy words and
-# knows the lexical facts of one home language, but has never seen the multiple-choice format.
-PRETRAINING = {
-    "documents": 4000,  # documents of the corpus (~65 tokens each); consumed in order, cycling
-    "home_seed": 0,  # the home language is the base language of the synthetic set with this seed
-    "home_share": 0.5,  # share of documents in the home language (the rest: fresh generic languages)
-    "steps": 400,  # AdamW steps
-    "batch_size": 16,  # documents per step
-    "learning_rate": 3e-3,  # peak; linear warmup, then cosine decay to 10%
-    "warmup_steps": 20,
-    "weight_decay": 0.0,
-    "max_grad_norm": 1.0,
-}
-
-
 def recipe(seed: int = 0) -> dict:
     """Everything that determines the built files (the cache directory is named by its hash)."""
     return {
@@ -91,7 +75,6 @@ def recipe(seed: int = 0) -> dict:
         "special_tokens": list(SPECIAL_TOKENS),
         "chat_template": CHAT_TEMPLATE,
         "corpus": tokenizer_corpus(),
-        "pretraining": PRETRAINING,
     }
 
 
@@ -146,55 +129,6 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCa
     return model.to(torch.float32).eval()
 
 
-def pretrain(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int = 0, settings: dict | None = None) -> LlamaForCausalLM:
-    """Full-parameter next-token training on `pretraining_corpus` (in place). Deterministic: seeded,
-    and run on one intra-op thread (the thread count changes float summation order)."""
-    import math
-
-    cfg = PRETRAINING if settings is None else settings
-    if not cfg["steps"]:
-        return model
-    docs = pretraining_corpus(cfg["documents"], seed=seed, home_seed=cfg["home_seed"], home_share=cfg["home_share"])
-    # Encoded like scoring and fine-tuning encode (no BOS for this model), ending in EOS.
-    rows = [tokenizer.encode(d, add_special_tokens=False) + [tokenizer.eos_token_id] for d in docs]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        # The output projection keeps its random init: tokens the corpus never predicts (the
-        # answer labels) keep distinct output rows instead of being pushed together.
-        model.lm_head.weight.requires_grad_(False)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
-        steps, warmup = cfg["steps"], cfg["warmup_steps"]
-
-        def lr_factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, steps - warmup)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        model.train()
-        bs = cfg["batch_size"]
-        for step in range(steps):
-            batch = [rows[(step * bs + i) % len(rows)] for i in range(bs)]
-            width = max(len(r) for r in batch)
-            ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in batch])
-            labels = torch.tensor([r + [-100] * (width - len(r)) for r in batch])
-            # Right padding: causal attention never looks at the pads that follow a document.
-            loss = model(input_ids=ids, labels=labels, use_cache=False).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg["max_grad_norm"])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        model.lm_head.weight.requires_grad_(True)
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
-
-
 def tiny_model_dir(cache_dir: Path, seed: int = 0) -> Path:
     return Path(cache_dir) / "builtin" / f"tiny-llama-{recipe_hash(seed)}"
 
@@ -211,7 +145,7 @@ def build_tiny_model(cache_dir: Path, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
         tokenizer = build_tokenizer()
-        model = pretrain(build_model(tokenizer, seed), tokenizer, seed)
+        model = build_model(tokenizer, seed)
         from .loading import quiet_transformers
 
         with quiet_transformers():
