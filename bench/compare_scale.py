@@ -143,17 +143,17 @@ class _Recording(Tracker):
 
 
 def populate(uri: str, experiment: str, runs: int = 2000, n_models: int = 7, n_seeds: int | None = None,
-             workers: int = 8, workdir: Path | None = None, log=print) -> dict:
+             n_questions: int = 100, workers: int = 8, workdir: Path | None = None, log=print) -> dict:
     """Log a simulated study through the runner's code path. Returns parent_id, the planned
     evaluation cells, run_ids (cell key -> run id), tables (run id -> logged records),
-    seconds and the number of runs."""
+    seconds, n_runs and n_seeds."""
     n_seeds = n_seeds or seeds_for(runs, n_models)
     workdir = Path(workdir or tempfile.mkdtemp(prefix="relxfer-bench-"))
     spec = load_spec(write_spec(workdir / "spec.json", experiment, n_models, n_seeds))
     cells = [c for c in plan(spec) if c.kind == "evaluate"]
     related = [lang for g in spec.groups if g.role == "related" for lang in g.languages]
     control = [lang for g in spec.groups if g.role == "control" for lang in g.languages]
-    sim = simulate_study(n_models=n_models, n_related=len(related), n_control=len(control), n_questions=100,
+    sim = simulate_study(n_models=n_models, n_related=len(related), n_control=len(control), n_questions=n_questions,
                          n_seeds=n_seeds, family_gap=0.0, finetune_gain=1.2, baseline_noise=0.3, seed=0)
     model_names = {f"sim-m{i + 1}": m["name"] for i, m in enumerate(spec.models)}
     sim_langs = list(dict.fromkeys(sim["language"]))
@@ -195,8 +195,15 @@ def populate(uri: str, experiment: str, runs: int = 2000, n_models: int = 7, n_s
             if done[0] % 250 == 0:
                 log(f"  populated {done[0]}/{len(cells)} runs ({time.perf_counter() - start:.0f} s)")
 
+    # One cell per language first, one at a time: each logs its language's evaluation data set,
+    # and the server's log_inputs is check-then-insert, so two threads registering the same
+    # new data set at once fail on its UNIQUE constraint (an MLflow server race, not relxfer's).
+    numbered = list(enumerate(cells))
+    first = {cell.language: (i, cell) for i, cell in reversed(numbered)}
+    for item in first.values():
+        one(item)
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(one, enumerate(cells)))
+        list(pool.map(one, [item for item in numbered if item not in first.values()]))
     # As StudyRunner.run does at its end: the cells table, then the parent is FINISHED.
     tracker.log_table(parent.run_id, [runner._cell_row(o) for o in runner.outcomes], CELLS_TABLE)
     tracker.end(parent.run_id, "FINISHED")
@@ -223,8 +230,9 @@ def time_cli(uri: str, experiment: str) -> tuple[float, dict]:
 
 
 def breakdown(uri: str, experiment: str) -> dict[str, float]:
-    """The same work as the CLI, step by step, in this process."""
+    """The same work as the CLI, step by step, in this process (seconds; "item rows" a count)."""
     from relxfer.compare import report as report_module
+    from relxfer.compare import stats
     from relxfer.compare.frame import load_items
 
     timings: dict[str, float] = {}
@@ -240,9 +248,7 @@ def breakdown(uri: str, experiment: str) -> dict[str, float]:
     timings["load_items (search + tables + frame)"] = time.perf_counter() - start
     timings["item rows"] = len(items)
 
-    # Each analysis of build_report on its own (same calls, same order), then build_report.
-    from relxfer.compare import stats
-
+    # Each analysis of build_report on its own, as build_report runs them (heap frozen).
     conditions = sorted(c for c in items["condition"].unique() if c != "baseline")
     steps = [("accuracy_table", lambda: stats.accuracy_table(items))]
     for c in conditions:
@@ -250,11 +256,13 @@ def breakdown(uri: str, experiment: str) -> dict[str, float]:
                   (f"family_gap[{c}]", lambda c=c: stats.family_gap(items, c)),
                   (f"baseline_gain[{c}]", lambda c=c: stats.baseline_gain(items, c)),
                   (f"mixed_model[{c}]", lambda c=c: stats.mixed_model(items, c))]
-    steps.append(("task_alignment", lambda: stats.task_alignment(items)))
-    for name, step in steps:
-        start = time.perf_counter()
-        step()
-        timings[f"  stats: {name}"] = time.perf_counter() - start
+    if {"finetuned", "cot"} <= set(conditions):
+        steps.append(("task_alignment", lambda: stats.task_alignment(items)))
+    with report_module._frozen_heap():
+        for name, step in steps:
+            start = time.perf_counter()
+            step()
+            timings[f"  stats: {name}"] = time.perf_counter() - start
     start = time.perf_counter()
     report_module.to_json(report_module.build_report(items))
     timings["build_report + to_json"] = time.perf_counter() - start

@@ -12,8 +12,8 @@ Both sides (the `bench` extra pins lm_eval 0.4.x):
 - zero-shot, the harness's Belebele prompt: lm-eval renders its own installed task template
   (a local task config `include`s lm_eval/tasks/belebele/_default_template_yaml and points the
   data at the jsonl file); relxfer uses its `lm-eval-belebele` preset;
-- the same BOS policy: lm-eval's default (add_bos_token=None: the tokenizer's own, which for
-  the tiny tokenizer prepends BOS), relxfer's backend is told the same;
+- the same BOS policy, both on their defaults: lm-eval 0.4.13's add_bos_token=None and
+  relxfer's (the tokenizer's own default, which for the tiny tokenizer prepends BOS);
 - the same batch size policy: a fixed --batch-size for both (lm-eval: contexts per forward
   pass, after its logits cache groups the four one-token choices of a question into one; relxfer:
   prompts per forward pass, all labels read from it), both sorted longest first.
@@ -151,6 +151,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path(".relxfer-cache"))
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument(
+        "--shared-prefix", type=int, default=None, metavar="N",
+        help="relxfer runs prompt prefixes of >= N shared tokens once (LocalBackend.min_shared_prefix; off by default)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -162,10 +166,14 @@ def main() -> None:
 
     model_dir = build_tiny_model(args.cache_dir)
     lm = HFLM(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=args.batch_size)
-    # lm-eval 0.4.x after PR #3347: add_bos_token=None defers to the tokenizer's default.
-    tokenizer_adds_bos = lm.tokenizer("x")["input_ids"][:1] == [lm.tokenizer.bos_token_id]
-    add_bos = tokenizer_adds_bos if lm.add_bos_token is None else bool(lm.add_bos_token)
-    backend = LocalBackend.load({"name": "tiny", "source": str(model_dir), "dtype": "float32"}, None, args.cache_dir, add_bos_token=add_bos)
+    # Both on their defaults: lm-eval 0.4.13 (PR #3347) encodes with the tokenizer's default
+    # special tokens when add_bos_token is None, and so does relxfer's backend.
+    backend = LocalBackend.load(
+        {"name": "tiny", "source": str(model_dir), "dtype": "float32"}, None, args.cache_dir,
+        min_shared_prefix=args.shared_prefix,
+    )
+    add_bos = backend.add_bos_token
+    assert lm.tok_encode("Passage: x") == backend.encode("Passage: x"), "the two sides encode differently"
     n_questions = args.limit * len(args.languages)
 
     best = {"lm-eval": (float("inf"), float("inf")), "relxfer": (float("inf"), float("inf"))}
@@ -198,6 +206,7 @@ def main() -> None:
         "questions": n_questions,
         "batch_size": args.batch_size,
         "add_bos_token": add_bos,
+        "relxfer_min_shared_prefix": args.shared_prefix,
         "lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else "",
         "torch": torch.__version__,
         "lm_eval_q_per_s": n_questions / best["lm-eval"][0],

@@ -302,6 +302,12 @@ def _check_consistency(raw: dict, groups: tuple[EvalGroup, ...], path: Path) -> 
             f"{path}: /conditions: condition '{needs_finetune[0]}' needs a fine-tune, "
             f"but the spec declares no `finetune` section"
         )
+    from .prompts import PromptBuilder  # the presets live there; building one checks the options
+
+    try:
+        PromptBuilder.from_spec(raw["prompt"])
+    except SpecError as e:
+        raise SpecError(f"{path}: /prompt: {e}") from None
     labels = raw["prompt"]["labels"]
     if len(labels) != N_OPTIONS:
         raise SpecError(

@@ -228,46 +228,107 @@ class Tracker:
 
     # --- reading back for compare -----------------------------------------------------------
 
-    def _search(self, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None) -> list:
+    # Runs per search_runs page (MLflow's default page size; the REST API takes up to 50,000).
+    search_page_size = 1000
+    # Concurrent table downloads in `load_predictions`. Each is one small GET that the server
+    # answers in milliseconds, so round trips, not bandwidth, bound a sequential loop.
+    table_workers = 8
+
+    def _search(self, experiment_ids: list[str], filter_string: str, order_by: list[str] | None = None,
+                page_size: int | None = None) -> list:
+        """Every run matching `filter_string`, following search_runs' page tokens."""
         runs, token = [], None
         while True:
             page = self.client.search_runs(
-                experiment_ids, filter_string, max_results=1000, order_by=order_by, page_token=token
+                experiment_ids, filter_string, max_results=page_size or self.search_page_size, order_by=order_by,
+                page_token=token,
             )
             runs.extend(page)
             token = page.token
             if not token:
                 return runs
 
-    def evaluation_runs(self, experiment_name: str | None = None, parent_id: str | None = None) -> list:
+    @server_call
+    def evaluation_runs(self, experiment_name: str | None = None, parent_id: str | None = None,
+                        page_size: int | None = None) -> list:
         """FINISHED evaluation runs of an experiment (latest per cell) or of one spec's parent run
         (the cells it ran and the finished cells it reused, as listed in its cells table)."""
+        finished_evaluations = f"tags.`{TAG}kind` = 'evaluate' and attributes.status = 'FINISHED'"
         if parent_id is not None:
             parent = self.client.get_run(parent_id)
-            cells = self.client.load_table(parent.info.experiment_id, CELLS_TABLE, run_ids=[parent_id])
-            ids = set(cells.loc[cells["kind"] == "evaluate", "run_id"])
-            runs = self._search([parent.info.experiment_id], f"tags.`{TAG}kind` = 'evaluate' and attributes.status = 'FINISHED'")
+            cells = self._read_table(parent, CELLS_TABLE)
+            kind, run_id = cells["columns"].index("kind"), cells["columns"].index("run_id")
+            ids = {row[run_id] for row in cells["data"] if row[kind] == "evaluate"}
+            runs = self._search([parent.info.experiment_id], finished_evaluations, page_size=page_size)
             return [r for r in runs if r.info.run_id in ids]
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:
             raise TrackingError(f"no experiment named '{experiment_name}' at {self.uri}")
-        runs = self._search(
-            [experiment.experiment_id],
-            f"tags.`{TAG}kind` = 'evaluate' and attributes.status = 'FINISHED'",
-            ["attributes.start_time ASC"],
-        )
+        runs = self._search([experiment.experiment_id], finished_evaluations, ["attributes.start_time ASC"], page_size)
         latest = {r.data.tags[f"{TAG}cell_key"]: r for r in runs}
         return list(latest.values())
 
-    def load_predictions(self, runs: list) -> pd.DataFrame:
-        """Per-item tables of `runs`, one frame with a run_id column, fetched from the server."""
+    @server_call
+    def load_predictions(self, runs: list, workers: int | None = None) -> pd.DataFrame:
+        """Per-item tables of `runs`, one frame with a run_id column, fetched from the server.
+
+        Each run's `predictions.json` is downloaded from the run's own artifact location, through
+        the artifact repository MLflow resolves for it and this tracker's URI (for a tracking
+        server: its artifact proxy), by a bounded pool of threads, and parsed with `json`: values
+        come back as logged (pandas' read_json would turn an id like "0012" into 12). A table's
+        columns missing from other runs' tables (e.g. cot_text) are NaN there."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not runs:
+            return pd.DataFrame()
+        workers = max(1, min(workers or self.table_workers, len(runs)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="relxfer-table") as pool:
+            tables = list(pool.map(lambda run: self._read_table(run, PREDICTIONS_TABLE), runs))
+        return self._tables_frame(tables, [run.info.run_id for run in runs])
+
+    def _read_table(self, run, artifact_file: str) -> dict:
+        """One MLflow table artifact of `run` as logged: {"columns": [...], "data": [[...], ...]}
+        (pandas' orient="split", what MlflowClient.log_table writes)."""
+        import tempfile
+
+        from mlflow.exceptions import MlflowException
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from requests.exceptions import RequestException
+
+        repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri)
+        with tempfile.TemporaryDirectory(prefix="relxfer-table-") as tmp:
+            local = os.path.join(tmp, os.path.basename(artifact_file))
+            try:
+                # The repository's own single-file download: one request. Its public
+                # download_artifacts first lists the path to tell a file from a directory,
+                # which doubles the round trips for 2,000 tables.
+                repo._download_file(artifact_file, local)
+            except (MlflowException, RequestException, OSError) as e:
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise TrackingError(
+                    f"cannot read table '{artifact_file}' of run {run.info.run_id} from {self.uri}: {reason}"
+                ) from e
+            with open(local, encoding="utf-8") as f:
+                table = json.load(f)
+        if not isinstance(table, dict) or not {"columns", "data"} <= table.keys():
+            raise TrackingError(f"run {run.info.run_id}: '{artifact_file}' is not an MLflow table (orient='split' JSON)")
+        return table
+
+    @staticmethod
+    def _tables_frame(tables: list[dict], run_ids: list[str]) -> pd.DataFrame:
+        """One frame from parsed tables plus a run_id column: one DataFrame per distinct column
+        layout (not per run), then one concat, in which columns a layout lacks become NaN."""
+        layouts: dict[tuple, tuple[list, list]] = {}
+        for table, run_id in zip(tables, run_ids):
+            rows, ids = layouts.setdefault(tuple(table["columns"]), ([], []))
+            rows.extend(table["data"])
+            ids.extend([run_id] * len(table["data"]))
         frames = []
-        by_experiment: dict[str, list[str]] = {}
-        for run in runs:
-            by_experiment.setdefault(run.info.experiment_id, []).append(run.info.run_id)
-        for experiment_id, run_ids in by_experiment.items():
-            frames.append(self.client.load_table(experiment_id, PREDICTIONS_TABLE, run_ids=run_ids, extra_columns=["run_id"]))
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        for columns, (rows, ids) in layouts.items():
+            frame = pd.DataFrame(rows, columns=list(columns))
+            frame["run_id"] = ids
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
     @server_call
     def log_comparison(self, experiment_id: str, run_name: str, tags: dict[str, str], metrics: dict[str, float],

@@ -1,5 +1,6 @@
 """LocalBackend on the built-in tiny model (float32 and real bitsandbytes 4-bit): lm-eval style
-tokenization, one-pass label scoring == brute force, batched == unbatched, generation."""
+tokenization, one-pass label scoring == brute force (right-padded, unmasked batches; shared
+prompt prefixes run once), batched == unbatched, generation."""
 
 from __future__ import annotations
 
@@ -60,17 +61,27 @@ def test_split_continuation_follows_lm_eval(backend):
     assert context == backend.encode("Question: what?\nAnswer:") and len(continuation) == 1
     # Trailing spaces of the context move onto the continuation.
     assert backend.split_continuation("Answer: ", "3") == backend.split_continuation("Answer:", " 3")
-    # Causal LMs encode without special tokens (HFLM's default); an empty context is the BOS token.
-    assert backend.encode("mabo")[0] != backend.tokenizer.bos_token_id
-    assert backend.split_continuation("", "mabo") == ([backend.tokenizer.bos_token_id], backend.encode("mabo"))
+    # lm-eval 0.4.13's default (add_bos_token=None): the tokenizer's own, which for the tiny
+    # tokenizer prepends BOS; a text that already starts with BOS gets no second one.
+    bos, tokenizer = backend.tokenizer.bos_token_id, backend.tokenizer
+    assert backend.add_bos_token is True
+    assert backend.encode("mabo") == tokenizer.encode("mabo") == [bos] + tokenizer.encode("mabo", add_special_tokens=False)
+    assert backend.encode(tokenizer.bos_token + "mabo") == backend.encode("mabo")
+    no_bos = LocalBackend(backend.model, tokenizer, add_bos_token=False)
+    assert no_bos.encode("mabo") == tokenizer.encode("mabo", add_special_tokens=False)
+    # An empty context is the BOS token; the continuation is encoded without special tokens.
+    plain = tokenizer.encode("mabo", add_special_tokens=False)
+    assert backend.split_continuation("", "mabo") == ([bos], plain)
+    assert backend.split_continuation("", tokenizer.bos_token + "mabo") == ([bos], plain)
 
 
 def test_single_token_labels_one_pass_equals_bruteforce(backend, texts):
     prompts, conts = encode_requests(backend, texts, DIGITS)
     assert all(len(c) == 1 for cs in conts for c in cs)
-    rows, kept = [], []
+    rows, kept, masks = [], [], []
     hooks = [
         backend.model.model.register_forward_hook(lambda m, args, kw, out: rows.append(kw["input_ids"].shape[0]), with_kwargs=True),
+        backend.model.model.register_forward_hook(lambda m, args, kw, out: masks.append(kw.get("attention_mask")), with_kwargs=True),
         backend.model.lm_head.register_forward_hook(lambda m, args, out: kept.append(args[0].shape[1])),
     ]
     try:
@@ -80,6 +91,7 @@ def test_single_token_labels_one_pass_equals_bruteforce(backend, texts):
             hook.remove()
     assert sum(rows) == len(prompts)  # one forward row per prompt, not one per label
     assert set(kept) == {1}  # the output projection ran on the last position only
+    assert masks and all(m is None for m in masks)  # right-padded, unmasked: SDPA's causal kernel
     reference = backend.label_logprobs_bruteforce(prompts, conts)
     assert fast.shape == (len(texts), 4) and fast.dtype == np.float64
     np.testing.assert_allclose(fast, reference, atol=TOL, rtol=0)
@@ -101,6 +113,34 @@ def test_batched_equals_unbatched(backend, texts):
         one = backend.label_logprobs(prompts, conts, batch_size=1)
         for batch_size in (5, 64, None):
             np.testing.assert_allclose(backend.label_logprobs(prompts, conts, batch_size=batch_size), one, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def shared_texts() -> list[str]:
+    """Belebele-like prompts: 3 questions per passage, so prompts share long prefixes."""
+    langs = [SyntheticLanguage("base"), SyntheticLanguage("ctrl", overlap=0.0, alphabet="disjoint")]
+    out = []
+    for items in generate(langs, n_passages=4, questions_per_passage=3, facts_per_passage=4, seed=5).values():
+        for item in items:
+            options = "".join(f"{k + 1}. {o}\n" for k, o in enumerate(item.options))
+            out.append(f"Passage: {item.passage}\nQuestion: {item.question}\n{options}Answer:")
+    return out + out[:2]  # duplicates share everything but the last token
+
+
+def test_shared_prefixes_run_once_and_score_the_same(backend, shared_texts):
+    sharing = LocalBackend(backend.model, backend.tokenizer, min_shared_prefix=8)
+    prompts, conts = encode_requests(sharing, shared_texts, DIGITS)
+    tokens = []
+    hook = sharing.model.model.register_forward_hook(lambda m, a, kw, out: tokens.append(kw["input_ids"].numel()), with_kwargs=True)
+    try:
+        fast = sharing.label_logprobs(prompts, conts, batch_size=16)
+    finally:
+        hook.remove()
+    assert sum(tokens) < 0.8 * sum(len(p) for p in prompts)  # shared prefixes ran once per group
+    np.testing.assert_allclose(fast, backend.label_logprobs_bruteforce(prompts, conts), atol=TOL, rtol=0)
+    plain = backend.label_logprobs(prompts, conts)
+    for batch_size in (1, 5, None):
+        np.testing.assert_allclose(sharing.label_logprobs(prompts, conts, batch_size=batch_size), plain, atol=1e-5, rtol=0)
 
 
 def test_automatic_batches_respect_the_token_budget(relxfer_cache, texts):

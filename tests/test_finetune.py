@@ -181,7 +181,7 @@ def test_gradient_accumulation_equals_one_big_batch(toy, relxfer_cache, tmp_path
 
 def test_completion_tokens_only_and_padding_does_not_change_the_loss(relxfer_cache):
     model, tokenizer = load_causal_lm(TINY, None, relxfer_cache)
-    backend = LocalBackend(model, tokenizer)
+    backend = LocalBackend(model, tokenizer, add_bos_token=False)
     examples = [("Item: mabo\nAnswer:", " 3"), ("Passage: a much longer prompt here.\nAnswer: ", "teka lupi"), ("Q:", " 1 2")]
     rows = tokenize_examples(tokenizer, examples, add_bos_token=False, max_seq_len=512)
     for (prompt, completion), (ids, n) in zip(examples, rows):

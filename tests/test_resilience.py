@@ -151,3 +151,28 @@ def test_no_secret_reaches_params_tags_metrics_artifacts_or_logs(mlflow_server, 
                 text += path.read_bytes().decode("utf-8", errors="replace")
         for name, secret in SECRETS.items():
             assert secret not in text, (name, run.info.run_name)
+
+
+def test_kill_mid_training_resumes_from_the_checkpoint_in_the_same_run(mlflow_server, reference, tmp_path):
+    """SIGKILL right after the fine-tune's first checkpoint: the re-run resumes from it (not from
+    step 0) inside the same MLflow run, whose loss curve then has every step exactly once, and the
+    study ends with the accuracies of the uninterrupted run."""
+    client = MlflowClient(mlflow_server.uri)
+    log = tmp_path / "log.txt"
+    finetune_key = next(key for key, cell in CELLS.items() if cell.kind == "finetune")
+    checkpoints = tmp_path / "cache" / "finetune" / finetune_key / "checkpoints"
+    process = start_run(mlflow_server.uri, "resilience-midtrain", tmp_path / "cache", log)
+    deadline = time.time() + 300
+    while not any(p.name.startswith("step-") for p in checkpoints.glob("*")) and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert time.time() < deadline, log.read_text()[-2000:]
+    run_to_completion(mlflow_server.uri, "resilience-midtrain", tmp_path / "cache", log)
+    assert finished_accuracy(client, "resilience-midtrain") == pytest.approx(reference, abs=1e-9)
+    finetunes = [r for r in cell_runs(client, "resilience-midtrain") if r.data.tags["relxfer.kind"] == "finetune"]
+    assert len(finetunes) == 1 and finetunes[0].data.tags.get("relxfer.resumed") == "true"
+    run = finetunes[0]
+    assert run.data.metrics["resumed_from_step"] > 0
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, int(run.data.metrics["steps"]) + 1))

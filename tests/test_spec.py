@@ -186,3 +186,11 @@ def test_spec_hash_ignores_prose_but_not_settings(tmp_path):
 def test_every_shipped_spec_validates(spec_file, monkeypatch, tmp_path):
     monkeypatch.setenv("BELEBELE_DIR", str(tmp_path))
     load_spec(spec_file)
+
+
+def test_prompt_options_are_checked_at_validate_time(tmp_path):
+    raw = smoke_raw()
+    raw["prompt"] = {"preset": "lm-eval-belebele", "instruction_language": "target"}
+    path = write(tmp_path, raw)
+    message = cli_error(path)
+    assert message.startswith(f"Error: {path}: /prompt: prompt.instruction_language 'target' needs a preset with an instruction")
