@@ -202,6 +202,15 @@ class StudyRunner:
         self.outcomes.append(CellOutcome(cell, run_id, "SKIPPED"))
         self.report(f"skip  {cell.run_name} (finished run {run_id})")
 
+    def _chat_renderer(self, model: dict):
+        """The model's chat template as a text -> text function, from its tokenizer alone."""
+        from functools import partial
+
+        from .backends.local import default_add_bos_token, render_chat
+        from .models.loading import load_tokenizer
+
+        return partial(render_chat, load_tokenizer(model, self.cache_dir), add_bos_token=default_add_bos_token(), name=model["name"])
+
     def _quantization(self) -> dict | None:
         ft = self.spec.finetune
         if ft is not None and ft["method"] == "qlora" and self.spec.evaluation["quantize_base"]:
@@ -257,7 +266,8 @@ class StudyRunner:
             if logged == 0:
                 self.tracker.log_params(run_id, _flatten("finetune", self.spec.finetune) | {"model_source": model["source"]})
                 self.tracker.log_dataset(run_id, "train", data.train_digest, data.source, "train")
-            examples = [self.builder.training_example(item) for item in data.train_items]
+            chat = self._chat_renderer(model) if self.spec.prompt["chat_template"] else None
+            examples = [self.builder.training_example(item, chat=chat) for item in data.train_items]
             self.report(f"train {cell.run_name}: {len(examples)} examples" + (f", resuming after step {logged}" if logged else ""))
 
             def on_step(step: int, metrics: dict) -> None:

@@ -50,6 +50,20 @@ def default_add_bos_token(model=None) -> bool:
     return True
 
 
+def render_chat(tokenizer, text: str, add_bos_token: bool, name: str = "model") -> str:
+    """`text` as one user turn of the tokenizer's chat template, ending where the assistant's
+    reply begins (lm-eval's `apply_chat_template`). A BOS the template writes is dropped when
+    encoding adds one itself, so the ids hold one BOS either way (lm-eval's has_bos_prefix).
+    Needs only the tokenizer, so training data can be rendered before a model is loaded."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError(f"model {name!r} has no chat template; set prompt.chat_template to false")
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    if add_bos_token and bos and rendered.startswith(bos):
+        rendered = rendered[len(bos):]
+    return rendered
+
+
 def tok_encode(tokenizer, text: str, add_bos_token: bool) -> list[int]:
     """HFLM.tok_encode for a causal model (lm-eval 0.4.13): `add_special_tokens=add_bos_token`,
     except that a text already starting with the BOS (prefix) token's text never gets a second."""
@@ -253,18 +267,8 @@ class LocalBackend:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     def chat(self, text: str) -> str:
-        """`text` as one user turn of the tokenizer's chat template, ending where the assistant's
-        reply begins (lm-eval's `apply_chat_template`). A BOS the template writes is dropped when
-        `encode` adds one itself, so the ids hold one BOS either way (lm-eval's has_bos_prefix)."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ModelError(f"model {self.name!r} has no chat template; set prompt.chat_template to false")
-        rendered = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-        bos = self.tokenizer.bos_token
-        if self.add_bos_token and bos and rendered.startswith(bos):
-            rendered = rendered[len(bos) :]
-        return rendered
+        """`text` as one user turn of the tokenizer's chat template (see `render_chat`)."""
+        return render_chat(self.tokenizer, text, self.add_bos_token, self.name)
 
     # -- scoring ------------------------------------------------------------------------------
 

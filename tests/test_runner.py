@@ -1,0 +1,52 @@
+"""The runner on a small variant of the smoke study against a sqlite store: the chat-template
+option works through training and evaluation, and a changed setting re-runs only its cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from relxfer.plan import plan
+from relxfer.prompts import PromptBuilder
+from relxfer.runner import StudyRunner
+from relxfer.spec import load_spec
+from relxfer.tracking import Tracker
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_spec(tmp_path: Path, name: str, edit=None):
+    raw = json.loads((REPO / "specs" / "smoke.json").read_text())
+    raw["data"]["source"]["n_passages"] = 30
+    raw["data"]["split"]["held_out"] = 10
+    raw["finetune"]["training"] = {"max_steps": 3, "learning_rate": 0.003, "batch_size": 8, "checkpoint_every": 0}
+    raw["conditions"] = ["baseline", "finetuned"]
+    if edit:
+        edit(raw)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(raw))
+    return load_spec(path)
+
+
+def test_chat_template_runs_through_training_and_evaluation(tmp_path, relxfer_cache):
+    spec = small_spec(tmp_path, "chat", lambda r: r["prompt"].update(chat_template=True))
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    outcomes = StudyRunner(spec, tracker, relxfer_cache, progress=False).run()
+    assert [o.status for o in outcomes] == ["FINISHED"] * len(plan(spec))
+    run = tracker.client.get_run(next(o.run_id for o in outcomes if o.cell.kind == "evaluate"))
+    chat_id = PromptBuilder.from_spec(spec.prompt).template_id
+    assert run.data.tags["relxfer.template"] == chat_id
+    assert chat_id != PromptBuilder.from_spec({**spec.prompt, "chat_template": False}).template_id
+
+
+def test_changing_the_learning_rate_reruns_only_finetune_cells(tmp_path, relxfer_cache):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = StudyRunner(small_spec(tmp_path, "a"), tracker, relxfer_cache, progress=False).run()
+    assert {o.status for o in first} == {"FINISHED"}
+    again = StudyRunner(small_spec(tmp_path, "b"), tracker, relxfer_cache, progress=False).run()
+    assert {o.status for o in again} == {"SKIPPED"}
+    changed = small_spec(tmp_path, "c", lambda r: r["finetune"]["training"].update(learning_rate=0.01))
+    third = StudyRunner(changed, tracker, relxfer_cache, progress=False).run()
+    ran = {o.cell.run_name for o in third if o.status == "FINISHED"}
+    assert ran == {c.run_name for c in plan(changed) if c.kind == "finetune" or c.condition == "finetuned"}
+    assert {o.status for o in third if o.cell.run_name not in ran} == {"SKIPPED"}
