@@ -61,3 +61,24 @@ def test_prose_does_not_change_keys(tmp_path):
     before = keys(load_variant(tmp_path, "a"))
     after = keys(load_variant(tmp_path, "b", lambda r: r.update(description="reworded", notes="new")))
     assert before == after
+
+
+def test_plan_of_the_full_study_without_the_network(monkeypatch):
+    """`relxfer plan specs/full.json`: 7 fine-tunes, 7 x 6 x 3 evaluations, 4,800 training items,
+    no held-out id in training, and not one network connection."""
+    import socket
+
+    from click.testing import CliRunner
+
+    from relxfer.cli import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("plan tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    result = CliRunner().invoke(main, ["plan", str(REPO / "specs" / "full.json")])
+    assert result.exit_code == 0, result.output
+    assert "cells: 7 finetune, 126 evaluate, 133 total" in result.output
+    assert "4800 training items from acm_Arab, apc_Arab, arb_Arab, ars_Arab, ary_Arab, arz_Arab" in result.output
+    assert "100 held-out ids; 0 held-out ids in training" in result.output
