@@ -138,9 +138,11 @@ def train_lora(
         return finished
 
     # -- model -----------------------------------------------------------------------------------
-    _seed_everything(seed)
     quantization = cfg["quantization"] if cfg["method"] == "qlora" else None
     base, tokenizer = load_causal_lm(model, quantization, Path(cache_dir))
+    # Seed after loading, so nothing the loader does (building a model, quantizing) can shift
+    # the LoRA initialisation: a process that built the base and one that loaded it agree.
+    _seed_everything(seed)
     gc_kwargs = {"use_reentrant": False}
     if quantization:
         base = prepare_model_for_kbit_training(
@@ -220,10 +222,13 @@ def train_lora(
             n_tokens = sum(len(ids) for batch in batches for ids, _ in batch)
             speeds.append(n_tokens / elapsed)
             loss_history.append(step_loss / n_targets)
-            if train["checkpoint_every"] and step % train["checkpoint_every"] == 0 and step < steps:
-                _save_checkpoint(out_dir, step, step * accum, peft_model, optimizer, scheduler, loss_history, config_hash)
+            # Report the step before checkpointing it: a process killed in between resumes from an
+            # earlier checkpoint and repeats reported steps (the caller skips those), instead of
+            # resuming after a step nobody reported.
             if on_step is not None:
                 on_step(step, {"train_loss": loss_history[-1], "learning_rate": learning_rate, "tokens_per_s": speeds[-1]})
+            if train["checkpoint_every"] and step % train["checkpoint_every"] == 0 and step < steps:
+                _save_checkpoint(out_dir, step, step * accum, peft_model, optimizer, scheduler, loss_history, config_hash)
             bar.set_postfix(loss=f"{loss_history[-1]:.4f}")
             bar.update(1)
 

@@ -215,7 +215,14 @@ class Tracker:
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
         dataset = Dataset(name=name, digest=digest, source_type="relxfer", source=json.dumps({"uri": source}))
-        self.client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+        inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
+        try:
+            self.client.log_inputs(run_id, inputs)
+        except Exception:
+            # Two processes registering the same new dataset at once race on the server's unique
+            # key; the loser's second try finds the row the winner wrote.
+            time.sleep(0.5)
+            self.client.log_inputs(run_id, inputs)
 
     @server_call
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:

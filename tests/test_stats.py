@@ -432,3 +432,15 @@ def test_task_alignment_with_constant_gain_returns_a_reason(cells_study):
     flat.loc[flat["condition"] != "cot", "correct"] = 1
     result = task_alignment(flat, n_boot=50, n_splits=5)
     assert result.pearson_r is None and "same in every cell" in result.reason
+
+
+def test_holm_adjust_equals_statsmodels_multipletests():
+    from statsmodels.stats.multitest import multipletests
+
+    from relxfer.compare.stats_accuracy import holm_adjust
+
+    rng = np.random.default_rng(11)
+    for size in (1, 2, 3, 6, 25):
+        p = rng.uniform(0, 0.2, size=size)
+        p[rng.random(size) < 0.3] = p[0]  # ties
+        assert np.allclose(holm_adjust(p), multipletests(p, method="holm")[1], atol=1e-15)

@@ -4,10 +4,8 @@ plain-text table, JSON or CSV files."""
 
 from __future__ import annotations
 
-import gc
 import json
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,27 +45,7 @@ class Report:
         return [result.summary or f"{name}: {result.reason}" for name, result in self.analyses()]
 
 
-@contextmanager
-def _frozen_heap():
-    """statsmodels' Holm correction (multipletests, used per model x seed by paired_gains) runs a
-    full gc.collect() on every call, and a full collection walks every object in the process:
-    MLflow's modules and the runs just read make that ~0.1 s a call, 30 s for 2,000 runs.
-    gc.freeze() moves the objects that exist now out of the collector's sight until unfreeze, so
-    those calls only walk what the analyses create. Nothing is leaked: unfreeze hands the
-    objects back to the collector."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
 def build_report(items: pd.DataFrame, reference: str = "baseline", scale: str = "logit", mixed: bool = True) -> Report:
-    with _frozen_heap():
-        return _build_report(items, reference, scale, mixed)
-
-
-def _build_report(items: pd.DataFrame, reference: str, scale: str, mixed: bool) -> Report:
     conditions = sorted(c for c in items["condition"].unique() if c != reference)
     has_reference = reference in set(items["condition"])
     gains = [paired_gains(items, c, reference=reference) for c in conditions] if has_reference else []

@@ -124,8 +124,12 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCa
         pad_token_id=tokenizer.pad_token_id,
         **MODEL_SIZES,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    # A private RNG stream: building the model (first use of a cache) must not change the global
+    # RNG state, or a process that builds it would initialise LoRA differently from one that
+    # loads it from the cache.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
     return model.to(torch.float32).eval()
 
 
