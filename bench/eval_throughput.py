@@ -54,29 +54,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from relxfer.backends.local import LocalBackend  # noqa: E402
 from relxfer.data.belebele import load_belebele  # noqa: E402
 from relxfer.evaluate import evaluate_items  # noqa: E402
+from relxfer.lm_eval_tasks import write_belebele_tasks  # noqa: E402
 from relxfer.models.tiny import build_tiny_model  # noqa: E402
 from relxfer.prompts import PromptBuilder  # noqa: E402
 
 DEFAULT_BELEBELE = Path(__file__).resolve().parents[2] / "shared" / "data" / "belebele"
-
-
-def write_task_configs(root: Path, languages: list[str], belebele_dir: Path) -> Path:
-    """Local lm-eval task configs: the installed harness's Belebele template, local data."""
-    import lm_eval
-
-    template = Path(lm_eval.__file__).parent / "tasks" / "belebele" / "_default_template_yaml"
-    for code in languages:
-        config = {
-            "include": str(template),
-            "task": f"belebele_local_{code}",
-            "dataset_path": "json",
-            "dataset_name": None,
-            "dataset_kwargs": {"data_files": {"test": str(belebele_dir / f"{code}.jsonl")}, "cache_dir": str(root / "hf")},
-            "test_split": "test",
-            "fewshot_split": "test",
-        }
-        (root / f"belebele_local_{code}.yaml").write_text(json.dumps(config))  # JSON is YAML
-    return root
 
 
 class Timed:
@@ -179,7 +161,7 @@ def main() -> None:
     best = {"lm-eval": (float("inf"), float("inf")), "relxfer": (float("inf"), float("inf"))}
     scores = {}
     with tempfile.TemporaryDirectory() as tmp:
-        task_dir = write_task_configs(Path(tmp), args.languages, args.belebele_dir)
+        task_dir = write_belebele_tasks(Path(tmp), args.languages, args.belebele_dir)
         for round_ in range(args.rounds):
             for name in ("lm-eval", "relxfer"):
                 if name == "lm-eval":

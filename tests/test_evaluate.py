@@ -15,9 +15,10 @@ from relxfer.data.belebele import load_belebele
 from relxfer.data.synthetic import SyntheticLanguage, generate
 from relxfer.evaluate import encode_requests, evaluate_items, make_records, run_metrics
 from relxfer.models.tiny import BUILTIN_ID
+from relxfer.lm_eval_tasks import write_belebele_tasks
 from relxfer.prompts import EXTRACTOR_VERSION, PromptBuilder
 
-from .test_prompts import BELEBELE, lm_eval_requests, lm_eval_task_dir
+from .test_prompts import BELEBELE, lm_eval_requests
 
 # One intra-op thread: on a shared 2-core machine two threads can run 50x slower.
 torch.set_num_threads(1)
@@ -165,7 +166,7 @@ def harness(backend, tmp_path_factory):
     # tokenizer prepends BOS, so relxfer's backend is told to do the same.
     lm = HFLM(pretrained=backend.model, tokenizer=backend.tokenizer, batch_size=4)
     ours = LocalBackend(backend.model, backend.tokenizer, add_bos_token=True)
-    task_dir = lm_eval_task_dir(tmp_path_factory.mktemp("lm-eval-tasks"), ["eng_Latn", "zho_Hans"], BELEBELE)
+    task_dir = write_belebele_tasks(tmp_path_factory.mktemp("lm-eval-tasks"), ["eng_Latn", "zho_Hans"], BELEBELE)
     return lm, ours, task_dir
 
 

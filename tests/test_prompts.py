@@ -12,6 +12,7 @@ from relxfer.data.belebele import load_belebele
 from relxfer.data.items import MCItem
 from relxfer.errors import SpecError
 from relxfer.prompts import INSTRUCTIONS, PromptBuilder, extract_answer
+from relxfer.lm_eval_tasks import write_belebele_tasks
 
 ITEM = MCItem("q#1", "q", "eng_Latn", "The cat sat.", " Where did the cat sit? ", ("mat", "sofa", "roof", "tree"), 0)
 V1 = {"preset": "relxfer-v1", "labels": ["1", "2", "3", "4"]}
@@ -138,27 +139,6 @@ def test_extract_letter_labels_are_case_sensitive():
 # Byte-exact against the installed lm-evaluation-harness (the `bench` extra)
 
 
-def lm_eval_task_dir(root: Path, languages, belebele_dir: Path) -> Path:
-    """Local lm-eval task configs: the harness's own Belebele template (`include`), the data from
-    local jsonl files. Returns the directory for `TaskManager(include_path=...)`."""
-    import lm_eval
-
-    template = Path(lm_eval.__file__).parent / "tasks" / "belebele" / "_default_template_yaml"
-    root.mkdir(parents=True, exist_ok=True)
-    for code in languages:
-        config = {
-            "include": str(template),
-            "task": f"belebele_local_{code}",
-            "dataset_path": "json",
-            "dataset_name": None,
-            "dataset_kwargs": {"data_files": {"test": str(belebele_dir / f"{code}.jsonl")}, "cache_dir": str(root / "hf")},
-            "test_split": "test",
-            "fewshot_split": "test",
-        }
-        (root / f"belebele_local_{code}.yaml").write_text(json.dumps(config))  # JSON is YAML
-    return root
-
-
 def lm_eval_requests(task_dir: Path, code: str, limit=None, chat_template=None) -> dict[int, list[tuple[str, str]]]:
     """The harness's loglikelihood requests (context, continuation) per document, zero-shot,
     for the first `limit` documents (all when None)."""
@@ -188,7 +168,7 @@ def test_lm_eval_belebele_preset_is_byte_identical_to_the_harness(belebele_codes
     prompt and continuations equal the harness's loglikelihood requests byte for byte
     (question.strip(), unstripped options, the " " target delimiter, zero-shot context). The
     harness compiles its Jinja template anew for every document (~3 ms), hence the subset."""
-    task_dir = lm_eval_task_dir(tmp_path, belebele_codes, BELEBELE)
+    task_dir = write_belebele_tasks(tmp_path, belebele_codes, BELEBELE)
     builder = PromptBuilder.from_spec(LM_EVAL)
     data = load_belebele(belebele_codes, path=BELEBELE)
     checked = 0

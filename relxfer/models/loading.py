@@ -101,20 +101,26 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def _from_pretrained(auto_class, source: str, model: dict, **kwargs):
+    """`auto_class.from_pretrained` with the model entry's revision, remote-code permission and
+    GGUF file; every failure becomes one ModelError."""
+    kwargs |= {"revision": model["revision"], "trust_remote_code": bool(model["trust_remote_code"])}
+    if model["gguf_file"]:
+        kwargs["gguf_file"] = model["gguf_file"]
+    try:
+        with quiet_transformers():
+            return auto_class.from_pretrained(source, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - every loading failure becomes one ModelError
+        raise _load_error(source, model, exc) from exc
+
+
 def load_tokenizer(model: dict, cache_dir: Path):
     """The tokenizer of a spec's model entry, with a pad token (EOS when the model has none)."""
     model = resolve_model(model)
     source = resolve_source(model, cache_dir)
     from transformers import AutoTokenizer
 
-    kwargs = {"revision": model["revision"], "trust_remote_code": bool(model["trust_remote_code"])}
-    if model["gguf_file"]:
-        kwargs["gguf_file"] = model["gguf_file"]
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - every loading failure becomes one ModelError
-        raise _load_error(source, model, exc) from exc
+    tokenizer = _from_pretrained(AutoTokenizer, source, model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -140,22 +146,11 @@ def load_causal_lm(
 
     from transformers import AutoModelForCausalLM
 
-    kwargs = {
-        "revision": model["revision"],
-        "trust_remote_code": bool(model["trust_remote_code"]),
-        "dtype": DTYPES[model["dtype"]],
-        "device_map": _device_map(model["device_map"]),
-    }
+    kwargs = {"dtype": DTYPES[model["dtype"]], "device_map": _device_map(model["device_map"])}
     quant_config = bnb_config(quantization)
     if quant_config is not None:
         kwargs["quantization_config"] = quant_config
-    if model["gguf_file"]:
-        kwargs["gguf_file"] = model["gguf_file"]
-    try:
-        with quiet_transformers():
-            lm = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - every loading failure becomes one ModelError
-        raise _load_error(source, model, exc) from exc
+    lm = _from_pretrained(AutoModelForCausalLM, source, model, **kwargs)
     if quant_config is not None:
         keep_compute_dtype(lm, quant_config.bnb_4bit_compute_dtype)
 
