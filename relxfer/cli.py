@@ -100,6 +100,7 @@ def run(spec: Path, tracking_uri: str | None, cache_dir: Path, force: bool, no_p
     from .tracking import Tracker
 
     loaded = load_spec(spec)
+    cache_dir = cache_dir.expanduser()  # `mlflow run` passes parameters quoted: no shell expansion
     tracker = Tracker(tracking_uri)
     runner = StudyRunner(loaded, tracker, cache_dir, report=lambda line: click.echo(line, err=True), progress=not no_progress)
     outcomes = runner.run(force=force)

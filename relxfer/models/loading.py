@@ -9,6 +9,7 @@ no credential ever passes through this code.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +19,10 @@ import torch
 from ..errors import ModelError
 from ..spec import section_defaults
 from . import tiny
+
+# bitsandbytes warns on every start that an optional CPU kernel from the Hugging Face hub (the
+# `kernels` package) is missing; its built-in kernel is used instead, with the same results.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 BUILTIN_MODELS = {tiny.BUILTIN_ID: tiny.build_tiny_model}
 
