@@ -118,10 +118,22 @@ class Tracker:
 
     @server_call
     def experiment_id(self, name: str, create: bool = True) -> str | None:
+        from mlflow.exceptions import MlflowException
+
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        return self.client.create_experiment(name) if create else None
+        if not create:
+            return None
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException:
+            # Another process created it between the look-up and the create (two runs started
+            # together on a new experiment): use theirs.
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
 
     @server_call
     def start_parent(self, experiment_name: str, run_name: str, tags: dict[str, str]) -> ParentRun:
