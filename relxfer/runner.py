@@ -16,6 +16,7 @@ What makes it lose nothing:
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,9 +224,20 @@ class StudyRunner:
         return LocalBackend.load(self.spec.model(model_name), self._quantization(), self.cache_dir, adapter_dir=adapter_dir)
 
     def _fetch_adapter(self, finetune_run_id: str, finetune_key: str) -> Path:
-        """The adapter as the tracking server stores it, not a local path only the trainer knew."""
-        target = self.cache_dir / "adapters" / finetune_key
-        return self.tracker.download(finetune_run_id, "adapter", target)
+        """The adapter as the tracking server stores it, not a local path only the trainer knew.
+        Downloaded into a private directory and renamed into place, so a second process reading
+        the same adapter never sees a half-written copy."""
+        final = self.cache_dir / "adapters" / finetune_key / finetune_run_id
+        if not final.is_dir():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            private = Path(tempfile.mkdtemp(prefix=".download-", dir=final.parent))
+            downloaded = self.tracker.download(finetune_run_id, "adapter", private)
+            try:
+                downloaded.rename(final)
+            except OSError:  # another process put its complete copy there first
+                pass
+            shutil.rmtree(private, ignore_errors=True)
+        return final
 
     def _start_cell_run(self, parent: ParentRun, cell: Cell, orphans: list, resume: bool) -> str:
         """A run for `cell`: the newest orphaned run when resuming (fine-tunes), a new run
