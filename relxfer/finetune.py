@@ -17,7 +17,6 @@ Only the last KEEP_CHECKPOINTS checkpoints are kept, and none once the final ada
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math

@@ -3,7 +3,6 @@ shared real data directory, and a per-session relxfer cache."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

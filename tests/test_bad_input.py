@@ -110,11 +110,17 @@ def test_unset_data_directory_variable(tmp_path):
     )
 
 
-def test_missing_language_file(tmp_path, belebele_dir):
+def data_copy(tmp_path: Path, belebele_dir: Path, codes) -> Path:
+    """A data directory in tmp_path holding copies of the given languages' real files only."""
     data = tmp_path / "data"
     data.mkdir()
-    for code in ("eng_Latn", "fra_Latn", "tur_Latn", "zho_Hans"):
+    for code in codes:
         shutil.copy(belebele_dir / f"{code}.jsonl", data)
+    return data
+
+
+def test_missing_language_file(tmp_path, belebele_dir):
+    data = data_copy(tmp_path, belebele_dir, ("eng_Latn", "fra_Latn", "tur_Latn", "zho_Hans"))
     spec = belebele_spec(tmp_path, data)
     assert run_cli(tmp_path, ["run", str(spec)]) == (
         f"{data}/arb_Arab.jsonl not found; languages available in {data}: eng_Latn, fra_Latn, tur_Latn, zho_Hans"
@@ -122,10 +128,7 @@ def test_missing_language_file(tmp_path, belebele_dir):
 
 
 def test_corrupt_jsonl_row_names_file_and_line(tmp_path, belebele_dir):
-    data = tmp_path / "data"
-    data.mkdir()
-    for code in ("arb_Arab", "eng_Latn", "tur_Latn", "zho_Hans"):
-        shutil.copy(belebele_dir / f"{code}.jsonl", data)
+    data = data_copy(tmp_path, belebele_dir, ("arb_Arab", "eng_Latn", "tur_Latn", "zho_Hans"))
     lines = (belebele_dir / "fra_Latn.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     lines[41] = lines[41][:50] + "\n"
     (data / "fra_Latn.jsonl").write_text("".join(lines), encoding="utf-8")

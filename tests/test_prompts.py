@@ -3,7 +3,6 @@ real Belebele rows); the options change the template id; the CoT answer extracto
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
