@@ -6,17 +6,21 @@ per-item prediction agreement.
     python bench/eval_throughput.py [--languages eng_Latn] [--limit 300] [--batch-size 16] [--rounds 2]
 
 Both sides (the `bench` extra pins lm_eval 0.4.x):
-- the built-in tiny model (relxfer.models.tiny.build_tiny_model into --cache-dir), float32, on
-  the CPU with --threads intra-op threads (1 by default), loaded once before any timing;
+- one model from --model: the built-in tiny model (default; 1,024-token vocabulary), the real
+  Gemma 3 270M (`builtin:gemma-3-270m`, 262,144-token vocabulary, `pip install ".[gemma]"`) or
+  a local transformers directory; float32, on the CPU with --threads intra-op threads (1 by
+  default), loaded once before any timing;
 - the first --limit questions of each language from --belebele-dir (<code>.jsonl files);
 - zero-shot, the harness's Belebele prompt: lm-eval renders its own installed task template
   (a local task config `include`s lm_eval/tasks/belebele/_default_template_yaml and points the
   data at the jsonl file); relxfer uses its `lm-eval-belebele` preset;
 - the same BOS policy, both on their defaults: lm-eval 0.4.13's add_bos_token=None and
   relxfer's (the tokenizer's own default, which for the tiny tokenizer prepends BOS);
-- the same batch size policy: a fixed --batch-size for both (lm-eval: contexts per forward
-  pass, after its logits cache groups the four one-token choices of a question into one; relxfer:
-  prompts per forward pass, all labels read from it), both sorted longest first.
+- the same memory bound: --batch-size rows per forward pass for both, sorted longest first
+  (lm-eval: contexts, after its logits cache groups the four one-token choices of a question
+  into one, exactly --batch-size a pass; relxfer: rows of its own engine, at most --batch-size a
+  pass, fewer where padding would cost more than another pass, and one row holds the questions
+  of one passage, the passage run once: its defaults, `--shared-prefix 0` turns sharing off).
 
 Timed per side, end to end from the jsonl file to per-item predictions: lm-eval's
 `simple_evaluate` (task build from the local file, Jinja prompts, tokenization, scoring,
@@ -51,11 +55,13 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relxfer.backends.local import LocalBackend  # noqa: E402
+from relxfer.backends.local import DEFAULT_MIN_SHARED_PREFIX, LocalBackend  # noqa: E402
 from relxfer.data.belebele import load_belebele  # noqa: E402
 from relxfer.evaluate import evaluate_items  # noqa: E402
 from relxfer.lm_eval_tasks import write_belebele_tasks  # noqa: E402
-from relxfer.models.tiny import build_tiny_model  # noqa: E402
+from relxfer.models.loading import resolve_model, resolve_source  # noqa: E402
+from relxfer.models.packaged_gemma import BUILTIN_ID as GEMMA_ID  # noqa: E402
+from relxfer.models.tiny import BUILTIN_ID as TINY_ID  # noqa: E402
 from relxfer.prompts import PromptBuilder  # noqa: E402
 
 DEFAULT_BELEBELE = Path(__file__).resolve().parents[2] / "shared" / "data" / "belebele"
@@ -132,10 +138,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path(".relxfer-cache"))
+    parser.add_argument(
+        "--model", default=TINY_ID,
+        help=f"a relxfer model source: {TINY_ID} (default), {GEMMA_ID} (pip install '.[gemma]') or a local transformers directory",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument(
-        "--shared-prefix", type=int, default=None, metavar="N",
-        help="relxfer runs prompt prefixes of >= N shared tokens once (LocalBackend.min_shared_prefix; off by default)",
+        "--shared-prefix", type=int, default=DEFAULT_MIN_SHARED_PREFIX, metavar="N",
+        help=f"relxfer runs prompt prefixes of >= N shared tokens once (LocalBackend.min_shared_prefix, default {DEFAULT_MIN_SHARED_PREFIX}; 0: never)",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -146,13 +156,13 @@ def main() -> None:
 
     import lm_eval
 
-    model_dir = build_tiny_model(args.cache_dir)
+    model_dir = Path(resolve_source(resolve_model({"name": "bench", "source": args.model}), args.cache_dir))
     lm = HFLM(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=args.batch_size)
     # Both on their defaults: lm-eval 0.4.13 (PR #3347) encodes with the tokenizer's default
     # special tokens when add_bos_token is None, and so does relxfer's backend.
     backend = LocalBackend.load(
-        {"name": "tiny", "source": str(model_dir), "dtype": "float32"}, None, args.cache_dir,
-        min_shared_prefix=args.shared_prefix,
+        {"name": "bench", "source": str(model_dir), "dtype": "float32"}, None, args.cache_dir,
+        min_shared_prefix=args.shared_prefix or None,
     )
     add_bos = backend.add_bos_token
     assert lm.tok_encode("Passage: x") == backend.encode("Passage: x"), "the two sides encode differently"
@@ -182,7 +192,7 @@ def main() -> None:
     agree = theirs.argmax(1) == ours.argmax(1)
     ties = sum(1 for i in np.flatnonzero(~agree) if is_tie(theirs[i]) or is_tie(ours[i]))
     result = {
-        "model": f"relxfer built-in tiny model ({model_dir.name}), float32",
+        "model": f"{args.model} ({model_dir.name}), float32",
         "device": f"CPU, {args.threads} thread(s)",
         "languages": args.languages,
         "questions": n_questions,

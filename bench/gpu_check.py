@@ -1,7 +1,7 @@
 """GPU check: QLoRA-train the built-in tiny model in 4-bit on CUDA, evaluate it there, and compare
 its predictions with the same base + adapter evaluated on the CPU.
 
-    python bench/gpu_check.py [--steps 100] [--items 200] [--eval-items 600] [--min-agreement 0.95]
+    python bench/gpu_check.py [--steps 100] [--items 200] [--eval-items 600] [--min-agreement 0.95] [--dtype float32|bfloat16]
 
 Prints training tokens/s, peak GPU memory, scoring and generation throughput, and the CPU/GPU
 agreement of the predicted labels (and the largest log-prob difference). Exits 0 without a GPU
@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--eval-items", type=int, default=600)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--min-agreement", type=float, default=0.95)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="model and 4-bit compute dtype")
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: a temporary directory")
     args = parser.parse_args()
 
@@ -75,8 +76,8 @@ def main() -> int:
     train_items, eval_items = items[: args.items], items[args.items : args.items + args.eval_items]
     examples = [(prompt(item), f" {item.gold + 1}") for item in train_items]
 
-    quant = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
-    gpu_model = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32", "device_map": "auto"}
+    quant = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": args.dtype}
+    gpu_model = {"name": "tiny", "source": BUILTIN_ID, "dtype": args.dtype, "device_map": "auto"}
     cpu_model = {**gpu_model, "device_map": "cpu"}
     finetune = {"method": "qlora", "quantization": quant, "training": {"max_steps": args.steps, "batch_size": 8, "learning_rate": args.learning_rate}}
 
@@ -109,6 +110,7 @@ def main() -> int:
     agreement = float((gpu_lp.argmax(1) == cpu_lp.argmax(1)).mean())
     summary = {
         "device": torch.cuda.get_device_name(0),
+        "dtype": args.dtype,
         "train_tokens_per_s": round(result.tokens_per_s),
         "train_peak_gpu_mib": round(result.peak_memory_mb, 1),
         "eval_prompt_tokens_per_s_gpu": round(n_tokens / gpu_s),

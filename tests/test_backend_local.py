@@ -189,3 +189,64 @@ def test_input_errors(backend):
     assert cont == []
     with pytest.raises(ValueError, match="continuation 1 of prompt 0 is empty"):
         backend.label_logprobs([prompt], [[[5], cont]])
+
+
+def _forward_log(model):
+    """Hooks recording each forward pass's input shape and attention mask; returns (log, remove)."""
+    log = []
+    hook = model.model.register_forward_hook(
+        lambda m, args, kw, out: log.append((tuple(kw["input_ids"].shape), kw.get("attention_mask"))), with_kwargs=True
+    )
+    return log, hook.remove
+
+
+def test_packed_rows_equal_bruteforce_under_eager_attention(relxfer_cache, shared_texts):
+    """Eager attention adds the tree mask to the scores (a float mask); SDPA takes it as booleans."""
+    eager = LocalBackend.load(TINY, None, relxfer_cache, min_shared_prefix=8)
+    eager.model.set_attn_implementation("eager")
+    prompts, conts = encode_requests(eager, shared_texts, DIGITS)
+    log, remove = _forward_log(eager.model)
+    try:
+        fast = eager.label_logprobs(prompts, conts, batch_size=4)
+    finally:
+        remove()
+    masks = [m for _, m in log if m is not None]
+    assert masks and all(m.dtype == torch.float32 and m.dim() == 4 for m in masks)
+    np.testing.assert_allclose(fast, eager.label_logprobs_bruteforce(prompts, conts), atol=TOL, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def sliding_backend(backend) -> LocalBackend:
+    """A random Gemma 3 text model (sliding-window layer, then a full-attention layer) with a
+    24-token window, on the tiny tokenizer: prompts both shorter and longer than the window."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = backend.tokenizer
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=24,
+        layer_types=["sliding_attention", "full_attention"], pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Gemma3ForCausalLM(config).eval()
+    return LocalBackend(model, tokenizer, min_shared_prefix=4)
+
+
+def test_sliding_window_models_share_prefixes_only_within_the_window(sliding_backend, shared_texts):
+    backend = sliding_backend
+    window = backend.model.config.sliding_window
+    texts = [t[:n] for t in shared_texts[:6] for n in (30, 34, 38)] + shared_texts[:4]
+    prompts, conts = encode_requests(backend, texts, DIGITS)
+    lengths = [len(p) for p in prompts]
+    assert min(lengths) < window <= max(lengths)
+    log, remove = _forward_log(backend.model)
+    try:
+        fast = backend.label_logprobs(prompts, conts, batch_size=8)
+    finally:
+        remove()
+    packed = [shape for shape, mask in log if mask is not None]
+    plain = [shape for shape, mask in log if mask is None]
+    assert packed and plain  # short prompts shared rows; the long ones ran on the model's own masks
+    np.testing.assert_allclose(fast, backend.label_logprobs_bruteforce(prompts, conts), atol=TOL, rtol=0)

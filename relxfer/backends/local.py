@@ -3,9 +3,10 @@
 Tokenization follows lm-evaluation-harness 0.4.x (`TemplateLM._encode_pair` and HFLM's
 `tok_encode` for causal models), so log-probabilities are comparable with lm-eval's numbers.
 
-Scoring runs right-padded batches without an attention mask: with causal attention a real
+Scoring runs right-padded batches without a padding mask: with causal attention a real
 position never sees the pads after it, and without a mask PyTorch's SDPA takes its causal
-kernel (a padding mask made long prompts 1.3-2.7x slower on the CPU). Logits are computed only
+kernel (a padding mask made long prompts 1.3-2.7x slower on the CPU). Prompts that share a long
+prefix share a row and run it once, under a tree mask (packing.py). Logits are computed only
 where they are needed: a pre-hook on the output embeddings hands the output projection each
 row's scored positions only (any model-specific logit post-processing such as soft-capping
 still applies). For a 150k-262k vocabulary this is most of the cost of a forward pass otherwise.
@@ -16,8 +17,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,14 +28,22 @@ from tqdm.auto import tqdm
 
 from ..errors import ModelError
 from ..models.loading import load_causal_lm
+from .packing import Request, Row, build_requests, plan_batches, shared_prefix_rows
 
 # Auto batch size: at most this many (padded) tokens per forward pass, this many rows, and this
 # many logits (rows x kept positions x vocabulary) in memory at once.
 DEFAULT_MAX_BATCH_TOKENS = 8192
 DEFAULT_MAX_BATCH_SIZE = 64
 MAX_LOGITS_PER_BATCH = 64 * 1024 * 1024  # 256 MiB of float32
-# With `min_shared_prefix` set (off by default: see `_score_shared`), prompts sharing at least
-# that many leading token ids run them once through a key/value cache; 32 is a sensible value.
+# The fixed price of one forward pass, in tokens' worth of compute, used to choose batches
+# (packing.plan_batches). On the CPU a pass streams every weight from memory once, about what
+# 30 tokens of arithmetic take on Gemma 3 270M with one thread, plus Python overhead: padding a
+# batch further costs more than a new pass beyond that. On a GPU a pass is cheap per token and
+# batches buy parallelism: rows and memory alone bound them.
+CPU_PASS_OVERHEAD_TOKENS = 64
+GPU_PASS_OVERHEAD_TOKENS = 1 << 16
+# Prompts sharing at least this many leading token ids run them once (see packing.py).
+DEFAULT_MIN_SHARED_PREFIX = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,41 +130,6 @@ def encode_pair(tokenizer, context: str, continuation: str, add_bos_token: bool,
 # Batched scoring
 
 
-@dataclass
-class _Request:
-    """One forward pass: log-softmax at the last `len(targets)` positions of `input_ids`, where
-    position j is scored on the token ids `targets[j]` (one id per scored continuation)."""
-
-    index: int  # the prompt it belongs to
-    label: int | None  # the one continuation it scores, or None for all of them at once
-    input_ids: list[int]
-    targets: list[list[int]]
-
-
-def _requests(prompts, continuations) -> list[_Request]:
-    requests = []
-    for i, (prompt, conts) in enumerate(zip(prompts, continuations)):
-        prompt = [int(t) for t in prompt]
-        if not prompt:
-            raise ValueError(f"prompt {i} is empty (use the BOS token as an empty context)")
-        for j, cont in enumerate(conts):
-            if len(cont) == 0:
-                # lm-eval would silently score it 0.0, i.e. make it the most likely option.
-                raise ValueError(
-                    f"continuation {j} of prompt {i} is empty (it merged into the prompt's last token; "
-                    "start the continuation with a separator such as a space)"
-                )
-        if all(len(c) == 1 for c in conts):
-            # One pass: the next-token distribution after the prompt scores every label.
-            requests.append(_Request(i, None, prompt, [[int(c[0]) for c in conts]]))
-        else:
-            # Full continuation scoring: prompt + continuation[:-1] predicts each continuation token.
-            for j, cont in enumerate(conts):
-                cont = [int(t) for t in cont]
-                requests.append(_Request(i, j, prompt + cont[:-1], [[t] for t in cont]))
-    return requests
-
-
 def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """input_ids, attention_mask and position_ids of left-padded rows. Position ids count real
     tokens only, so a padded row gets the same rotary positions as the row alone."""
@@ -179,40 +153,6 @@ def right_pad(rows: list[list[int]], pad_id: int, device) -> torch.Tensor:
     return ids.to(device)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(diff[0]) if len(diff) else n
-
-
-def _shared_prefix_groups(requests: list[_Request], min_shared: int) -> tuple[list[tuple[int, list[_Request]]], list[_Request]]:
-    """(groups, singles): groups of one-pass requests whose token ids share a prefix of at least
-    `min_shared` tokens, as (shared length, members), and the requests in no group. The shared
-    part always leaves each member at least its last token (whose logits score the labels).
-    Found by sorting the ids lexicographically (prompts sharing a prefix are then neighbours);
-    a prompt joins the group before it when its common prefix with the group is at least
-    `min_shared` tokens and at least half the group's shared length so far."""
-    order = sorted(requests, key=lambda r: r.input_ids)
-    groups, singles = [], []
-    members, shared = [], 0
-    for request in order + [None]:
-        if request is not None and members:
-            common = min(_common_prefix(members[0].input_ids, request.input_ids), shared, len(request.input_ids) - 1)
-            if common >= min_shared and 2 * common >= shared:
-                members.append(request)
-                shared = common
-                continue
-        if len(members) > 1:
-            groups.append((shared, members))
-        else:
-            singles.extend(members)
-        if request is not None:
-            members, shared = [request], len(request.input_ids) - 1
-    return groups, singles
-
-
 class LocalBackend:
     """`relxfer.backends.base.Backend` over a transformers causal LM (optionally 4-bit, optionally
     with a LoRA adapter)."""
@@ -225,7 +165,8 @@ class LocalBackend:
         add_bos_token: bool | None = None,  # None = the tokenizer's own default (lm-eval 0.4.13)
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        min_shared_prefix: int | None = None,
+        min_shared_prefix: int | None = DEFAULT_MIN_SHARED_PREFIX,  # None: never share a prefix
+        pass_overhead_tokens: int | None = None,  # None: by device (see CPU_PASS_OVERHEAD_TOKENS)
     ):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -233,15 +174,17 @@ class LocalBackend:
         self.add_bos_token = default_add_bos_token() if add_bos_token is None else bool(add_bos_token)
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
-        self.min_shared_prefix = min_shared_prefix  # None: never reuse a shared prefix
+        self.min_shared_prefix = min_shared_prefix
         self._last_context: tuple[str, list[int]] | None = None
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.device = model.get_input_embeddings().weight.device
+        if pass_overhead_tokens is None:
+            pass_overhead_tokens = CPU_PASS_OVERHEAD_TOKENS if self.device.type == "cpu" else GPU_PASS_OVERHEAD_TOKENS
+        self.pass_overhead_tokens = int(pass_overhead_tokens)
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         forward_params = inspect.signature(base.forward).parameters
         self._keeps_logits = "logits_to_keep" in forward_params
-        self._cache_arg = "cache" if "cache" in forward_params else "past_key_values"  # transformers 5.2x renamed it
 
     @classmethod
     def load(cls, model: dict, quantization: dict | None, cache_dir: Path, adapter_dir: Path | None = None, **kwargs):
@@ -281,47 +224,43 @@ class LocalBackend:
     ) -> np.ndarray:
         """Sum of token log-probabilities of each continuation after each prompt, float64, shape
         [n_prompts, n_continuations]. A prompt whose continuations are all single tokens takes one
-        forward pass (the next-token distribution scores them all); otherwise every continuation
-        takes one pass over prompt + continuation. Requests run longest first, right-padded
-        without an attention mask (causal attention: a real position never sees the pads after
-        it), in batches of `batch_size` rows, or of an automatic size within `max_batch_tokens`.
+        position of one forward pass (the next-token distribution scores them all); otherwise
+        every continuation is scored over prompt + continuation.
 
-        Prompts that share a long prefix of token ids (Belebele: the questions of one passage)
-        run that prefix once: its key/value cache is computed in one pass and each prompt's rest
-        attends to it (see `_shared_prefix_groups`). `batch_size` then bounds the rows of each
-        pass (prefixes in one, the prompts' rests in the next)."""
+        Sequences sharing at least `min_shared_prefix` leading token ids (Belebele: the
+        questions of one passage; the continuations of one prompt) share a row: the prefix runs
+        once (see packing.py). Rows run longest first, right-padded without a padding mask
+        (causal attention: a real position never sees the pads after it), in batches chosen to
+        minimise padding plus a fixed price per pass, of at most `batch_size` rows or, without
+        it, as many as fit the token and logits budgets."""
         if len(prompts) != len(continuations):
             raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuation lists")
         n_labels = {len(c) for c in continuations}
         if len(n_labels) > 1:
             raise ValueError(f"every prompt needs the same number of continuations, got {sorted(n_labels)}")
         out = np.zeros((len(prompts), n_labels.pop() if n_labels else 0), dtype=np.float64)
-        requests = _requests(prompts, continuations)
-        one_pass = [r for r in requests if r.label is None]
-        groups, singles = (
-            _shared_prefix_groups(one_pass, self.min_shared_prefix) if self._can_share_prefix() else ([], one_pass)
-        )
-        singles = singles + [r for r in requests if r.label is not None]
-        # Longest first: similar lengths share a batch, and memory trouble shows up at once.
-        singles.sort(key=lambda r: (-len(r.input_ids), r.index))
-        # Similar shared lengths share a chunk (each chunk runs its shortest shared prefix once).
-        groups.sort(key=lambda g: (-g[0], g[1][0].index))
-
-        def store(batch, scores):
-            for request, row in zip(batch, scores):
-                if request.label is None:
-                    out[request.index, :] = row
-                else:
-                    out[request.index, request.label] = row[0]
+        requests = build_requests(prompts, continuations)
+        # Rows that may take the tree mask, and rows that must keep the model's own masks.
+        limit = self._shareable_length()
+        if limit is None:
+            pools = [[Row.single(r) for r in requests]]
+        else:
+            pools = [
+                shared_prefix_rows([r for r in requests if len(r.input_ids) < limit], self.min_shared_prefix),
+                [Row.single(r) for r in requests if len(r.input_ids) >= limit],
+            ]
 
         with torch.inference_mode(), tqdm(total=len(requests), desc="scoring", disable=not progress) as bar:
-            for chunk in self._group_chunks(groups, batch_size):
-                members = [r for _, rs in chunk for r in rs]
-                store(members, self._score_shared(chunk))
-                bar.update(len(members))
-            for batch in self._batches(singles, batch_size, extra_tokens=0):
-                store(batch, self._score_batch(batch))
-                bar.update(len(batch))
+            for rows in pools:
+                # Longest first: similar lengths share a batch, and memory trouble shows up at once.
+                rows.sort(key=lambda row: (-len(row), min(m.index for m in row.members)))
+                for batch in plan_batches(rows, lambda width, kept: self._rows_for(width, kept, batch_size), self.pass_overhead_tokens):
+                    for request, scores in zip((m for row in batch for m in row.members), self._score_rows(batch)):
+                        if request.label is None:
+                            out[request.index, :] = scores
+                        else:
+                            out[request.index, request.label] = scores[0]
+                    bar.update(sum(len(row.members) for row in batch))
         return out
 
     def _rows_for(self, width: int, kept: int, batch_size: int | None) -> int:
@@ -345,39 +284,25 @@ class LocalBackend:
             yield requests[i : i + n]
             i += n
 
-    def _group_chunks(self, groups: list, batch_size: int | None):
-        """Consecutive runs of shared-prefix groups (sorted longest first) with at most a batch of
-        member rows in all; a group larger than a batch is cut into batch-sized groups."""
-        chunk, rows, limit = [], 0, 0
-        for shared, members in groups:
-            n = self._rows_for(len(members[0].input_ids), 1, batch_size)
-            for start in range(0, len(members), n):
-                piece = members[start : start + n]
-                if chunk and rows + len(piece) > limit:
-                    yield chunk
-                    chunk, rows = [], 0
-                if not chunk:
-                    limit = n
-                chunk.append((shared, piece))
-                rows += len(piece)
-        if chunk:
-            yield chunk
-
-    def _can_share_prefix(self) -> bool:
-        """Prefix reuse needs a custom attention mask over a key/value cache: supported for SDPA
-        and eager attention with full (not sliding-window) attention in every layer."""
+    def _shareable_length(self) -> int | None:
+        """Prompts shorter than this (in tokens) may run their prefix through a shared key/value
+        cache; None when prefix reuse is off or unsupported. It needs a custom attention mask
+        over the cache: SDPA or eager attention. Sliding-window layers (Gemma 3, Mistral) are
+        fine for prompts shorter than the window, where they attend exactly like full
+        attention; longer prompts are scored the plain way."""
         if self.min_shared_prefix is None:
-            return False
+            return None
         config = getattr(self.model, "config", None)
-        impl = getattr(config, "_attn_implementation", None)
-        if impl not in ("sdpa", "eager"):
-            return False
+        if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+            return None
         layer_types = getattr(config, "layer_types", None) or []
-        if any(t != "full_attention" for t in layer_types):
-            return False
-        if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-            return False
-        return True
+        window = getattr(config, "sliding_window", None)
+        sliding = any(t != "full_attention" for t in layer_types) or (
+            window and getattr(config, "use_sliding_window", True)
+        )
+        if not sliding:
+            return sys.maxsize
+        return int(window) if window else None
 
     def _forward_gathered(self, ids: torch.Tensor, positions: torch.Tensor, **kwargs):
         """The model's forward with the output projection applied only at `positions` ([rows, k]:
@@ -401,55 +326,45 @@ class LocalBackend:
             raise ModelError(f"model {self.name!r}: cannot select logit positions through its output embeddings")
         return output.logits, output
 
-    def _score_rows(self, logits: torch.Tensor, batch: list[_Request]) -> list[np.ndarray]:
-        """Per request: summed log-probs of its targets from logits [rows, k, vocab], where row i's
-        last len(targets) columns are its scored positions."""
+    def _score_rows(self, batch: list[Row]) -> list[np.ndarray]:
+        """One forward pass over `batch`; per member of each row in order, its targets' summed
+        log-probs. Rows with shared prefixes run under the tree mask (packing.py), with position
+        ids restarting after the prefix; a batch of single sequences runs on the model's own
+        causal mask (faster attention kernels)."""
+        ids = right_pad([row.tokens() for row in batch], self.pad_id, self.device)
+        scored = [row.scored() for row in batch]
+        keep = max(len(p) for p in scored)
+        # A row with fewer scored positions repeats its first one (those columns are ignored).
+        positions = torch.tensor([p + p[:1] * (keep - len(p)) for p in scored], dtype=torch.long, device=self.device)
+        kwargs = {}
+        if any(row.packed for row in batch):
+            kwargs = self._tree_attention([row.segments() for row in batch], [row.positions() for row in batch], ids.shape[1])
+        logits, _ = self._forward_gathered(ids, positions, use_cache=False, **kwargs)
         logprobs = torch.log_softmax(logits.float(), dim=-1)
-        keep = logits.shape[1]
         results = []
-        for row, request in enumerate(batch):
-            k = len(request.targets)
-            targets = torch.tensor(request.targets, dtype=torch.long, device=logprobs.device)  # [k, m]
-            picked = logprobs[row, keep - k :, :].gather(-1, targets)  # [k, m]
-            results.append(picked.double().sum(0).cpu().numpy())
+        for r, row in enumerate(batch):
+            column = 0
+            for member in row.members:
+                k = len(member.targets)
+                targets = torch.tensor(member.targets, dtype=torch.long, device=logprobs.device)  # [k, m]
+                results.append(logprobs[r, column : column + k].gather(-1, targets).double().sum(0).cpu().numpy())
+                column += k
         return results
 
-    def _score_batch(self, batch: list[_Request]) -> list[np.ndarray]:
-        ids = right_pad([r.input_ids for r in batch], self.pad_id, self.device)
-        keep = max(len(r.targets) for r in batch)
-        # Row i scores its last len(targets) positions; shorter target lists repeat the first one
-        # in front (those columns are ignored).
-        positions = torch.tensor(
-            [[max(len(r.input_ids) - len(r.targets), len(r.input_ids) - keep + j) for j in range(keep)] for r in batch],
-            dtype=torch.long,
-            device=self.device,
-        )
-        logits, _ = self._forward_gathered(ids, positions, use_cache=False)
-        return self._score_rows(logits, batch)
-
-    def _score_shared(self, chunk: list[tuple[int, list[_Request]]]) -> list[np.ndarray]:
-        """Score the one-pass requests of shared-prefix groups. Every group of the chunk runs the
-        same number of leading tokens once (the chunk's shortest shared prefix, so no row is
-        padded): pass 1 computes their key/value cache, pass 2 runs each member's rest of the
-        prompt (right-padded) on its group's cache with plain causal attention.
-
-        Off by default (`min_shared_prefix=None`): on the built-in tiny model on the CPU it is
-        not faster (bench/README.md). Pass 2's queries attend to the cache through an explicit
-        mask, which PyTorch's CPU SDPA runs without skipping masked blocks, and each chunk pads
-        its members' rests to the longest; together these eat the saved prefix tokens."""
-        shared = min(n for n, _ in chunk)
-        ids = torch.tensor([members[0].input_ids[:shared] for _, members in chunk], dtype=torch.long, device=self.device)
-        last = torch.full((len(chunk), 1), shared - 1, dtype=torch.long, device=self.device)
-        _, output = self._forward_gathered(ids, last, use_cache=True)
-        cache = output.cache if hasattr(output, "cache") else output.past_key_values
-        members = [(g, r) for g, (_, rs) in enumerate(chunk) for r in rs]
-        cache.batch_select_indices(torch.tensor([g for g, _ in members], dtype=torch.long, device=self.device))
-        rests = [r.input_ids[shared:] for _, r in members]
-        rest_ids = right_pad(rests, self.pad_id, self.device)
-        positions = shared + torch.arange(rest_ids.shape[1], device=self.device)[None, :].expand(rest_ids.shape[0], -1)
-        last = torch.tensor([[len(rest) - 1] for rest in rests], dtype=torch.long, device=self.device)
-        logits, _ = self._forward_gathered(rest_ids, last, position_ids=positions, use_cache=True, **{self._cache_arg: cache})
-        return self._score_rows(logits, [r for _, r in members])
+    def _tree_attention(self, segments: list[list[int]], positions: list[list[int]], width: int) -> dict:
+        """The model kwargs for packed rows: a 4-D attention mask (transformers passes a 4-D mask
+        through unchanged) where a token sees the earlier tokens of the shared prefix and of its
+        own segment, and position ids. Pads (segment -1, after every real token) see the prefix
+        and the pads: never attended to by a real token, they only need a finite softmax."""
+        seg = torch.tensor([s + [-1] * (width - len(s)) for s in segments], dtype=torch.long, device=self.device)
+        pos = torch.tensor([p + list(range(len(p), width)) for p in positions], dtype=torch.long, device=self.device)
+        causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
+        allowed = causal & ((seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None]))  # [rows, query, key]
+        mask = allowed[:, None]
+        if self.model.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
+            dtype = self.model.get_input_embeddings().weight.dtype
+            mask = torch.zeros(mask.shape, dtype=dtype, device=self.device).masked_fill(~mask, torch.finfo(dtype).min)
+        return {"attention_mask": mask, "position_ids": pos}
 
     def label_logprobs_bruteforce(
         self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[Sequence[int]]]
@@ -489,7 +404,7 @@ class LocalBackend:
             config.update(stop_strings=list(stop))
 
         # A generation step keeps the logits of one position per row, like a one-target request.
-        requests = [_Request(i, None, [int(t) for t in p], [[0]]) for i, p in enumerate(prompts)]
+        requests = [Request(i, None, [int(t) for t in p], [[0]]) for i, p in enumerate(prompts)]
         requests.sort(key=lambda r: (-len(r.input_ids), r.index))
         out = [""] * len(requests)
         with torch.inference_mode(), tqdm(total=len(requests), desc="generating", disable=not progress) as bar:

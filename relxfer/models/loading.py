@@ -18,13 +18,16 @@ import torch
 
 from ..errors import ModelError
 from ..spec import section_defaults
-from . import tiny
+from . import packaged_gemma, tiny
 
 # bitsandbytes warns on every start that an optional CPU kernel from the Hugging Face hub (the
 # `kernels` package) is missing; its built-in kernel is used instead, with the same results.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-BUILTIN_MODELS = {tiny.BUILTIN_ID: tiny.build_tiny_model}
+BUILTIN_MODELS = {
+    tiny.BUILTIN_ID: tiny.build_tiny_model,
+    packaged_gemma.BUILTIN_ID: packaged_gemma.build_gemma_270m,
+}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 

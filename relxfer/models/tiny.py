@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from ..data.synthetic import tokenizer_corpus
+from .build_once import build_once
 
 BUILTIN_ID = "builtin:tiny-llama"
 
@@ -139,15 +137,9 @@ def tiny_model_dir(cache_dir: Path, seed: int = 0) -> Path:
 
 def build_tiny_model(cache_dir: Path, seed: int = 0) -> Path:
     """Build the tiny model once into `cache_dir/builtin/tiny-llama-<recipe-hash>/` and return
-    that directory (loadable with `from_pretrained`). The files are written to a temporary
-    directory next to it and renamed into place, so a crash never leaves a half-written cache
-    and two processes building at once both end up with one complete directory."""
-    final = tiny_model_dir(cache_dir, seed)
-    if (final / "config.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    try:
+    that directory (loadable with `from_pretrained`), written atomically (see build_once)."""
+
+    def write(tmp: Path) -> None:
         tokenizer = build_tokenizer()
         model = build_model(tokenizer, seed)
         from .loading import quiet_transformers
@@ -158,12 +150,5 @@ def build_tiny_model(cache_dir: Path, seed: int = 0) -> Path:
         (tmp / "relxfer_builtin.json").write_text(
             json.dumps({"id": BUILTIN_ID, "recipe_hash": recipe_hash(seed), "seed": seed}, indent=2) + "\n"
         )
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").is_file():  # not a lost race: a real error
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return build_once(tiny_model_dir(cache_dir, seed), write)
