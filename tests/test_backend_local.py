@@ -191,13 +191,16 @@ def test_input_errors(backend):
         backend.label_logprobs([prompt], [[[5], cont]])
 
 
-def _forward_log(model):
-    """Hooks recording each forward pass's input shape and attention mask; returns (log, remove)."""
+def _score_and_log(backend, prompts, conts, batch_size):
+    """label_logprobs, plus each forward pass's (input shape, attention mask or None)."""
     log = []
-    hook = model.model.register_forward_hook(
+    hook = backend.model.model.register_forward_hook(
         lambda m, args, kw, out: log.append((tuple(kw["input_ids"].shape), kw.get("attention_mask"))), with_kwargs=True
     )
-    return log, hook.remove
+    try:
+        return backend.label_logprobs(prompts, conts, batch_size=batch_size), log
+    finally:
+        hook.remove()
 
 
 def test_packed_rows_equal_bruteforce_under_eager_attention(relxfer_cache, shared_texts):
@@ -205,11 +208,7 @@ def test_packed_rows_equal_bruteforce_under_eager_attention(relxfer_cache, share
     eager = LocalBackend.load(TINY, None, relxfer_cache, min_shared_prefix=8)
     eager.model.set_attn_implementation("eager")
     prompts, conts = encode_requests(eager, shared_texts, DIGITS)
-    log, remove = _forward_log(eager.model)
-    try:
-        fast = eager.label_logprobs(prompts, conts, batch_size=4)
-    finally:
-        remove()
+    fast, log = _score_and_log(eager, prompts, conts, batch_size=4)
     masks = [m for _, m in log if m is not None]
     assert masks and all(m.dtype == torch.float32 and m.dim() == 4 for m in masks)
     np.testing.assert_allclose(fast, eager.label_logprobs_bruteforce(prompts, conts), atol=TOL, rtol=0)
@@ -241,11 +240,7 @@ def test_sliding_window_models_share_prefixes_only_within_the_window(sliding_bac
     prompts, conts = encode_requests(backend, texts, DIGITS)
     lengths = [len(p) for p in prompts]
     assert min(lengths) < window <= max(lengths)
-    log, remove = _forward_log(backend.model)
-    try:
-        fast = backend.label_logprobs(prompts, conts, batch_size=8)
-    finally:
-        remove()
+    fast, log = _score_and_log(backend, prompts, conts, batch_size=8)
     packed = [shape for shape, mask in log if mask is not None]
     plain = [shape for shape, mask in log if mask is None]
     assert packed and plain  # short prompts shared rows; the long ones ran on the model's own masks
