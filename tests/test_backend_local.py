@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from relxfer.backends.local import LocalBackend, cut_at_stop
+from relxfer.backends.local import CPU_PASS_OVERHEAD_TOKENS, LocalBackend, cut_at_stop
 from relxfer.data.synthetic import SyntheticLanguage, generate
 from relxfer.models.tiny import BUILTIN_ID
 
@@ -128,7 +128,8 @@ def shared_texts() -> list[str]:
 
 
 def test_shared_prefixes_run_once_and_score_the_same(backend, shared_texts):
-    sharing = LocalBackend(backend.model, backend.tokenizer, min_shared_prefix=8)
+    # The CPU batch policy on any device: the token count below assumes little padding.
+    sharing = LocalBackend(backend.model, backend.tokenizer, min_shared_prefix=8, pass_overhead_tokens=CPU_PASS_OVERHEAD_TOKENS)
     prompts, conts = encode_requests(sharing, shared_texts, DIGITS)
     tokens = []
     hook = sharing.model.model.register_forward_hook(lambda m, a, kw, out: tokens.append(kw["input_ids"].numel()), with_kwargs=True)

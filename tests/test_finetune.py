@@ -99,7 +99,7 @@ def test_saved_adapter_reproduces_the_trained_model(trained, toy, relxfer_cache)
     assert not (out / "checkpoints").exists()
 
     reloaded = LocalBackend.load(TINY, NF4, relxfer_cache, adapter_dir=adapter)
-    ids = torch.tensor([reloaded.encode(toy[0][0] + toy[0][1])])
+    ids = torch.tensor([reloaded.encode(toy[0][0] + toy[0][1])], device=reloaded.device)
     with torch.inference_mode():
         in_memory = result.model(input_ids=ids).logits
         from_disk = reloaded.model(input_ids=ids).logits
@@ -141,7 +141,7 @@ def test_killed_run_resumes_from_its_checkpoint(toy, relxfer_cache, tmp_path):
 
     out = tmp_path / "killed"
     args = {"model": TINY, "finetune": finetune, "examples": toy, "out": str(out), "cache": str(relxfer_cache)}
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, json.dumps(args)], cwd=REPO, env=env, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while not (out / "checkpoints" / "step-4" / "state.json").exists():
@@ -189,8 +189,8 @@ def test_completion_tokens_only_and_padding_does_not_change_the_loss(relxfer_cac
         assert ids == context_ids + completion_ids and n == len(completion_ids)
     assert tokenize_examples(tokenizer, examples[1:2], False, max_seq_len=4)[0] == (rows[1][0][-4:], 3)
     with torch.inference_mode():
-        batched, n_batched = completion_loss(model, rows, tokenizer.pad_token_id, torch.device("cpu"))
-        singles = [completion_loss(model, [row], tokenizer.pad_token_id, torch.device("cpu")) for row in rows]
+        batched, n_batched = completion_loss(model, rows, tokenizer.pad_token_id, model.device)
+        singles = [completion_loss(model, [row], tokenizer.pad_token_id, model.device) for row in rows]
     assert n_batched == sum(n for _, n in singles) == sum(n for _, n in rows)
     assert batched.item() == pytest.approx(sum(loss.item() for loss, _ in singles), abs=1e-4)
     # The summed loss is minus the log-likelihood that scoring computes for the same split.
