@@ -285,11 +285,11 @@ class LocalBackend:
             i += n
 
     def _shareable_length(self) -> int | None:
-        """Prompts shorter than this (in tokens) may run their prefix through a shared key/value
-        cache; None when prefix reuse is off or unsupported. It needs a custom attention mask
-        over the cache: SDPA or eager attention. Sliding-window layers (Gemma 3, Mistral) are
-        fine for prompts shorter than the window, where they attend exactly like full
-        attention; longer prompts are scored the plain way."""
+        """Sequences shorter than this (in tokens) may share a row under the tree mask; None when
+        sharing is off or unsupported. The mask is passed as a 4-D tensor, which SDPA and eager
+        attention take as it is. The tree mask attends like full attention, so sliding-window
+        layers (Gemma 3, Mistral) allow it only below the window; longer sequences keep the
+        model's own masks."""
         if self.min_shared_prefix is None:
             return None
         config = getattr(self.model, "config", None)
@@ -307,7 +307,7 @@ class LocalBackend:
     def _forward_gathered(self, ids: torch.Tensor, positions: torch.Tensor, **kwargs):
         """The model's forward with the output projection applied only at `positions` ([rows, k]:
         row i's logits at positions[i, j]); model-specific logit post-processing still applies.
-        Returns (logits [rows, k, vocab], model output)."""
+        Returns logits [rows, k, vocab]."""
         head = self.model.get_output_embeddings()
         rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
         called = []
@@ -324,7 +324,7 @@ class LocalBackend:
             hook.remove()
         if len(called) != 1 or output.logits.shape[:2] != positions.shape:
             raise ModelError(f"model {self.name!r}: cannot select logit positions through its output embeddings")
-        return output.logits, output
+        return output.logits
 
     def _score_rows(self, batch: list[Row]) -> list[np.ndarray]:
         """One forward pass over `batch`; per member of each row in order, its targets' summed
@@ -339,17 +339,18 @@ class LocalBackend:
         kwargs = {}
         if any(row.packed for row in batch):
             kwargs = self._tree_attention([row.segments() for row in batch], [row.positions() for row in batch], ids.shape[1])
-        logits, _ = self._forward_gathered(ids, positions, use_cache=False, **kwargs)
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        results = []
+        logprobs = torch.log_softmax(self._forward_gathered(ids, positions, use_cache=False, **kwargs).float(), dim=-1)
+        sums = []
         for r, row in enumerate(batch):
             column = 0
             for member in row.members:
                 k = len(member.targets)
                 targets = torch.tensor(member.targets, dtype=torch.long, device=logprobs.device)  # [k, m]
-                results.append(logprobs[r, column : column + k].gather(-1, targets).double().sum(0).cpu().numpy())
+                sums.append(logprobs[r, column : column + k].gather(-1, targets).double().sum(0))
                 column += k
-        return results
+        # One device-to-host copy for the batch, not one per member.
+        flat = torch.cat(sums).cpu().numpy()
+        return np.split(flat, np.cumsum([len(x) for x in sums])[:-1])
 
     def _tree_attention(self, segments: list[list[int]], positions: list[list[int]], width: int) -> dict:
         """The model kwargs for packed rows: a 4-D attention mask (transformers passes a 4-D mask
