@@ -64,8 +64,17 @@ def plan(spec: Path) -> None:
     from .plan import count_by_kind, plan as expand
     from .spec import load_spec
 
+    from .engines import describe
+
     loaded = load_spec(spec)
     cells = expand(loaded)
+    for model in loaded.models:
+        engines, res = model["engines"], model["resources"]
+        memory = f", {res['memory_gb']:g} GB" if res["memory_gb"] else ""
+        click.echo(
+            f"model     {model['name']}: evaluate on {describe(engines['evaluate'])}; "
+            f"fine-tune on {describe(engines['finetune'])}; {res['gpus']} GPU, {res['cpus']:g} CPU{memory} a cell"
+        )
     for cell in cells:
         click.echo(f"{cell.kind:9} {cell.key}  {cell.run_name}" + (f"  [{cell.group}/{cell.role}]" if cell.group else ""))
     counts = count_by_kind(cells)

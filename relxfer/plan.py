@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 
 from . import RESULT_VERSION
+from .engines import evaluation_identity, finetune_identity
 from .spec import FINETUNE_CONDITIONS, Spec
 
 COT_CONDITIONS = ("cot", "finetuned_cot")
@@ -43,9 +44,14 @@ def _key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _model_identity(model: dict) -> dict:
-    # Display fields (name, parameter counts) do not change results; everything else may.
-    return {k: model[k] for k in ("source", "revision", "dtype", "backend", "trust_remote_code")}
+def _model_identity(model: dict, engine: dict | None = None) -> dict:
+    # Display fields (name, parameter counts, resources) do not change results; everything else
+    # may. An engine adds the settings of it that change results (its kind, dtype: never a URL);
+    # the `local` engine adds nothing, so local cells keep the keys they always had.
+    identity = {k: model[k] for k in ("source", "revision", "dtype", "backend", "trust_remote_code")}
+    if engine is not None:
+        identity["engine"] = engine
+    return identity
 
 
 def _data_identity(spec: Spec) -> dict:
@@ -57,7 +63,7 @@ def finetune_cell(spec: Spec, model: dict, seed: int) -> Cell:
         {
             "version": RESULT_VERSION,
             "kind": "finetune",
-            "model": _model_identity(model),
+            "model": _model_identity(model, finetune_identity(model)),
             "data": _data_identity(spec),
             "train": spec.raw["train"],
             "finetune": spec.finetune,
@@ -69,17 +75,16 @@ def finetune_cell(spec: Spec, model: dict, seed: int) -> Cell:
 
 
 def evaluation_cell(spec: Spec, model: dict, condition: str, group, language: str, ft: Cell | None) -> Cell:
-    quantized = spec.finetune is not None and spec.finetune["method"] == "qlora" and spec.evaluation["quantize_base"]
     parts = {
         "version": RESULT_VERSION,
         "kind": "evaluate",
-        "model": _model_identity(model),
+        "model": _model_identity(model, evaluation_identity(model)),
         "data": _data_identity(spec),
         "condition": condition,
         "language": language,
         "prompt": spec.prompt,
         "max_items": spec.evaluation["max_items"],
-        "quantization": spec.finetune["quantization"] if quantized else None,
+        "quantization": spec.eval_quantization,
         "cot": spec.cot if condition in COT_CONDITIONS else None,
         "finetune": ft.key if ft is not None else None,
     }

@@ -22,13 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .backends.base import Adapter
 from .claims import CellClaims
 from .data.study import StudyData, load_study_data
+from .engines import EngineContext, evaluation_engine, trainer
 from .errors import RelxferError
 from .evaluate import evaluate_items
 from .plan import COT_CONDITIONS, Cell, plan
 from .prompts import PromptBuilder
 from .spec import Spec
+from .trainers.base import TrainRequest
 from .tracking import CELLS_TABLE, TAG, UNFINISHED, ParentRun, Tracker
 
 Report = Callable[[str], None]
@@ -105,6 +108,10 @@ class StudyRunner:
         check_writable(self.cache_dir, "cache directory")
         for model in self.spec.models:
             check_source(model)
+            context = self._engine_context(model["name"])
+            evaluation_engine(context).check()
+            if self.spec.finetune is not None:
+                trainer(context).check()
         return load_study_data(self.spec)
 
     def run(self, force: bool = False) -> list[CellOutcome]:
@@ -156,18 +163,33 @@ class StudyRunner:
         for cell in self._in_claim_order(finetunes, finished):
             finetune_runs[cell.key] = self._claimed(parent, cell, finished, lambda c, orphans: self._run_finetune(parent, data, c, orphans))
         finetune_runs |= {c.key: finished[c.key] for c in finetunes if c.key not in finetune_runs}
-        backends: dict[str | None, object] = {}
+        evaluations = [c for c in cells if c.kind == "evaluate"]
+        if not evaluations:
+            return
+        # Evaluations grouped by adapter, so each adapter is loaded once. The engine starts on
+        # its first backend (nothing starts when every cell is finished) and is closed when the
+        # model's cells are done, whatever ends them.
+        engine = evaluation_engine(self._engine_context(cells[0].model))
 
         def evaluate(cell: Cell, orphans: list) -> str:
-            if cell.finetune_key not in backends:
-                adapter = self._fetch_adapter(finetune_runs[cell.finetune_key], cell.finetune_key) if cell.finetune_key else None
-                backends.clear()  # one model in memory at a time
-                backends[cell.finetune_key] = self._load_backend(cell.model, adapter)
-            return self._run_evaluation(parent, data, cell, backends[cell.finetune_key], orphans)
+            adapter = None
+            if cell.finetune_key:
+                run_id = finetune_runs[cell.finetune_key]
+                adapter = Adapter(cell.finetune_key, self._fetch_adapter(run_id, cell.finetune_key), run_id)
+            return self._run_evaluation(parent, data, cell, engine, adapter, orphans)
 
-        evaluations = sorted((c for c in cells if c.kind == "evaluate"), key=lambda c: c.finetune_key or "")
-        for cell in self._in_claim_order(evaluations, finished):
-            self._claimed(parent, cell, finished, evaluate)
+        try:
+            for cell in self._in_claim_order(sorted(evaluations, key=lambda c: c.finetune_key or ""), finished):
+                self._claimed(parent, cell, finished, evaluate)
+        finally:
+            try:
+                for artifact_path, file in engine.log_files().items():
+                    self.tracker.log_artifact(parent.run_id, file, artifact_path)
+            finally:
+                engine.close()
+
+    def _engine_context(self, model_name: str) -> EngineContext:
+        return EngineContext(self.spec.model(model_name), self.spec, self.cache_dir, self.report, self.progress)
 
     def _in_claim_order(self, cells: list[Cell], finished: dict[str, str]):
         """Yield each cell to run: first every cell no other process holds, then (waiting for
@@ -211,17 +233,6 @@ class StudyRunner:
         from .models.loading import load_tokenizer
 
         return partial(render_chat, load_tokenizer(model, self.cache_dir), add_bos_token=default_add_bos_token(), name=model["name"])
-
-    def _quantization(self) -> dict | None:
-        ft = self.spec.finetune
-        if ft is not None and ft["method"] == "qlora" and self.spec.evaluation["quantize_base"]:
-            return ft["quantization"]
-        return None
-
-    def _load_backend(self, model_name: str, adapter_dir: Path | None):
-        from .backends.local import LocalBackend
-
-        return LocalBackend.load(self.spec.model(model_name), self._quantization(), self.cache_dir, adapter_dir=adapter_dir)
 
     def _fetch_adapter(self, finetune_run_id: str, finetune_key: str) -> Path:
         """The adapter as the tracking server stores it, not a local path only the trainer knew.
@@ -270,11 +281,12 @@ class StudyRunner:
         return run_id
 
     def _run_finetune(self, parent: ParentRun, data: StudyData, cell: Cell, orphans: list) -> str:
-        from .finetune import train_lora
+        engine = trainer(self._engine_context(cell.model))
 
         def work(run_id: str) -> dict:
             model = self.spec.model(cell.model)
             logged = self.tracker.last_step(run_id, "train_loss")
+            self.tracker.set_tags(run_id, {TAG + k: v for k, v in engine.run_tags().items()})
             if logged == 0:
                 self.tracker.log_params(run_id, _flatten("finetune", self.spec.finetune) | {"model_source": model["source"]})
                 self.tracker.log_dataset(run_id, "train", data.train_digest, data.source, "train")
@@ -287,16 +299,9 @@ class StudyRunner:
                 if step > logged:
                     self.tracker.log_metrics(run_id, metrics, step)
 
-            result = train_lora(
-                model,
-                self.spec.finetune,
-                examples,
-                out_dir=self.cache_dir / "finetune" / cell.key,
-                seed=cell.seed,
-                cache_dir=self.cache_dir,
-                on_step=on_step,
-                progress=self.progress,
-            )
+            request = TrainRequest(model, self.spec.finetune, examples, self.cache_dir / "finetune" / cell.key,
+                                   cell.seed, self.cache_dir, self.progress)
+            result = engine.train(request, on_step)
             summary = {
                 "n_train_items": result.n_items,
                 "steps": result.steps,
@@ -312,8 +317,11 @@ class StudyRunner:
 
         return self._in_cell_run(parent, cell, orphans, work, resume=True)
 
-    def _run_evaluation(self, parent: ParentRun, data: StudyData, cell: Cell, backend, orphans: list) -> str:
+    def _run_evaluation(self, parent: ParentRun, data: StudyData, cell: Cell, engine, adapter: Adapter | None,
+                        orphans: list) -> str:
         def work(run_id: str) -> dict:
+            backend = engine.backend(adapter)
+            self.tracker.set_tags(run_id, {TAG + k: v for k, v in engine.run_tags().items()})
             items = data.eval_items[cell.language]
             self.tracker.log_params(
                 run_id,

@@ -84,6 +84,16 @@ class Spec:
     def model(self, name: str) -> dict:
         return next(m for m in self.models if m["name"] == name)
 
+    @property
+    def eval_quantization(self) -> dict | None:
+        """The 4-bit settings evaluation loads base models with: the fine-tune's, when it is a
+        QLoRA and `evaluation.quantize_base` is on (the adapter is then evaluated on the base it
+        was trained on); None otherwise."""
+        ft = self.finetune
+        if ft is not None and ft["method"] == "qlora" and self.evaluation["quantize_base"]:
+            return ft["quantization"]
+        return None
+
 
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
@@ -159,9 +169,10 @@ def _fill(instance: Any, schema: dict, root: dict) -> None:
                 return
     if isinstance(instance, dict):
         for name, sub in schema.get("properties", {}).items():
-            sub_resolved = _resolve_ref(sub, root)
-            if name not in instance and "default" in sub_resolved:
-                instance[name] = copy.deepcopy(sub_resolved["default"])
+            # A default beside a $ref (a shared definition used with its own default) wins.
+            sub_default = sub if "default" in sub else _resolve_ref(sub, root)
+            if name not in instance and "default" in sub_default:
+                instance[name] = copy.deepcopy(sub_default["default"])
             if name in instance:
                 _fill(instance[name], sub, root)
     elif isinstance(instance, list) and "items" in schema:

@@ -82,3 +82,17 @@ def test_plan_of_the_full_study_without_the_network(monkeypatch):
     assert "cells: 7 finetune, 126 evaluate, 133 total" in result.output
     assert "4800 training items from acm_Arab, apc_Arab, arb_Arab, ars_Arab, ary_Arab, arz_Arab" in result.output
     assert "100 held-out ids; 0 held-out ids in training" in result.output
+
+
+def test_engines_and_resources_default_to_local_and_leave_keys_alone(tmp_path):
+    """A model without `engines` runs on the local engines; writing them out (or declaring
+    resources, which are scheduling only) changes no cell key."""
+    plain = load_variant(tmp_path, "plain")
+    assert plain.models[0]["engines"] == {"evaluate": {"kind": "local"}, "finetune": {"kind": "local"}}
+    assert plain.models[0]["resources"] == {"gpus": 0, "cpus": 1, "memory_gb": None}
+
+    def explicit(raw):
+        raw["models"][0]["engines"] = {"evaluate": {"kind": "local"}, "finetune": {"kind": "local"}}
+        raw["models"][0]["resources"] = {"gpus": 2, "cpus": 8, "memory_gb": 64}
+
+    assert keys(load_variant(tmp_path, "explicit", explicit)) == keys(plain)

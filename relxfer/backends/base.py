@@ -1,9 +1,11 @@
-"""The interface every model backend implements. It speaks token ids, so evaluation code stays
-free of transformers-specific calls and a remote serving engine (vLLM/SGLang with prompt
-log-probs) can implement the same methods later."""
+"""The interfaces of evaluation: a Backend speaks token ids (so evaluation code stays free of
+transformers-specific calls), and an EvaluationEngine hands out backends for one model, with or
+without a fine-tuned adapter, owning whatever they run on (weights in this process, a server)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -43,3 +45,38 @@ class Backend(Protocol):
         progress: bool = False,
     ) -> list[str]:
         """Greedy continuation text of each prompt, cut at the first stop string."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A fine-tuned LoRA adapter as evaluation receives it."""
+
+    key: str  # the fine-tune cell's key: a stable name (e.g. for a server's LoRA registry)
+    path: Path  # a local directory in peft format, downloaded from the fine-tune's MLflow run
+    run_id: str  # the fine-tune's run
+
+
+class EvaluationEngine(Protocol):
+    """Built by `relxfer.engines.evaluation_engine(context)` from the model's
+    `engines.evaluate` entry; nothing starts until the first `backend` call, so a model whose
+    cells are all finished costs nothing. The runner closes it when the model's cells are done
+    (also on errors and Ctrl-C)."""
+
+    kind: str
+
+    def check(self) -> None:
+        """Fail (RelxferError, one line) before any run exists when the engine cannot work:
+        a missing key, binary or server. Must not start anything expensive."""
+
+    def backend(self, adapter: Adapter | None) -> Backend:
+        """A backend for the base model (None) or the base model with `adapter`."""
+
+    def run_tags(self) -> dict[str, str]:
+        """What can change an evaluation's numbers (engine kind, version, dtype, scoring
+        mode), as tags for each evaluation run (keys without the `relxfer.` prefix)."""
+
+    def log_files(self) -> dict[str, Path]:
+        """Files worth keeping with the study (e.g. a server's log): artifact path -> file."""
+
+    def close(self) -> None:
+        """Release what the engine holds (weights, a server process). Idempotent."""

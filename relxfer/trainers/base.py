@@ -1,0 +1,41 @@
+"""The interface of fine-tuning engines. Every engine trains the same examples in the same order
+with the same completion-only loss and returns the same `TrainResult`, with the adapter in peft
+format in `result.adapter_dir`; the runner logs steps and the adapter to MLflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol
+
+if TYPE_CHECKING:
+    from ..finetune import TrainResult
+
+StepCallback = Callable[[int, dict], None]  # (optimizer step, {"train_loss", "learning_rate", ...})
+
+
+@dataclass
+class TrainRequest:
+    model: dict  # the resolved model entry
+    finetune: dict  # the spec's resolved `finetune` section
+    examples: list[tuple[str, str]]  # (prompt, completion) pairs, in the spec's order
+    out_dir: Path  # the cell's working directory: checkpoints, then `adapter/`
+    seed: int
+    cache_dir: Path
+    progress: bool = True
+
+
+class Trainer(Protocol):
+    """Built by `relxfer.engines.trainer(context)` from the model's `engines.finetune` entry."""
+
+    kind: str
+
+    def check(self) -> None:
+        """Fail (RelxferError, one line) before any run exists when the engine cannot work."""
+
+    def train(self, request: TrainRequest, on_step: StepCallback) -> "TrainResult":
+        """Train (resuming from the last checkpoint in `request.out_dir`), calling `on_step`
+        after every optimizer step, possibly again for steps repeated after a resume."""
+
+    def run_tags(self) -> dict[str, str]:
+        """What can change the fine-tune's result (engine kind, world size), as tags."""

@@ -1,0 +1,33 @@
+"""The `local` fine-tuning engine: `relxfer.finetune.train_lora` in this process."""
+
+from __future__ import annotations
+
+from ..engines import EngineContext
+from .base import StepCallback, TrainRequest
+
+
+class LocalTrainer:
+    kind = "local"
+
+    def __init__(self, config: dict, context: EngineContext):
+        self.context = context
+
+    def train(self, request: TrainRequest, on_step: StepCallback):
+        from ..finetune import train_lora
+
+        return train_lora(
+            request.model,
+            request.finetune,
+            request.examples,
+            out_dir=request.out_dir,
+            seed=request.seed,
+            cache_dir=request.cache_dir,
+            on_step=on_step,
+            progress=request.progress,
+        )
+
+    def check(self) -> None:
+        pass  # the model source is checked by the runner's preflight for every engine
+
+    def run_tags(self) -> dict[str, str]:
+        return {"engine": self.kind}
