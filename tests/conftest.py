@@ -3,6 +3,8 @@ shared real data directory, and a per-session relxfer cache."""
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +16,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def die_with_parent() -> None:
+    """preexec_fn for test servers: the kernel sends SIGTERM when the process that started them
+    dies, so a pytest killed by a timeout leaves no server behind (Linux prctl PR_SET_PDEATHSIG)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -38,7 +46,7 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, preexec_fn=die_with_parent,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
