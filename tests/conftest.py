@@ -4,6 +4,7 @@ shared real data directory, and a per-session relxfer cache."""
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -47,6 +48,9 @@ class MlflowServer:
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root, preexec_fn=die_with_parent,
+            # MLflow 3's job runner starts seven Huey consumer processes per server that relxfer
+            # never uses; off, a server starts faster, weighs a third, and leaves nothing behind.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
