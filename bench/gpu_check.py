@@ -1,11 +1,14 @@
 """GPU check: QLoRA-train the built-in tiny model in 4-bit on CUDA, evaluate it there, and compare
 its predictions with the same base + adapter evaluated on the CPU.
 
-    python bench/gpu_check.py [--steps 100] [--items 200] [--eval-items 600] [--min-agreement 0.95] [--dtype float32|bfloat16]
+    python bench/gpu_check.py [--steps 100] [--items 200] [--eval-items 600] [--min-agreement 0.95] [--dtype float32|bfloat16] [--fsdp-ranks N]
 
 Prints training tokens/s, peak GPU memory, scoring and generation throughput, and the CPU/GPU
-agreement of the predicted labels (and the largest log-prob difference). Exits 0 without a GPU
-(saying so), 1 when the agreement is below --min-agreement.
+agreement of the predicted labels (and the largest log-prob difference). Then the same QLoRA
+through the `torchrun` engine (FSDP2, NCCL): on 2 GPUs when the machine has them, else FSDP2 with
+world size 1 on one GPU (`--fsdp-ranks 0` skips it); prints its loss curve's largest difference
+from the one-process GPU run and how many of its predictions equal that run's. Exits 0 without a
+GPU (saying so), 1 when the agreement is below --min-agreement.
 """
 
 from __future__ import annotations
@@ -51,6 +54,38 @@ def score(backend: LocalBackend, items) -> tuple[np.ndarray, float, int]:
     return logprobs, time.perf_counter() - started, sum(len(p) for p in prompts)
 
 
+def fsdp_check(ranks, model, quant, finetune, examples, eval_items, single, single_lp, cache, work) -> dict:
+    """The same fine-tune through the torchrun engine (FSDP2 over `ranks` GPUs); its loss curve and
+    predictions against the one-process GPU run."""
+    from types import SimpleNamespace
+
+    from relxfer.engines import EngineContext
+    from relxfer.finetune import resolve_finetune
+    from relxfer.spec import section_defaults
+    from relxfer.trainers.base import TrainRequest
+    from relxfer.trainers.torchrun import TorchrunTrainer
+
+    config = section_defaults("torchrunFinetuneEngine", {"kind": "torchrun", "nproc_per_node": ranks})
+    entry = {**model, "architecture": "dense", "engines": {"finetune": config}, "resources": {"gpus": ranks}}
+    context = EngineContext(entry, SimpleNamespace(finetune=resolve_finetune(finetune)), cache)
+    started = time.perf_counter()
+    result = TorchrunTrainer(config, context).train(TrainRequest(model, finetune, examples, work / "fsdp", 0, cache, False), lambda s, m: None)
+    wall = time.perf_counter() - started
+    backend = LocalBackend.load(model, quant, cache, adapter_dir=result.adapter_dir)
+    lp, _, _ = score(backend, eval_items)
+    report = {
+        "ranks": ranks,
+        "wall_s": round(wall, 1),
+        "train_tokens_per_s": round(result.tokens_per_s),
+        "peak_gpu_mib_largest_rank": round(result.peak_memory_mb, 1),
+        "max_loss_diff_vs_one_process": float(np.abs(np.array(result.loss_history) - np.array(single.loss_history)).max()),
+        "predictions_equal": int((lp.argmax(1) == single_lp.argmax(1)).sum()),
+        "predictions": len(eval_items),
+    }
+    print(f"fsdp: {report}")
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
@@ -60,6 +95,7 @@ def main() -> int:
     parser.add_argument("--min-agreement", type=float, default=0.95)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="model and 4-bit compute dtype")
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: a temporary directory")
+    parser.add_argument("--fsdp-ranks", type=int, default=None, help="FSDP2 processes (default: 2 with 2 GPUs, else 1; 0 skips)")
     args = parser.parse_args()
 
     if not torch.cuda.is_available():
@@ -123,6 +159,9 @@ def main() -> int:
         "label_mass_gpu": float(np.exp(gpu_lp).sum(1).mean()),
         "generations_nonempty": sum(bool(t) for t in texts),
     }
+    ranks = args.fsdp_ranks if args.fsdp_ranks is not None else min(2, torch.cuda.device_count())
+    if ranks:
+        summary["fsdp"] = fsdp_check(ranks, gpu_model, quant, finetune, examples, eval_items, result, gpu_lp, cache, work)
     print(json.dumps(summary, indent=2))
     if agreement < args.min_agreement:
         print(f"gpu_check: CPU/GPU agreement {agreement:.3f} is below {args.min_agreement}")

@@ -65,16 +65,21 @@ def plan(spec: Path) -> None:
     from .spec import load_spec
 
     from .engines import describe
+    from .memory import estimate
 
     loaded = load_spec(spec)
     cells = expand(loaded)
     for model in loaded.models:
         engines, res = model["engines"], model["resources"]
         memory = f", {res['memory_gb']:g} GB" if res["memory_gb"] else ""
+        gpu_memory = f" x {res['gpu_memory_gb']:g} GB" if res.get("gpu_memory_gb") else ""
         click.echo(
             f"model     {model['name']}: evaluate on {describe(engines['evaluate'])}; "
-            f"fine-tune on {describe(engines['finetune'])}; {res['gpus']} GPU, {res['cpus']:g} CPU{memory} a cell"
+            f"fine-tune on {describe(engines['finetune'])}; {res['gpus']} GPU{gpu_memory}, {res['cpus']:g} CPU{memory} a cell"
         )
+        floor = estimate(model, loaded.finetune)
+        if floor is not None:
+            click.echo(f"memory    {model['name']}: fine-tune needs {floor.describe()}")
     for cell in cells:
         click.echo(f"{cell.kind:9} {cell.key}  {cell.run_name}" + (f"  [{cell.group}/{cell.role}]" if cell.group else ""))
     counts = count_by_kind(cells)

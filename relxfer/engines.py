@@ -33,6 +33,10 @@ EVALUATION_ENGINES: dict[str, EngineEntry] = {
 
 FINETUNE_ENGINES: dict[str, EngineEntry] = {
     "local": EngineEntry("relxfer.trainers.local:LocalTrainer", None),
+    # FSDP2 (relxfer.finetune.parallel): the world size draws LoRA dropout masks per rank and
+    # mixed precision changes the arithmetic; sharding and loading settings change nothing.
+    "torchrun": EngineEntry("relxfer.trainers.torchrun:TorchrunTrainer", ("nproc_per_node", "mixed_precision")),
+    "ray": EngineEntry("relxfer.trainers.ray_train:RayTrainer", ("num_workers", "mixed_precision")),
 }
 
 

@@ -324,6 +324,13 @@ def _check_consistency(raw: dict, groups: tuple[EvalGroup, ...], path: Path) -> 
         raise SpecError(
             f"{path}: /prompt/labels: {len(labels)} labels for {N_OPTIONS} answer options; give exactly {N_OPTIONS}"
         )
+    if needs_finetune:
+        from .memory import misfit
+
+        for i, model in enumerate(raw["models"]):
+            problem = misfit(model, raw["finetune"])
+            if problem:
+                raise SpecError(f"{path}: /models/{i}/resources: {problem}")
     names = [m["name"] for m in raw["models"]]
     for i, name in enumerate(names):
         if names.index(name) != i:

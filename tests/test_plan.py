@@ -89,7 +89,7 @@ def test_engines_and_resources_default_to_local_and_leave_keys_alone(tmp_path):
     resources, which are scheduling only) changes no cell key."""
     plain = load_variant(tmp_path, "plain")
     assert plain.models[0]["engines"] == {"evaluate": {"kind": "local"}, "finetune": {"kind": "local"}}
-    assert plain.models[0]["resources"] == {"gpus": 0, "cpus": 1, "memory_gb": None}
+    assert plain.models[0]["resources"] == {"gpus": 0, "cpus": 1, "memory_gb": None, "gpu_memory_gb": None}
 
     def explicit(raw):
         raw["models"][0]["engines"] = {"evaluate": {"kind": "local"}, "finetune": {"kind": "local"}}

@@ -70,8 +70,10 @@ def resolve_source(model: dict, cache_dir: Path) -> str:
     return source
 
 
-def bnb_config(quantization: dict | None):
-    """A `BitsAndBytesConfig` for the spec's quantization entry, or None for full precision."""
+def bnb_config(quantization: dict | None, quant_storage: torch.dtype | None = None):
+    """A `BitsAndBytesConfig` for the spec's quantization entry, or None for full precision.
+    `quant_storage`: the dtype the packed 4-bit weights are stored in (bitsandbytes' default is
+    uint8; FSDP shards them like other weights when it equals the compute dtype)."""
     if not quantization:
         return None
     q = section_defaults("quantization", quantization, ModelError)
@@ -79,11 +81,13 @@ def bnb_config(quantization: dict | None):
         return None
     from transformers import BitsAndBytesConfig
 
+    storage = {} if quant_storage is None else {"bnb_4bit_quant_storage": quant_storage}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=q["quant_type"],
         bnb_4bit_use_double_quant=bool(q["double_quant"]),
         bnb_4bit_compute_dtype=DTYPES[q["compute_dtype"]],
+        **storage,
     )
 
 
@@ -139,12 +143,14 @@ def load_causal_lm(
     quantization: dict | None,
     cache_dir: Path,
     adapter_dir: Path | None = None,
+    quant_storage: torch.dtype | None = None,
 ):
     """(model, tokenizer) for a spec's model entry, in eval mode.
 
     `quantization` (e.g. {"load_in_4bit": true, "quant_type": "nf4", "double_quant": true,
     "compute_dtype": "float32"}) loads the linear layers as bitsandbytes `Linear4bit`, on the
-    CPU or on CUDA. `adapter_dir` puts a saved peft LoRA adapter on top.
+    CPU or on CUDA (`quant_storage`: see `bnb_config`). `adapter_dir` puts a saved peft LoRA
+    adapter on top.
     """
     model = resolve_model(model)
     source = resolve_source(model, cache_dir)
@@ -155,7 +161,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": DTYPES[model["dtype"]], "device_map": _device_map(model["device_map"])}
-    quant_config = bnb_config(quantization)
+    quant_config = bnb_config(quantization, quant_storage)
     if quant_config is not None:
         kwargs["quantization_config"] = quant_config
     lm = _from_pretrained(AutoModelForCausalLM, source, model, **kwargs)

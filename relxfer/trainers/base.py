@@ -23,6 +23,9 @@ class TrainRequest:
     seed: int
     cache_dir: Path
     progress: bool = True
+    # Called (step, checkpoint directory) after every complete checkpoint, in this process: the
+    # one place to hook an upload of checkpoints (e.g. to MLflow artifacts through the tracker).
+    on_checkpoint: Callable[[int, Path], None] | None = None
 
 
 class Trainer(Protocol):

@@ -24,10 +24,13 @@ class LocalTrainer:
             cache_dir=request.cache_dir,
             on_step=on_step,
             progress=request.progress,
+            on_checkpoint=request.on_checkpoint,
         )
 
     def check(self) -> None:
         pass  # the model source is checked by the runner's preflight for every engine
 
     def run_tags(self) -> dict[str, str]:
-        return {"engine": self.kind}
+        from ..memory import finetune_tags
+
+        return {"engine": self.kind, **finetune_tags(self.context.model, self.context.spec.finetune)}
