@@ -17,11 +17,13 @@ the rename.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,8 @@ def save_checkpoint(out_dir: Path, step: int, data_position: int, model, optimiz
     tmp = Path(parallel.broadcast(_make_tmp(final) if parallel.is_main else None))
     try:
         state = {"adapter": trainable_tensors(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
-        dcp.save(state, checkpoint_id=str(tmp / "train_state"), no_dist=parallel.world_size == 1)
+        with _quiet(parallel):
+            dcp.save(state, checkpoint_id=str(tmp / "train_state"), no_dist=parallel.world_size == 1)
         (tmp / "rng").mkdir(exist_ok=True)
         torch.save(rng_state(), tmp / "rng" / f"rank-{parallel.rank}.pt")
         adapter = parallel.trainable_state(model)
@@ -67,8 +70,19 @@ def save_checkpoint(out_dir: Path, step: int, data_position: int, model, optimiz
         _replace(tmp, final)
         for old in sorted(_checkpoints(out_dir))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old[1], ignore_errors=True)
+        for partial in final.parent.glob(".step-*"):  # left by a process killed while writing
+            shutil.rmtree(partial, ignore_errors=True)
     parallel.barrier()
     return final
+
+
+@contextlib.contextmanager
+def _quiet(parallel):
+    """One process: torch.distributed.checkpoint warns that no process group exists; that is meant."""
+    with warnings.catch_warnings():
+        if parallel.world_size == 1:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
@@ -91,7 +105,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, config_hash: str, p
     # zero-learning-rate step); the adapter tensors are loaded in place, shard by shard.
     adapter = {name: p.detach() for name, p in trainable_tensors(model).items()}  # same storage
     train_state = {"adapter": adapter, "optimizer": get_optimizer_state_dict(model, optimizer)}
-    dcp.load(train_state, checkpoint_id=str(path / "train_state"), no_dist=parallel.world_size == 1)
+    with _quiet(parallel):
+        dcp.load(train_state, checkpoint_id=str(path / "train_state"), no_dist=parallel.world_size == 1)
     set_optimizer_state_dict(model, optimizer, train_state["optimizer"])
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = path / "rng" / f"rank-{parallel.rank}.pt"

@@ -164,7 +164,7 @@ def train_lora(
         peak_memory_mb=parallel.maximum(peak_memory_mb(device)),
         loss_history=loss_history,
         config_hash=run_hash,
-        model=peft_model if parallel.world_size == 1 and isinstance(parallel, Single) else None,
+        model=peft_model if isinstance(parallel, Single) else None,
     )
     record = {
         "base_model": {k: model.get(k) for k in ("name", "source", "revision", "dtype")},
