@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .conftest import die_with_parent
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -42,7 +44,7 @@ class RayCluster:
             [str(ray), "start", "--head", "--block", "--port", str(self.port), "--node-ip-address", "127.0.0.1",
              "--num-cpus", str(self.num_cpus), "--num-gpus", "0", "--include-dashboard", "false",
              "--temp-dir", str(self.temp_dir), "--disable-usage-stats"],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
