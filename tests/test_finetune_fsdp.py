@@ -60,9 +60,12 @@ def test_two_torchrun_processes_train_what_one_process_trains(single, relxfer_ca
     print(f"predictions equal: {(fsdp_labels == single_labels).sum()}/{len(single_labels)}")
     assert (fsdp_labels == single_labels).all()
 
-    # A re-run finds the finished adapter and returns its result without starting anything new.
+    # A re-run finds the finished adapter and returns its result without launching anything.
+    log = tmp_path / "fsdp" / "launch" / "torchrun.log"
+    launched = log.stat().st_size
     again = trainer.train(request(finetune, toy(), tmp_path / "fsdp", relxfer_cache), lambda s, m: steps.append(s))
     assert again.resumed_from_step == 6 and again.loss_history == result.loss_history and len(steps) == 6
+    assert log.stat().st_size == launched
 
 
 def test_settings_that_would_corrupt_4bit_weights_are_refused(relxfer_cache):

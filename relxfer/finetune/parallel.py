@@ -119,7 +119,7 @@ class Fsdp:
     # -- what the run's identity and loading see ----------------------------------------------
 
     def identity(self) -> dict:
-        return {"world_size": self.world_size, "mixed_precision": self.mixed_precision}
+        return fsdp_identity(self.world_size, self.engine)
 
     def load_device_map(self, requested):
         # Every rank loads onto the CPU; `fully_shard` then moves only its shard to its GPU.
@@ -223,6 +223,11 @@ class Fsdp:
 
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def fsdp_identity(world_size: int, engine: dict) -> dict:
+    """What a distributed run adds to its config hash (relxfer.finetune.records.config_hash)."""
+    return {"world_size": world_size, "mixed_precision": {**DEFAULT_MIXED_PRECISION, **(engine.get("mixed_precision") or {})}}
 
 
 def decoder_layers(model) -> list:

@@ -14,6 +14,19 @@ from ..memory import finetune_tags
 from .base import TrainRequest
 
 
+def finished(request: TrainRequest, engine: dict, world_size: int):
+    """The stored result when the cell's directory holds this run's finished adapter (nothing to
+    launch), else None. A finished run of other settings is refused, as in one process."""
+    from ..finetune.loop import resolve_finetune
+    from ..finetune.parallel import fsdp_identity
+    from ..finetune.records import config_hash, finished_result
+    from ..models.loading import resolve_model
+
+    run_hash = config_hash(resolve_model(request.model), resolve_finetune(request.finetune), request.examples,
+                           request.seed, fsdp_identity(world_size, engine))
+    return finished_result(Path(request.out_dir), run_hash)
+
+
 def launch_dir(request: TrainRequest) -> Path:
     path = Path(request.out_dir) / "launch"
     path.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,9 @@ class RayTrainer:
         from ray.train.torch import TorchTrainer
         from ray.util.queue import Empty, Queue
 
+        done = launch.finished(request, self.config, self.config["num_workers"])
+        if done is not None:
+            return done
         name = self.context.model["name"]
         connected_here = not ray.is_initialized()
         if connected_here:

@@ -39,6 +39,9 @@ class TorchrunTrainer:
         return launch.run_tags(self.kind, self.context, self.config["nproc_per_node"])
 
     def train(self, request: TrainRequest, on_step: StepCallback):
+        done = launch.finished(request, self.config, self.config["nproc_per_node"])
+        if done is not None:
+            return done
         events = launch.new_events_file(request)
         request_file = launch.save_request(launch.write_request(request, self.config, events), request)
         log_path = launch.launch_dir(request) / "torchrun.log"
