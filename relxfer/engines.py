@@ -29,6 +29,7 @@ class EngineEntry:
 
 EVALUATION_ENGINES: dict[str, EngineEntry] = {
     "local": EngineEntry("relxfer.backends.local_engine:LocalEngine", None),
+    "tinker": EngineEntry("relxfer.backends.tinker_engine:TinkerEngine", ("base_model",)),
 }
 
 FINETUNE_ENGINES: dict[str, EngineEntry] = {
@@ -37,6 +38,7 @@ FINETUNE_ENGINES: dict[str, EngineEntry] = {
     # mixed precision changes the arithmetic; sharding and loading settings change nothing.
     "torchrun": EngineEntry("relxfer.trainers.torchrun:TorchrunTrainer", ("nproc_per_node", "mixed_precision")),
     "ray": EngineEntry("relxfer.trainers.ray_train:RayTrainer", ("num_workers", "mixed_precision")),
+    "tinker": EngineEntry("relxfer.trainers.tinker:TinkerTrainer", ("base_model",)),
 }
 
 

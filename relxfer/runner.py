@@ -295,9 +295,14 @@ class StudyRunner:
             self.report(f"train {cell.run_name}: {len(examples)} examples" + (f", resuming after step {logged}" if logged else ""))
 
             def on_step(step: int, metrics: dict) -> None:
+                # Text values are tags (e.g. where a service saved the state a re-run resumes from).
+                tags = {TAG + k: v for k, v in metrics.items() if isinstance(v, str)}
+                if tags:
+                    self.tracker.set_tags(run_id, tags)
                 # A resumed trainer repeats the steps after its last checkpoint; the run has them.
-                if step > logged:
-                    self.tracker.log_metrics(run_id, metrics, step)
+                numbers = {k: v for k, v in metrics.items() if not isinstance(v, str)}
+                if step > logged and numbers:
+                    self.tracker.log_metrics(run_id, numbers, step)
 
             request = TrainRequest(model, self.spec.finetune, examples, self.cache_dir / "finetune" / cell.key,
                                    cell.seed, self.cache_dir, self.progress)

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Callable, Protocol
 if TYPE_CHECKING:
     from ..finetune import TrainResult
 
-StepCallback = Callable[[int, dict], None]  # (optimizer step, {"train_loss", "learning_rate", ...})
+# (optimizer step, {"train_loss": ..., "learning_rate": ..., ...}): numbers become the step's metrics,
+# text values run tags (e.g. the path of service-side state a re-run resumes from).
+StepCallback = Callable[[int, dict], None]
 
 
 @dataclass
