@@ -70,6 +70,7 @@ class TinkerTrainer:
 
         from ..backends.local import default_add_bos_token
         from ..finetune import TrainResult, resolve_finetune, tokenize_examples
+        from ..finetune.records import finished_result
         from ..models.loading import load_tokenizer, resolve_model
 
         out_dir = Path(request.out_dir)
@@ -79,7 +80,7 @@ class TinkerTrainer:
         if not request.examples:
             raise TinkerError("no training examples")
         config_hash = self._config_hash(model, cfg, request)
-        finished = _finished_result(out_dir, config_hash, TrainResult)
+        finished = finished_result(out_dir, config_hash)
         if finished is not None:
             return finished
 
@@ -155,7 +156,8 @@ class TinkerTrainer:
 
     def _export(self, client, training, sampler: str, tokenizer, model: dict, cfg: dict, request: TrainRequest,
                 result, state: dict) -> None:
-        from ..finetune import FINETUNE_JSON, _result_record
+        from ..finetune import FINETUNE_JSON
+        from ..finetune.records import result_record
         from ..models.build_once import build_once
         from .tinker_export import download_adapter, to_peft
 
@@ -173,7 +175,7 @@ class TinkerTrainer:
                 "finetune": cfg,
                 "seed": request.seed,
                 "config_hash": result.config_hash,
-                "result": _result_record(result),
+                "result": result_record(result),
                 "tinker": {"base_model": self.base_model, "sampler_path": sampler, "sdk": sdk_version(),
                            "state_paths": [c["path"] for c in state["checkpoints"]], "export": export},
             }
@@ -232,21 +234,3 @@ def _write_state(out_dir: Path, state: dict) -> None:
     tmp = out_dir / f".{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     os.replace(tmp, out_dir / STATE_FILE)
-
-
-def _finished_result(out_dir: Path, config_hash: str, result_type):
-    from ..finetune import FINETUNE_JSON
-
-    path = out_dir / "adapter" / FINETUNE_JSON
-    if not path.is_file():
-        return None
-    record = json.loads(path.read_text())
-    if record.get("config_hash") != config_hash:
-        raise TinkerError(
-            f"{str(out_dir)!r} holds a finished fine-tune with other settings, model, data or seed; "
-            "delete it or use another cache directory"
-        )
-    result = dict(record["result"])
-    result["adapter_dir"] = out_dir / "adapter"
-    result["resumed_from_step"] = result["steps"]
-    return result_type(**result)
