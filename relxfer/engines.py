@@ -22,14 +22,21 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class EngineEntry:
     path: str  # "module:Class", imported on first use
-    # Settings of the engine's spec entry that change results (part of cell keys); None means
-    # the engine adds nothing to the key, which keeps `local` cells' keys what they always were.
+    # Settings of the engine's spec entry that change results (part of cell keys; a dotted name
+    # reads a nested setting, e.g. "launch.dtype"); None means the engine adds nothing to the
+    # key, which keeps `local` cells' keys what they always were.
     result_fields: tuple[str, ...] | None
+    # Whether evaluation loads the base model with the spec's 4-bit settings
+    # (`spec.eval_quantization`, part of every evaluation key): the local engine does; a model
+    # server runs the checkpoint as it is (its dtype is in `result_fields` instead).
+    quantizes_base: bool = True
 
 
 EVALUATION_ENGINES: dict[str, EngineEntry] = {
     "local": EngineEntry("relxfer.backends.local_engine:LocalEngine", None),
     "tinker": EngineEntry("relxfer.backends.tinker_engine:TinkerEngine", ("base_model",)),
+    "vllm": EngineEntry("relxfer.backends.server_engine:ServerEngine", ("dtype", "launch.dtype"), quantizes_base=False),
+    "openai": EngineEntry("relxfer.backends.server_engine:ServerEngine", ("dtype",), quantizes_base=False),
 }
 
 FINETUNE_ENGINES: dict[str, EngineEntry] = {
@@ -79,11 +86,18 @@ def trainer(context: EngineContext):
     return _load(_entry(FINETUNE_ENGINES, config["kind"], "fine-tuning"))(config, context)
 
 
+def _setting(config: dict, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def _identity(table: dict[str, EngineEntry], config: dict, stage: str) -> dict | None:
     fields = _entry(table, config["kind"], stage).result_fields
     if fields is None:
         return None
-    return {"kind": config["kind"], **{f: config.get(f) for f in fields}}
+    return {"kind": config["kind"], **{f: _setting(config, f) for f in fields}}
 
 
 def evaluation_identity(model: dict) -> dict | None:
@@ -94,7 +108,34 @@ def finetune_identity(model: dict) -> dict | None:
     return _identity(FINETUNE_ENGINES, model["engines"]["finetune"], "fine-tuning")
 
 
+def evaluation_quantization(spec: "Spec", model: dict) -> dict | None:
+    """The 4-bit settings `model`'s evaluation engine loads its base with (part of evaluation
+    keys): the spec's for engines that load the base themselves, None for model servers."""
+    entry = _entry(EVALUATION_ENGINES, model["engines"]["evaluate"]["kind"], "evaluation")
+    return spec.eval_quantization if entry.quantizes_base else None
+
+
 def describe(config: dict) -> str:
-    """One short line for `relxfer plan`: the kind and its settings."""
+    """One short line for `relxfer plan`: the kind and its settings (offline: nothing is asked
+    of a server)."""
+    if config["kind"] in ("vllm", "openai"):
+        return _describe_server(config)
     settings = ", ".join(f"{k}={v}" for k, v in config.items() if k != "kind" and v not in (None, [], {}))
     return config["kind"] + (f" ({settings})" if settings else "")
+
+
+def _describe_server(config: dict) -> str:
+    launch = config.get("launch")
+    if launch:
+        shown = {k: launch.get(k) for k in ("tensor_parallel_size", "pipeline_parallel_size", "dtype", "max_model_len",
+                                             "gpu_memory_utilization", "max_lora_rank", "extra_args")}
+        if shown["pipeline_parallel_size"] == 1:
+            del shown["pipeline_parallel_size"]
+        settings = ", ".join(f"{k}={v}" for k, v in shown.items() if v not in (None, [], {}))
+        where = f"{config['kind']} launched by relxfer on 127.0.0.1 ({settings})"
+    else:
+        details = [f"model {config['served_model_name']}" if config.get("served_model_name") else "",
+                   f"dtype {config['dtype']}" if config.get("dtype") else "dtype not declared",
+                   f"key from ${config['api_key_env']}" if config.get("api_key_env") else ""]
+        where = f"{config['kind']} server at {config['base_url']} ({', '.join(d for d in details if d)})"
+    return f"{where}, scoring {config.get('scoring', 'auto')}"

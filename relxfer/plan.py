@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from . import RESULT_VERSION
-from .engines import evaluation_identity, finetune_identity
+from .engines import evaluation_identity, evaluation_quantization, finetune_identity
 from .spec import FINETUNE_CONDITIONS, Spec
 
 COT_CONDITIONS = ("cot", "finetuned_cot")
@@ -84,7 +84,7 @@ def evaluation_cell(spec: Spec, model: dict, condition: str, group, language: st
         "language": language,
         "prompt": spec.prompt,
         "max_items": spec.evaluation["max_items"],
-        "quantization": spec.eval_quantization,
+        "quantization": evaluation_quantization(spec, model),
         "cot": spec.cot if condition in COT_CONDITIONS else None,
         "finetune": ft.key if ft is not None else None,
     }

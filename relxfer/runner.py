@@ -326,7 +326,6 @@ class StudyRunner:
                         orphans: list) -> str:
         def work(run_id: str) -> dict:
             backend = engine.backend(adapter)
-            self.tracker.set_tags(run_id, {TAG + k: v for k, v in engine.run_tags().items()})
             items = data.eval_items[cell.language]
             self.tracker.log_params(
                 run_id,
@@ -343,6 +342,8 @@ class StudyRunner:
                 batch_size=self.spec.evaluation["batch_size"],
                 progress=self.progress,
             )
+            # After the evaluation: an engine may learn what it records only on the first prompts.
+            self.tracker.set_tags(run_id, {TAG + k: v for k, v in engine.run_tags().items()})
             self.tracker.log_table(run_id, result.records)
             self.tracker.log_metrics(run_id, result.metrics)
             m = result.metrics

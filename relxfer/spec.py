@@ -143,9 +143,22 @@ def json_pointer(parts) -> str:
 
 def _validate(raw: Any, path: Path) -> None:
     validator = jsonschema.Draft202012Validator(load_schema())
-    error = best_match(validator.iter_errors(raw))
+    error = _in_named_branch(best_match(validator.iter_errors(raw)))
     if error is not None:
         raise SpecError(f"{path}: {json_pointer(error.absolute_path)}: {error.message}")
+
+
+def _in_named_branch(error):
+    """For a `oneOf` whose branches are told apart by `kind` (engines, data sources): the best
+    error of the branch the instance names, not "is not valid under any of the given schemas"."""
+    if error is None or error.validator != "oneOf" or not isinstance(error.instance, dict):
+        return error
+    branches: dict = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    named = [errors for errors in branches.values()
+             if not any(e.validator == "const" and list(e.relative_path) == ["kind"] for e in errors)]
+    return _in_named_branch(best_match(named[0])) if len(named) == 1 else error
 
 
 def _resolve_ref(schema: dict, root: dict) -> dict:

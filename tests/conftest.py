@@ -91,3 +91,14 @@ def belebele_dir() -> Path:
     if not (path / "eng_Latn.jsonl").exists():
         pytest.skip(f"real Belebele files not found at {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def vllm_server(relxfer_cache, tmp_path_factory):
+    """One real vLLM server (tiny model, float32, LoRA at run time) for the session; its
+    environment is built on first use (tests/servers/vllm_env.py)."""
+    from .servers.vllm_server import start_test_server
+
+    server = start_test_server(relxfer_cache, tmp_path_factory.mktemp("vllm-server"))
+    yield server
+    server.stop()

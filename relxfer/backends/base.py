@@ -73,7 +73,9 @@ class EvaluationEngine(Protocol):
 
     def run_tags(self) -> dict[str, str]:
         """What can change an evaluation's numbers (engine kind, version, dtype, scoring
-        mode), as tags for each evaluation run (keys without the `relxfer.` prefix)."""
+        mode), as tags for each evaluation run (keys without the `relxfer.` prefix). Read after
+        the cell's evaluation: a server engine learns its scoring mode from a probe on the
+        first real prompts it scores."""
 
     def log_files(self) -> dict[str, Path]:
         """Files worth keeping with the study (e.g. a server's log): artifact path -> file."""

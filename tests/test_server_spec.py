@@ -1,0 +1,112 @@
+"""Server engines in the spec (no server needed): the schema's `vllm` and `openai` branches with
+their defaults, one-line errors, cell keys that carry what changes results (engine kind, dtype;
+not the URL, key, request settings or parallelism; no 4-bit settings a server never loads), and
+the launch command line relxfer builds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from relxfer.backends.vllm_launch import LaunchError, lora_rank_limit, server_argv
+from relxfer.errors import SpecError
+from relxfer.plan import plan
+from relxfer.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = {"kind": "vllm", "launch": {"tensor_parallel_size": 8, "dtype": "bfloat16"}}
+RUNNING = {"kind": "vllm", "base_url": "http://10.0.0.5:8000/v1", "dtype": "bfloat16"}
+
+
+def load(tmp_path: Path, engine: dict | None, edit=None, name: str = "spec"):
+    raw = json.loads((REPO / "specs" / "smoke.json").read_text())
+    if engine is not None:
+        raw["models"][0]["engines"] = {"evaluate": engine}
+    if edit:
+        edit(raw)
+    path = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}.json"
+    path.write_text(json.dumps(raw))
+    return load_spec(path)
+
+
+def keys(spec) -> dict[str, str]:
+    return {cell.run_name: cell.key for cell in plan(spec)}
+
+
+def evaluation_keys(spec) -> dict[str, str]:
+    return {cell.run_name: cell.key for cell in plan(spec) if cell.kind == "evaluate"}
+
+
+def test_defaults_are_filled_in_the_matching_branch(tmp_path):
+    launched = load(tmp_path, LAUNCH).models[0]["engines"]["evaluate"]
+    assert launched["launch"] == {
+        "tensor_parallel_size": 8, "pipeline_parallel_size": 1, "dtype": "bfloat16", "max_model_len": None,
+        "gpu_memory_utilization": 0.9, "max_lora_rank": None, "max_loras": 1, "extra_args": [],
+        "startup_timeout_s": 1800, "port": None,
+    }
+    assert launched["scoring"] == "auto" and launched["base_url"] is None
+    assert launched["requests"] == {"max_in_flight": 32, "timeout_s": 600, "max_retries": 4, "serial_prompt_logprobs": None}
+    running = load(tmp_path, {"kind": "openai", "base_url": "http://127.0.0.1:30000/v1", "api_key_env": "SGLANG_KEY"}).models[0]
+    assert running["engines"]["evaluate"]["dtype"] is None and running["engines"]["evaluate"]["api_key_env"] == "SGLANG_KEY"
+
+
+@pytest.mark.parametrize("engine, message", [
+    ({"kind": "vllm", "launch": {"tensor_parallel_sise": 8}},
+     "/models/0/engines/evaluate/launch: Additional properties are not allowed ('tensor_parallel_sise' was unexpected)"),
+    ({"kind": "vllm", "base_url": "127.0.0.1:8000"}, "/models/0/engines/evaluate/base_url: '127.0.0.1:8000' does not match '^https?://'"),
+    ({"kind": "vllm", "launch": {}, "base_url": "http://127.0.0.1:8000/v1"},
+     "should not be valid under {'required': ['launch', 'base_url']}"),
+    ({"kind": "vllm", "launch": {}, "dtype": "fp8"}, "/models/0/engines/evaluate/dtype: 'fp8' is not of type 'null'"),
+    ({"kind": "vllm"}, "/models/0/engines/evaluate: {'kind': 'vllm'} is not valid under any of the given schemas"),
+    ({"kind": "openai"}, "/models/0/engines/evaluate: 'base_url' is a required property"),
+    ({"kind": "vllm", "base_url": "http://h:1/v1", "api_key_env": "not a name"}, "/models/0/engines/evaluate/api_key_env: 'not a name' does not match"),
+])
+def test_bad_engine_entries_are_one_line_errors(tmp_path, engine, message):
+    with pytest.raises(SpecError) as error:
+        load(tmp_path, engine)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_keys_carry_kind_and_dtype_but_not_url_key_requests_or_parallelism(tmp_path):
+    running = evaluation_keys(load(tmp_path, RUNNING))
+    assert evaluation_keys(load(tmp_path, RUNNING | {"base_url": "http://127.0.0.1:9/v1", "api_key_env": "KEY",
+                                                      "requests": {"max_in_flight": 4}, "max_lora_rank": 64})) == running
+    assert set(evaluation_keys(load(tmp_path, RUNNING | {"dtype": "fp8"})).values()).isdisjoint(running.values())
+    assert set(evaluation_keys(load(tmp_path, RUNNING | {"kind": "openai"})).values()).isdisjoint(running.values())
+    launched = evaluation_keys(load(tmp_path, LAUNCH))
+    assert evaluation_keys(load(tmp_path, {"kind": "vllm", "launch": {"tensor_parallel_size": 4, "pipeline_parallel_size": 2,
+                                                                      "dtype": "bfloat16", "extra_args": ["--seed", "1"]}})) == launched
+    assert set(evaluation_keys(load(tmp_path, {"kind": "vllm", "launch": {"dtype": "float16"}})).values()).isdisjoint(launched.values())
+    local = keys(load(tmp_path, None))
+    assert set(launched.values()).isdisjoint(local.values())
+    # The fine-tune runs on the local trainer either way: its key does not move.
+    assert keys(load(tmp_path, LAUNCH))["finetune/tiny/seed0"] == local["finetune/tiny/seed0"]
+
+
+def test_a_server_engine_keys_no_4bit_settings_it_never_loads(tmp_path):
+    """The smoke spec fine-tunes with QLoRA, so local evaluations load a 4-bit base and their
+    keys change with its settings; a server runs the checkpoint as it is."""
+    def nf4_to_fp4(raw):
+        raw["finetune"]["quantization"]["quant_type"] = "fp4"
+
+    def baseline(spec):
+        return {k: v for k, v in keys(spec).items() if "/baseline/" in k}
+
+    assert baseline(load(tmp_path, None)) != baseline(load(tmp_path, None, nf4_to_fp4))
+    assert baseline(load(tmp_path, LAUNCH)) == baseline(load(tmp_path, LAUNCH, nf4_to_fp4))
+
+
+def test_launch_argv_is_a_list_from_the_spec():
+    launch = load_spec(REPO / "specs" / "full.json").model("deepseek-v3.1")["engines"]["evaluate"]["launch"]
+    argv = server_argv("/py", "deepseek-ai/DeepSeek-V3.1", "deepseek-v3.1", 8123, launch, lora_rank_limit(None, 16), False)
+    assert argv[:3] == ["/py", "-m", "vllm.entrypoints.openai.api_server"]
+    pairs = dict(zip(argv[3::2], argv[4::2]))
+    assert {k: pairs[k] for k in ("--model", "--host", "--port", "--tensor-parallel-size", "--dtype", "--max-model-len")} == {
+        "--model": "deepseek-ai/DeepSeek-V3.1", "--host": "127.0.0.1", "--port": "8123", "--tensor-parallel-size": "8",
+        "--dtype": "bfloat16", "--max-model-len": "8192"}
+    assert argv[argv.index("--enable-lora"):][:5] == ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "1"]
+    assert lora_rank_limit(None, 24) == 32 and lora_rank_limit(64, 16) == 64 and lora_rank_limit(None, None) is None
+    with pytest.raises(LaunchError, match="--trust-remote-code is set by relxfer"):
+        server_argv("/py", "m", "m", 1, launch | {"extra_args": ["--trust-remote-code"]}, None, False)
