@@ -40,15 +40,21 @@ def evaluation_keys(spec) -> dict[str, str]:
 
 
 def test_defaults_are_filled_in_the_matching_branch(tmp_path):
-    launched = load(tmp_path, LAUNCH).models[0]["engines"]["evaluate"]
+    """...and the filled entry is valid too (the model loader validates it again)."""
+    from relxfer.models.loading import resolve_model
+
+    model = load(tmp_path, LAUNCH).models[0]
+    assert resolve_model(model) == model
+    launched = model["engines"]["evaluate"]
     assert launched["launch"] == {
         "tensor_parallel_size": 8, "pipeline_parallel_size": 1, "dtype": "bfloat16", "max_model_len": None,
         "gpu_memory_utilization": 0.9, "max_lora_rank": None, "max_loras": 1, "extra_args": [],
         "startup_timeout_s": 1800, "port": None,
     }
-    assert launched["scoring"] == "auto" and launched["base_url"] is None
+    assert launched["scoring"] == "auto" and "base_url" not in launched
     assert launched["requests"] == {"max_in_flight": 32, "timeout_s": 600, "max_retries": 4, "serial_prompt_logprobs": None}
     running = load(tmp_path, {"kind": "openai", "base_url": "http://127.0.0.1:30000/v1", "api_key_env": "SGLANG_KEY"}).models[0]
+    assert resolve_model(running) == running and resolve_model(load(tmp_path, RUNNING).models[0])["engines"]["evaluate"]["dtype"] == "bfloat16"
     assert running["engines"]["evaluate"]["dtype"] is None and running["engines"]["evaluate"]["api_key_env"] == "SGLANG_KEY"
 
 
