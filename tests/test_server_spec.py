@@ -5,7 +5,6 @@ the launch command line relxfer builds."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,24 +14,22 @@ from relxfer.errors import SpecError
 from relxfer.plan import plan
 from relxfer.spec import load_spec
 
+from .test_plan import keys, load_variant
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = {"kind": "vllm", "launch": {"tensor_parallel_size": 8, "dtype": "bfloat16"}}
 RUNNING = {"kind": "vllm", "base_url": "http://10.0.0.5:8000/v1", "dtype": "bfloat16"}
 
 
-def load(tmp_path: Path, engine: dict | None, edit=None, name: str = "spec"):
-    raw = json.loads((REPO / "specs" / "smoke.json").read_text())
-    if engine is not None:
-        raw["models"][0]["engines"] = {"evaluate": engine}
-    if edit:
-        edit(raw)
-    path = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}.json"
-    path.write_text(json.dumps(raw))
-    return load_spec(path)
+def load(tmp_path: Path, engine: dict | None, edit=None):
+    """The smoke spec with `engine` as the model's evaluation engine (and `edit` applied)."""
+    def change(raw):
+        if engine is not None:
+            raw["models"][0]["engines"] = {"evaluate": engine}
+        if edit:
+            edit(raw)
 
-
-def keys(spec) -> dict[str, str]:
-    return {cell.run_name: cell.key for cell in plan(spec)}
+    return load_variant(tmp_path, f"spec-{len(list(tmp_path.iterdir()))}", change)
 
 
 def evaluation_keys(spec) -> dict[str, str]:
