@@ -113,3 +113,17 @@ def test_launch_argv_is_a_list_from_the_spec():
     assert lora_rank_limit(None, 24) == 32 and lora_rank_limit(64, 16) == 64 and lora_rank_limit(None, None) is None
     with pytest.raises(LaunchError, match="--trust-remote-code is set by relxfer"):
         server_argv("/py", "m", "m", 1, launch | {"extra_args": ["--trust-remote-code"]}, None, False)
+
+
+def test_launch_without_vllm_installed_fails_before_any_run(tmp_path, monkeypatch):
+    import sys
+
+    from relxfer.engines import EngineContext, evaluation_engine
+    from relxfer.errors import RelxferError
+
+    monkeypatch.setenv("RELXFER_VLLM_PYTHON", sys.executable)  # the test environment has no vLLM
+    spec = load(tmp_path, LAUNCH)
+    engine = evaluation_engine(EngineContext(spec.models[0], spec, tmp_path))
+    with pytest.raises(RelxferError, match=rf"^model 'tiny' is evaluated on a vLLM server relxfer launches, but {sys.executable} "
+                                           r"cannot import vllm: pip install vllm there, or set RELXFER_VLLM_PYTHON"):
+        engine.check()
