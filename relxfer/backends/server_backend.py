@@ -41,7 +41,6 @@ class ScoringState:
     allowed: tuple[str, ...] = SCORING_MODES
     tolerance: float = 1e-3
     plan: ScoringPlan | None = None
-    probed_on: str | None = None  # the served model (base or adapter) the probe asked
     # Send continuation requests (prompt log-probs) one at a time: vLLM 0.32 with --enable-lora
     # on the CPU crashes its engine on a batch of several such requests (its CPU LoRA logits
     # kernel indexes by request where it needs prompt positions). Label-id requests are fine.
@@ -84,7 +83,6 @@ class ServerBackend(TokenizerMethods):
             self.scoring.plan = probe_scoring(
                 self._map, self.served_model, prompts, continuations, self.scoring.allowed, self.scoring.tolerance, self.where
             )
-            self.scoring.probed_on = self.served_model
         return self.scoring.plan
 
     def label_logprobs(
