@@ -34,7 +34,8 @@ class EngineEntry:
 
 EVALUATION_ENGINES: dict[str, EngineEntry] = {
     "local": EngineEntry("relxfer.backends.local_engine:LocalEngine", None),
-    "tinker": EngineEntry("relxfer.backends.tinker_engine:TinkerEngine", ("base_model",)),
+    # A hosted service samples its own copy of the base model: no local 4-bit load.
+    "tinker": EngineEntry("relxfer.backends.tinker_engine:TinkerEngine", ("base_model",), quantizes_base=False),
     "vllm": EngineEntry("relxfer.backends.server_engine:ServerEngine", ("dtype", "launch.dtype"), quantizes_base=False),
     "openai": EngineEntry("relxfer.backends.server_engine:ServerEngine", ("dtype",), quantizes_base=False),
 }
