@@ -70,6 +70,9 @@ def driver(cluster, spec: Path, uri: str, experiment: str, log: Path, *extra: st
          "--tracking-uri", uri, "--cache-dir", str(log.parent / "driver-cache"), "--no-progress", *extra],
         env=cluster.env(MLFLOW_EXPERIMENT_NAME=experiment, OMP_NUM_THREADS="1"),
         stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        # A shell without job control starts background jobs with SIGINT ignored, and children
+        # inherit that: give the driver the default, so Ctrl-C (SIGINT) reaches it as a user's would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -146,7 +149,9 @@ def test_same_cells_keys_accuracies_and_layout_as_the_local_executor(mlflow_serv
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "ray-local-twin")
     StudyRunner(load_spec(spec_path), Tracker(mlflow_server.uri), relxfer_cache, progress=False).run()
     client = MlflowClient(mlflow_server.uri)
-    assert finished_results(client, "ray-local-twin", spec_path) == pytest.approx(reference, abs=1e-9)
+    # Accuracies are equal; the fine-tune's final loss may differ in its 7th digit: Ray runs a
+    # 1-CPU task with one BLAS thread, this process with several (another summation order).
+    assert finished_results(client, "ray-local-twin", spec_path) == pytest.approx(reference, rel=1e-6)
 
     def layout(experiment: str) -> dict[str, tuple]:
         out = {}
