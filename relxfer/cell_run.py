@@ -79,7 +79,10 @@ def study_from_parent_run(tracking_uri: str, parent: ParentRun, cache_dir: Path,
         spec = spec_from_dict(json.loads(spec_file.read_text()), Path(f"run {parent.run_id}: {RESOLVED_SPEC}"))
     expected = tracker.run_tags(parent.run_id).get(f"{TAG}spec_hash")
     if spec.hash != expected:
-        raise RelxferError(f"{where}: the resolved spec of run {parent.run_id} hashes to {spec.hash}, not {expected}")
+        raise RelxferError(
+            f"{where}: the resolved spec of run {parent.run_id} hashes to {spec.hash} here, to {expected} on the "
+            f"driver: install the driver's relxfer version on every node"
+        )
     data = load_study_data(spec)
     if list(data.held_out_ids) != list(held_out):
         raise DataError(
