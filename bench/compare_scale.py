@@ -57,6 +57,7 @@ from relxfer.compare.simulate import simulate_study  # noqa: E402
 from relxfer.data.items import MCItem  # noqa: E402
 from relxfer.data.study import StudyData  # noqa: E402
 from relxfer.plan import COT_CONDITIONS, plan  # noqa: E402
+from relxfer.backends.base import Adapter  # noqa: E402
 from relxfer.cell_run import CellRunner, StudyContext  # noqa: E402
 from relxfer.runner import StudyRunner  # noqa: E402
 from relxfer.spec import load_spec  # noqa: E402
@@ -222,7 +223,9 @@ def populate(uri: str, experiment: str, runs: int = 2000, n_models: int = 7, n_s
         rng = np.random.default_rng(index)
         rows = by_cell[(cell.model, cell.condition, cell.language, 0 if cell.seed is None else cell.seed)]
         backend = ScriptedBackend(*_script(rng, rows, labels, cot=cell.condition in COT_CONDITIONS), len(labels))
-        run_id = runner.evaluate(cell, ScriptedEngine(backend), None)  # no adapter: the script holds the answers
+        # The script holds the fine-tuned answers too: the adapter is a name only.
+        adapter = Adapter(cell.finetune_key, Path(), "scripted") if cell.finetune_key else None
+        run_id = runner.evaluate(cell, ScriptedEngine(backend), None, adapter)
         with lock:
             run_ids[cell.key] = run_id
             done[0] += 1

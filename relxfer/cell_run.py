@@ -231,14 +231,14 @@ class CellRunner:
 
         return self._in_cell_run(cell, orphans, work, resume=True)
 
-    def evaluate(self, cell: Cell, engine, finetune_run_id: str | None) -> str:
+    def evaluate(self, cell: Cell, engine, finetune_run_id: str | None, adapter: Adapter | None = None) -> str:
         """Run (or skip) an evaluation cell on `engine`, with the adapter of `finetune_run_id`
-        for fine-tuned conditions; returns the id of its FINISHED run."""
+        for fine-tuned conditions (or `adapter`, when the caller has one); returns the id of
+        its FINISHED run."""
         finished, orphans = self.finished_run(cell)
         if finished:
             return self.skip(cell, finished)
-        adapter = None
-        if cell.finetune_key:
+        if cell.finetune_key and adapter is None:
             if finetune_run_id is None:
                 raise RelxferError(f"{cell.run_name}: its fine-tune {cell.finetune_key} has no FINISHED run")
             adapter = Adapter(cell.finetune_key, self._fetch_adapter(finetune_run_id, cell.finetune_key), finetune_run_id)
