@@ -9,7 +9,8 @@ What it does:
    (7 models, 3 Semitic + 3 non-Semitic languages, baseline / finetuned / cot, 100 held-out
    questions) with as many fine-tuning seeds as it takes to reach --runs evaluation runs
    (46 seeds: 7 x 6 x (1 baseline + 1 cot + 46 finetuned) = 2,016 runs). Each cell is run by
-   `StudyRunner._run_evaluation` with a scripted backend whose answers come from
+   `relxfer.cell_run.CellRunner.evaluate` (the per-cell code of every executor) on an engine
+   serving a scripted backend whose answers come from
    `relxfer.compare.simulate.simulate_study`, so tags, params, data set inputs, metrics and the
    `predictions.json` table are exactly what `relxfer run` logs; the parent run gets the
    runner's `cells.json` table, so `--parent` works too. Cells run in parallel client threads
@@ -56,6 +57,8 @@ from relxfer.compare.simulate import simulate_study  # noqa: E402
 from relxfer.data.items import MCItem  # noqa: E402
 from relxfer.data.study import StudyData  # noqa: E402
 from relxfer.plan import COT_CONDITIONS, plan  # noqa: E402
+from relxfer.backends.base import Adapter  # noqa: E402
+from relxfer.cell_run import CellRunner, StudyContext  # noqa: E402
 from relxfer.runner import StudyRunner  # noqa: E402
 from relxfer.spec import load_spec  # noqa: E402
 from relxfer.tracking import CELLS_TABLE, PREDICTIONS_TABLE, TAG, Tracker  # noqa: E402
@@ -82,6 +85,30 @@ def write_spec(path: Path, experiment: str, n_models: int = 7, n_seeds: int = 1)
     raw["seeds"] = list(range(n_seeds))
     path.write_text(json.dumps(raw, indent=1))
     return path
+
+
+class ScriptedEngine:
+    """An evaluation engine (relxfer.backends.base.EvaluationEngine) serving one scripted backend."""
+
+    kind = "scripted"
+
+    def __init__(self, backend):
+        self._backend = backend
+
+    def check(self) -> None:
+        pass
+
+    def backend(self, adapter):
+        return self._backend
+
+    def run_tags(self) -> dict[str, str]:
+        return {"engine": self.kind}
+
+    def log_files(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
 
 
 class ScriptedBackend:
@@ -182,9 +209,9 @@ def populate(uri: str, experiment: str, runs: int = 2000, n_models: int = 7, n_s
                      source="relxfer-bench://simulate_study", digest="bench", train_digest="bench",
                      eval_digests={lang: f"bench-{lang}" for lang in eval_items})
     tracker = _Recording(uri)
-    runner = StudyRunner(spec, tracker, workdir / "cache", progress=False)
     parent = tracker.start_parent(spec.experiment, run_name=spec.name,
                                   tags={f"{TAG}kind": "study", f"{TAG}spec_hash": spec.hash, f"{TAG}spec_name": spec.name})
+    runner = CellRunner(StudyContext(spec, tracker, parent, data, workdir / "cache", progress=False))
     labels = runner.builder.labels
     run_ids: dict[str, str] = {}
     done = [0]
@@ -196,7 +223,9 @@ def populate(uri: str, experiment: str, runs: int = 2000, n_models: int = 7, n_s
         rng = np.random.default_rng(index)
         rows = by_cell[(cell.model, cell.condition, cell.language, 0 if cell.seed is None else cell.seed)]
         backend = ScriptedBackend(*_script(rng, rows, labels, cot=cell.condition in COT_CONDITIONS), len(labels))
-        run_id = runner._run_evaluation(parent, data, cell, backend, orphans=[])  # no interrupted earlier runs
+        # The script holds the fine-tuned answers too: the adapter is a name only.
+        adapter = Adapter(cell.finetune_key, Path(), "scripted") if cell.finetune_key else None
+        run_id = runner.evaluate(cell, ScriptedEngine(backend), None, adapter)
         with lock:
             run_ids[cell.key] = run_id
             done[0] += 1
@@ -212,7 +241,7 @@ def populate(uri: str, experiment: str, runs: int = 2000, n_models: int = 7, n_s
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(one, [(i, c) for i, c in enumerate(cells) if i not in first.values()]))
     # As StudyRunner.run does at its end: the cells table, then the parent is FINISHED.
-    tracker.log_table(parent.run_id, [runner._cell_row(o) for o in runner.outcomes], CELLS_TABLE)
+    tracker.log_table(parent.run_id, [StudyRunner.cell_row(o) for o in runner.outcomes], CELLS_TABLE)
     tracker.end(parent.run_id, "FINISHED")
     return {"parent_id": parent.run_id, "cells": cells, "run_ids": run_ids, "tables": tracker.tables,
             "seconds": time.perf_counter() - start, "n_runs": len(cells), "n_seeds": n_seeds}

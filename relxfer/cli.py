@@ -65,6 +65,7 @@ def plan(spec: Path) -> None:
     from .spec import load_spec
 
     from .engines import describe
+    from .executors.resources import describe_resources, resource_request
     from .memory import estimate
 
     loaded = load_spec(spec)
@@ -81,7 +82,9 @@ def plan(spec: Path) -> None:
         if floor is not None:
             click.echo(f"memory    {model['name']}: fine-tune needs {floor.describe()}")
     for cell in cells:
-        click.echo(f"{cell.kind:9} {cell.key}  {cell.run_name}" + (f"  [{cell.group}/{cell.role}]" if cell.group else ""))
+        needs = describe_resources(resource_request(loaded.model(cell.model)["resources"]))
+        click.echo(f"{cell.kind:9} {cell.key}  {cell.run_name}" + (f"  [{cell.group}/{cell.role}]" if cell.group else "")
+                   + f"  ({needs})")
     counts = count_by_kind(cells)
     click.echo(f"cells: {counts['finetune']} finetune, {counts['evaluate']} evaluate, {len(cells)} total")
     from .data.study import summarize_study_data
@@ -101,26 +104,55 @@ def plan(spec: Path) -> None:
 @_spec_arg()
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
-              help="Where built models, checkpoints and downloaded adapters live.")
+              help="Where built models, checkpoints and downloaded adapters live (with --executor ray: the driver's; "
+                   "each node uses its own $RELXFER_CACHE, default ~/.cache/relxfer).")
 @click.option("--force", is_flag=True, help="Re-run every cell, even those with a FINISHED run of the same key.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-def run(spec: Path, tracking_uri: str | None, cache_dir: Path, force: bool, no_progress: bool) -> None:
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: cells one after another in this process; ray: cells as tasks on a Ray cluster, each with "
+                   "its model's resources (pip install 'relxfer[ray]').")
+@click.option("--ray-address", help="With --executor ray: the cluster's HOST:PORT (default: $RAY_ADDRESS, else the "
+                                    "cluster started on this machine with `ray start --head`).")
+@click.option("--cells-per-task", type=click.IntRange(min=1),
+              help="With --executor ray: evaluation cells per task (default: all cells of one model and adapter, so "
+                   "each evaluation engine starts once per model and adapter).")
+def run(spec: Path, tracking_uri: str | None, cache_dir: Path, force: bool, no_progress: bool, executor: str,
+        ray_address: str | None, cells_per_task: int | None) -> None:
     """Run SPEC: fine-tune and evaluate every cell not yet finished, one MLflow run per cell.
 
     Example: relxfer run specs/smoke.json --tracking-uri http://127.0.0.1:5000
+
+    On a Ray cluster: relxfer run specs/full.json --executor ray --ray-address HEAD:6379 --tracking-uri http://HOST:5000
     """
+    from .executors import make_executor
     from .runner import StudyRunner
     from .spec import load_spec
     from .tracking import Tracker
 
     loaded = load_spec(spec)
     cache_dir = cache_dir.expanduser()  # `mlflow run` passes parameters quoted: no shell expansion
+    options = {"address": ray_address, "cells_per_task": cells_per_task} if executor == "ray" else {}
     tracker = Tracker(tracking_uri)
-    runner = StudyRunner(loaded, tracker, cache_dir, report=lambda line: click.echo(line, err=True), progress=not no_progress)
+    runner = StudyRunner(loaded, tracker, cache_dir, report=lambda line: click.echo(line, err=True),
+                         progress=not no_progress, executor=make_executor(executor, **options))
     outcomes = runner.run(force=force)
-    ran = sum(o.status == "FINISHED" for o in outcomes)
-    skipped = sum(o.status == "SKIPPED" for o in outcomes)
-    click.echo(f"{spec}: {ran} cells run, {skipped} already finished, tracking URI {tracker.uri}")
+    _summary(spec, outcomes, tracker.uri)
+
+
+def _summary(spec: Path, outcomes, uri: str) -> None:
+    from collections import Counter
+
+    counts = Counter(o.status for o in outcomes)
+    click.echo(f"{spec}: {counts['FINISHED']} cells run, {counts['SKIPPED']} already finished, {counts['FAILED']} failed; "
+               f"tracking URI {uri}")
+    where = Counter(o.where for o in outcomes if o.status != "SKIPPED" and o.where)
+    if where:
+        click.echo("ran on: " + "; ".join(f"{w}: {n} cells" for w, n in sorted(where.items())))
+    for o in outcomes:
+        if o.status == "FAILED":
+            click.echo(f"failed {o.cell.run_name}: {o.error}" + (f" (run {o.run_id})" if o.run_id else ""), err=True)
+    if counts["FAILED"]:
+        click.get_current_context().exit(1)
 
 
 @main.command()

@@ -97,7 +97,13 @@ class Spec:
 
 def load_spec(path: str | Path) -> Spec:
     path = Path(path)
-    raw = _read_json(path)
+    return spec_from_dict(_read_json(path), path)
+
+
+def spec_from_dict(raw: Any, path: Path) -> Spec:
+    """A Spec from parsed JSON; `path` names it in messages and resolves relative data paths.
+    A resolved spec (as the parent run stores it) gives back the same spec and hash, which is
+    how a worker on another machine rebuilds the driver's spec."""
     _validate(raw, path)
     raw = fill_defaults(raw)
     _expand_paths(raw, path)

@@ -245,6 +245,31 @@ class Tracker:
     def end(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
+    @server_call
+    def list_artifacts(self, run_id: str, path: str) -> list[tuple[str, bool]]:
+        """(artifact path, is a directory) of the entries directly under `path` of a run."""
+        return [(f.path, f.is_dir) for f in self.client.list_artifacts(run_id, path)]
+
+    @server_call
+    def delete_artifacts(self, run_id: str, path: str) -> None:
+        """Remove `path` (a file or a directory) from a run's artifacts: superseded checkpoints."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        run = self.client.get_run(run_id)
+        get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri).delete_artifacts(path)
+
+    @server_call
+    def running_children(self, parent: ParentRun) -> list[str]:
+        """Ids of the parent's child runs still RUNNING (to close them when a study is cancelled)."""
+        runs = self._search(
+            [parent.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.run_id}' and attributes.status = 'RUNNING'"
+        )
+        return [run.info.run_id for run in runs]
+
+    @server_call
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.tags)
+
     # --- reading back for compare -----------------------------------------------------------
 
     # Runs per search_runs page (MLflow's default page size; the REST API takes up to 50,000).

@@ -2,7 +2,7 @@
 
 A small study (2 models x 6 languages x (baseline + cot + 2 fine-tuned seeds) = 48 evaluation
 runs x 40 items) is logged by bench/compare_scale.py's `populate`, which runs every cell through
-`StudyRunner._run_evaluation` with a scripted backend: the same tags, params, metrics and
+`CellRunner.evaluate` with a scripted engine: the same tags, params, metrics and
 `predictions.json` tables as `relxfer run`. The item frame `load_items` rebuilds must equal the
 logged records row for row and column for column, with search_runs paging exercised (a page
 size of 7 through the tracker's setting; the server is real), for `--experiment` and `--parent`.

@@ -67,6 +67,15 @@ def finished_accuracy(client: MlflowClient, experiment: str) -> dict[str, float]
             for r in runs if r.info.status == "FINISHED"}
 
 
+def uploaded_checkpoint(client: MlflowClient, experiment: str) -> bool:
+    """Whether the experiment's fine-tune run holds a complete checkpoint (its state.json)."""
+    found = client.get_experiment_by_name(experiment)
+    runs = found and client.search_runs([found.experiment_id], "tags.`relxfer.kind` = 'finetune'")
+    return any(f.path.endswith("/state.json")
+               for run in runs or [] for step in client.list_artifacts(run.info.run_id, "checkpoints")
+               for f in client.list_artifacts(run.info.run_id, step.path))
+
+
 @pytest.fixture(scope="module")
 def reference_log(mlflow_server, tmp_path_factory) -> Path:
     """The uninterrupted study every disturbed one must reproduce (run with secrets in its
@@ -154,16 +163,14 @@ def test_no_secret_reaches_params_tags_metrics_artifacts_or_logs(mlflow_server, 
 
 
 def test_kill_mid_training_resumes_from_the_checkpoint_in_the_same_run(mlflow_server, reference, tmp_path):
-    """SIGKILL right after the fine-tune's first checkpoint: the re-run resumes from it (not from
-    step 0) inside the same MLflow run, whose loss curve then has every step exactly once, and the
-    study ends with the accuracies of the uninterrupted run."""
+    """SIGKILL right after the fine-tune's first checkpoint reached the run's artifacts: the re-run
+    resumes from it (not from step 0) inside the same MLflow run, whose loss curve then has every
+    step exactly once, and the study ends with the accuracies of the uninterrupted run."""
     client = MlflowClient(mlflow_server.uri)
     log = tmp_path / "log.txt"
-    finetune_key = next(key for key, cell in CELLS.items() if cell.kind == "finetune")
-    checkpoints = tmp_path / "cache" / "finetune" / finetune_key / "checkpoints"
     process = start_run(mlflow_server.uri, "resilience-midtrain", tmp_path / "cache", log)
     deadline = time.time() + 300
-    while not any(p.name.startswith("step-") for p in checkpoints.glob("*")) and time.time() < deadline:
+    while not uploaded_checkpoint(client, "resilience-midtrain") and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
