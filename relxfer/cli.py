@@ -65,7 +65,7 @@ def plan(spec: Path) -> None:
     from .spec import load_spec
 
     from .engines import describe
-    from .executors.resources import describe_resources, resource_request
+    from .executors.resources import cell_request, describe_resources
     from .memory import estimate
 
     loaded = load_spec(spec)
@@ -82,7 +82,7 @@ def plan(spec: Path) -> None:
         if floor is not None:
             click.echo(f"memory    {model['name']}: fine-tune needs {floor.describe()}")
     for cell in cells:
-        needs = describe_resources(resource_request(loaded.model(cell.model)["resources"]))
+        needs = describe_resources(cell_request(loaded.model(cell.model), cell.kind))
         click.echo(f"{cell.kind:9} {cell.key}  {cell.run_name}" + (f"  [{cell.group}/{cell.role}]" if cell.group else "")
                    + f"  ({needs})")
     counts = count_by_kind(cells)

@@ -144,6 +144,24 @@ def test_plan_shows_each_cell_s_resources(spec_path):
     assert len(cell_lines) == 13 and all(line.endswith("  (1 GPU, 1 CPU)") for line in cell_lines), result.output
 
 
+def test_tasks_whose_engine_works_elsewhere_only_coordinate():
+    """A Ray Train or Tinker fine-tune, and evaluation on a server that is already running or
+    hosted, hold one CPU and no GPU: the GPUs belong to the workers or the server they wait for."""
+    from relxfer.executors.resources import cell_request
+    from relxfer.spec import load_spec
+
+    full = load_spec(REPO / "specs" / "full.json")
+    deepseek, qwen = full.model("deepseek-v3.1"), full.model("qwen3-4b")
+    assert deepseek["engines"]["finetune"]["kind"] == "ray"
+    assert cell_request(deepseek, "finetune") == {"CPU": 1.0, "GPU": 0.0}
+    assert cell_request(deepseek, "evaluate")["GPU"] == 8  # relxfer launches its vLLM server on the node
+    assert cell_request(qwen, "finetune") == cell_request(qwen, "evaluate") == {"CPU": 8.0, "GPU": 1.0, "memory": 64 * 2**30}
+    hosted = load_spec(REPO / "specs" / "full-tinker.json").model("deepseek-v3.1")
+    assert cell_request(hosted, "finetune") == cell_request(hosted, "evaluate") == {"CPU": 1.0, "GPU": 0.0}
+    remote = {**qwen, "engines": {**qwen["engines"], "evaluate": {"kind": "openai", "base_url": "http://h:8000/v1"}}}
+    assert cell_request(remote, "evaluate") == {"CPU": 1.0, "GPU": 0.0}
+
+
 def test_same_cells_keys_accuracies_and_layout_as_the_local_executor(mlflow_server, spec_path, reference, relxfer_cache,
                                                                      monkeypatch):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "ray-local-twin")

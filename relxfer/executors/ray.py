@@ -35,7 +35,7 @@ from ..cell_run import CellOutcome, StudyContext, error_line
 from ..errors import RelxferError, TrackingError
 from ..plan import Cell
 from .ray_claims import NAMESPACE
-from .resources import check_resources, resource_request
+from .resources import cell_request, check_resources
 
 MAX_RETRIES = 3  # retries of a task whose worker or node died (never of an error a cell raised)
 POLL_S = 1.0  # how often the driver looks for finished tasks and for cells another driver freed
@@ -139,8 +139,8 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def task_options(model: dict, name: str) -> dict:
-    request = resource_request(model["resources"])
+def task_options(model: dict, name: str, kind: str) -> dict:
+    request = cell_request(model, kind)
     options = {"num_cpus": request["CPU"], "num_gpus": request["GPU"], "max_retries": MAX_RETRIES, "name": name}
     if "memory" in request:
         options["memory"] = request["memory"]

@@ -95,7 +95,7 @@ class Schedule:
         submit = [c for c in claimed if c.key not in done]
         args = (self.uri, self.study.parent, self.study.force)
         for cell in (c for c in submit if c.kind == "finetune"):
-            options = task_options(self.study.spec.model(cell.model), cell.run_name)
+            options = task_options(self.study.spec.model(cell.model), cell.run_name, "finetune")
             ref = _task("finetune_cell").options(**options).remote(*args, cell)
             self.inflight[ref] = [cell]
             self.finetune_refs[cell.key] = ref
@@ -103,7 +103,7 @@ class Schedule:
             key = batch[0].finetune_key
             needs = self.finetune_runs.get(key) or self.finetune_refs.get(key) if key else None
             name = f"eval/{batch[0].model}/{'adapter-' + key[:8] if key else 'base'} ({len(batch)} cells)"
-            options = task_options(self.study.spec.model(batch[0].model), name)
+            options = task_options(self.study.spec.model(batch[0].model), name, "evaluate")
             self.inflight[_task("evaluate_cells").options(**options).remote(*args, batch, needs)] = batch
 
     # --- collecting ------------------------------------------------------------------------------

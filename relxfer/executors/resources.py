@@ -15,6 +15,26 @@ def resource_request(resources: dict) -> dict[str, float]:
     return request
 
 
+# A task whose engine works elsewhere only coordinates: Ray Train's workers reserve their own
+# resources, a hosted service (Tinker) or a server already running (a `base_url`) uses none of
+# this node's. Holding the model's GPUs there would starve the workers it waits for.
+COORDINATOR = {"CPU": 1.0, "GPU": 0.0}
+
+
+def works_elsewhere(model: dict, kind: str) -> bool:
+    """Whether a `kind` ("finetune" or "evaluate") cell of `model` runs its heavy work off the
+    node that runs its task."""
+    if kind == "finetune":
+        return model["engines"]["finetune"]["kind"] in ("ray", "tinker")
+    engine = model["engines"]["evaluate"]
+    return engine["kind"] in ("tinker", "openai") or (engine["kind"] == "vllm" and not engine.get("launch"))
+
+
+def cell_request(model: dict, kind: str) -> dict[str, float]:
+    """What the task running a `kind` cell of `model` asks of its node."""
+    return dict(COORDINATOR) if works_elsewhere(model, kind) else resource_request(model["resources"])
+
+
 def describe_resources(request: dict[str, float]) -> str:
     parts = [f"{request.get('GPU', 0):g} GPU", f"{request.get('CPU', 0):g} CPU"]
     if request.get("memory"):
@@ -25,6 +45,9 @@ def describe_resources(request: dict[str, float]) -> str:
 def check_resources(spec, nodes: list[dict]) -> None:
     """Refuse, before anything runs, a model whose cells no node of the cluster could hold."""
     for i, model in enumerate(spec.models):
+        kinds = ("finetune", "evaluate") if spec.finetune is not None else ("evaluate",)
+        if all(works_elsewhere(model, kind) for kind in kinds):
+            continue
         request = resource_request(model["resources"])
         if any(all(node["Resources"].get(k, 0.0) >= v for k, v in request.items() if v) for node in nodes):
             continue
