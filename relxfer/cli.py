@@ -160,8 +160,9 @@ def _summary(spec: Path, outcomes, uri: str) -> None:
 @click.option("--parent", "parent_id", help="A spec's parent run id: compare the cells of that run.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--reference", default="baseline", show_default=True, help="Condition gains are measured against.")
-@click.option("--scale", type=click.Choice(["logit", "raw"]), default="logit", show_default=True,
-              help="Scale of gains in the family-gap model.")
+@click.option("--scale", type=click.Choice(["raw", "logit"]), default="raw", show_default=True,
+              help="Scale of the family gap and the baseline-gain slope: raw accuracy points, or logits "
+                   "(for studies near the 25% floor or the ceiling).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="table: readable report; json: everything as JSON; csv: the accuracy table.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),

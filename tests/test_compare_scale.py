@@ -6,19 +6,24 @@ runs x 40 items) is logged by bench/compare_scale.py's `populate`, which runs ev
 `predictions.json` tables as `relxfer run`. The item frame `load_items` rebuilds must equal the
 logged records row for row and column for column, with search_runs paging exercised (a page
 size of 7 through the tracker's setting; the server is real), for `--experiment` and `--parent`.
-The scale itself (2,000 runs) is bench/compare_scale.py's job, not this test's.
+The scale itself (2,000 runs) is bench/compare_scale.py's job, not this test's. Then every number
+of `relxfer compare --format json` is recomputed from the logged tables without relxfer
+(tests/recompute.py: MlflowClient, statsmodels, scipy) and must agree.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient
 
 from bench.compare_scale import populate
 from relxfer.cli import main
+from tests import recompute
 from relxfer.compare.frame import ITEM_COLUMNS, load_items
 from relxfer.errors import TrackingError
 from relxfer.tracking import TAG, Tracker
@@ -43,7 +48,7 @@ def expected_items(study) -> pd.DataFrame:
         run_id = study["run_ids"][cell.key]
         seeds = range(N_SEEDS) if cell.seed is None else [cell.seed]
         factors = {"model": cell.model, "condition": cell.condition, "language": cell.language, "group": cell.group,
-                   "role": cell.role, "family": cell.family, "run_id": run_id}
+                   "role": cell.role, "family": cell.family, "run_id": run_id, "seedless": cell.seed is None}
         rows += [{**record, **factors, "seed": seed} for seed in seeds for record in study["tables"][run_id]]
     return pd.DataFrame(rows)
 
@@ -109,12 +114,12 @@ def test_cli_compare_reads_only_the_given_tracking_uri(study, mlflow_server, tmp
                                        "--format", "csv", "--no-log"])
     assert result.exit_code == 0, result.output
     table = pd.read_csv(pd.io.common.StringIO(result.stdout))
-    assert len(table) == N_MODELS * 6 * 3 * N_SEEDS
+    assert len(table) == N_RUNS  # one row per run: seedless runs (baseline, cot) once, seed -1
     logged = {}
     for cell in study["cells"]:
         correct = [r["correct"] for r in study["tables"][study["run_ids"][cell.key]]]
-        for seed in (range(N_SEEDS) if cell.seed is None else [cell.seed]):
-            logged[(cell.model, seed, cell.language, cell.condition)] = sum(correct) / len(correct)
+        logged[(cell.model, -1 if cell.seed is None else cell.seed, cell.language, cell.condition)] = (
+            sum(correct) / len(correct))
     for row in table.itertuples():
         assert math.isclose(row.accuracy, logged[(row.model, row.seed, row.language, row.condition)])
     assert not list(tmp_path.iterdir())  # nothing written locally (no mlflow.db, no mlruns)
@@ -143,3 +148,55 @@ def test_mixed_model_fits_whole_seeds_under_its_row_cap():
     assert "2 of 3 seeds" in capped.summary
     full = mixed_model(items, "finetuned", max_rows=None)
     assert (full.n_seeds, full.n_rows) == (3, 3 * per_seed) and "Fitted on" not in full.note
+
+
+@pytest.fixture(scope="module")
+def report_and_items(study, mlflow_server, tmp_path_factory):
+    result = CliRunner().invoke(main, ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri,
+                                       "--format", "json", "--no-log"])
+    assert result.exit_code == 0, result.output
+    items = recompute.logged_items(MlflowClient(mlflow_server.uri), EXPERIMENT, tmp_path_factory.mktemp("tables"))
+    return json.loads(result.stdout), items
+
+
+def _close(actual: dict, expected: dict, keys) -> None:
+    for key in keys:
+        assert actual[key] == pytest.approx(expected[key], rel=1e-9, abs=1e-12), key
+
+
+def test_every_accuracy_and_gain_is_recomputed_from_the_logged_tables(report_and_items):
+    report, items = report_and_items
+    expected = recompute.accuracy_rows(items).set_index(["model", "seed", "language", "condition"])
+    assert len(report["accuracy"]) == len(expected) == N_RUNS
+    for row in report["accuracy"]:
+        want = expected.loc[(row["model"], row["seed"], row["language"], row["condition"])]
+        _close(row, want, ["accuracy", "ci_low", "ci_high"])
+        if row["condition"] == "cot":
+            assert row["parse_failure_rate"] == pytest.approx(want["parse_failure_rate"])
+        else:
+            assert row["parse_failure_rate"] is None
+    gains = pd.concat([recompute.gain_rows(items, c).assign(condition=c) for c in ("cot", "finetuned")])
+    gains = gains.set_index(["model", "seed", "language", "condition"])
+    assert len(report["gains"]) == len(gains) == N_MODELS * 6 * (1 + N_SEEDS)
+    for row in report["gains"]:
+        want = gains.loc[(row["model"], row["seed"], row["language"], row["condition"])]
+        _close(row, want, ["gain", "ci_low", "ci_high", "p_value", "p_holm"])
+        assert (row["b"], row["c"], row["verdict"]) == (want["b"], want["c"], want["verdict"])
+
+
+def test_every_family_gap_and_slope_is_recomputed_from_the_logged_tables(report_and_items):
+    report, items = report_and_items
+    analyses = report["analyses"]
+    for condition in ("cot", "finetuned"):
+        gap, want = analyses[f"family_gap[{condition}]"], recompute.family_gap(items, condition)
+        assert want["estimate"] == pytest.approx(want["fit_estimate"])
+        _close(gap, want, ["estimate", "cr1_se", "se", "df", "ci_low", "ci_high", "p_value", "perm_p_value", "raw_gap"])
+        assert gap["conclusion"] == want["conclusion"] and gap["scale"] == "raw" and gap["condition"] == condition
+        slope, want = analyses[f"baseline_gain[{condition}]"], recompute.corrected_slope(items, condition)
+        _close(slope, want, ["corrected_slope", "corrected_slope_se", "corrected_slope_ci_low",
+                             "corrected_slope_ci_high", "detectable_slope", "baseline_reliability", "naive_slope"])
+    _close(analyses["task_alignment"], recompute.alignment(items), ["pearson_r", "pearson_p", "spearman_rho", "spearman_p"])
+    # Every summary names its analysis, condition, reference and scale.
+    for summary in report["summaries"]:
+        assert {"analysis", "condition", "reference", "scale", "summary"} <= summary.keys()
+        assert summary["summary"].startswith(summary["condition"])

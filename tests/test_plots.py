@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 
-from relxfer.compare.plots import plot_ft_vs_cot, plot_gain_vs_baseline, plot_language_gains
-from relxfer.compare.simulate import simulate_study
-from relxfer.compare.stats import baseline_gain, paired_gains, task_alignment
+from relxfer.compare.plots import plot_family_gap, plot_ft_vs_cot, plot_gain_vs_baseline, plot_language_gains
+from relxfer.compare.simulate import simulate_points_study, simulate_study
+from relxfer.compare.stats import baseline_gain, family_gap, paired_gains, task_alignment
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -54,3 +55,32 @@ def test_ft_vs_cot(items, tmp_path):
     fit = task_alignment(items, n_boot=100, n_splits=10)
     path = tmp_path / "ft_vs_cot.png"
     _check_png(path, plot_ft_vs_cot(fit.cells, path, fit))
+
+
+def _pixels(path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(path)[..., :3]
+
+
+def test_family_gap_makes_the_gap_visible(tmp_path):
+    # A planted 25-point gap: the related family's markers and mean line (red) sit well above the
+    # controls' (blue), and the gap's interval is drawn above zero.
+    fit = family_gap(simulate_points_study(family_gap=0.25, seed=9))
+    assert fit.ci_low > 0
+    path = tmp_path / "family_gap.png"
+    _check_png(path, plot_family_gap(fit, path))
+    image = _pixels(path)
+    red = (image[..., 0] > 0.6) & (image[..., 1] < 0.35) & (image[..., 2] < 0.35)
+    blue = (image[..., 2] > 0.5) & (image[..., 0] < 0.3)
+    red_rows, blue_rows = red.nonzero()[0], blue.nonzero()[0]
+    assert red_rows.size > 200 and blue_rows.size > 200
+    # Image rows grow downward: the related family is drawn higher up than the controls.
+    assert np.median(red_rows) < np.median(blue_rows) - 20
+
+
+def test_family_gap_plot_without_a_conclusion(tmp_path):
+    fit = family_gap(simulate_points_study(n_related=2, n_control=3, seed=9))
+    assert fit.conclusion == "refused"
+    path = tmp_path / "refused.png"
+    _check_png(path, plot_family_gap(fit, path))

@@ -1,10 +1,11 @@
-"""Every statistic of relxfer.compare.stats checked against an independent statsmodels / scipy
-computation on the same simulated data, plus the input contract and failure modes."""
+"""The item-level statistics of relxfer.compare.stats (input contract, accuracy table, paired
+gains with the passage sign-flip test, Holm, cluster-robust OLS, mixed model, task alignment)
+checked against independent statsmodels / scipy computations on simulated data. The cell-level
+models (family gap, baseline-gain slope) are in test_stats_models.py."""
 
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import pandas as pd
@@ -20,14 +21,17 @@ from relxfer.compare.stats import (
     accuracy_table,
     baseline_gain,
     family_gap,
+    holm_adjust,
     mcnemar_test,
     mixed_model,
     ols,
     paired_gains,
     paired_gains_summary,
+    signflip_p,
     task_alignment,
 )
-from relxfer.compare.stats_data import cell_table, paired_wide, split_half_counts, validate_items
+from relxfer.compare.stats.common import conclusion
+from relxfer.compare.stats.data import paired_wide, validate_items
 from relxfer.errors import DataError
 
 
@@ -90,25 +94,50 @@ def test_conditions_without_common_items_give_reasons_not_crashes(study):
 
 # ---------------------------------------------------------------- accuracy table
 
+def one_row_per_run(items: pd.DataFrame) -> pd.DataFrame:
+    """The items with each seedless run once, labelled seed -1 (as the runner's cells.json)."""
+    runs = items.drop_duplicates(["run_id", "question_id"]).copy()
+    runs.loc[runs["seedless"], "seed"] = -1
+    return runs
+
+
 def test_accuracy_matches_group_means_and_counts(study):
     table = accuracy_table(study)
-    expected = study.groupby(["model", "seed", "language", "condition"]).agg(
+    runs = one_row_per_run(study)
+    expected = runs.groupby(["model", "seed", "language", "condition"]).agg(
         acc=("correct", "mean"), n=("correct", "size"), passages=("passage_id", "nunique"),
-        unparsed=("predicted", lambda p: (p == -1).mean()))
+        unparsed=("extracted", lambda e: (e == -1).mean()))
     merged = table.join(expected, on=["model", "seed", "language", "condition"])
-    assert len(table) == 3 * 2 * 6 * 3
+    # Baseline and CoT are seedless (seed -1, once); fine-tuned runs once per seed.
+    assert len(table) == 3 * 6 * (1 + 1 + 2) and len(merged) == len(expected)
+    assert set(table.loc[table["condition"] != "finetuned", "seed"]) == {-1}
     np.testing.assert_allclose(merged["accuracy"], merged["acc"])
     assert (merged["n_items"] == merged["n"]).all() and (merged["n_passages"] == merged["passages"]).all()
-    np.testing.assert_allclose(merged["parse_failure_rate"], merged["unparsed"])
-    assert (table.loc[table["condition"] != "cot", "parse_failure_rate"] == 0).all()
+    cot = merged["condition"] == "cot"
+    np.testing.assert_allclose(merged.loc[cot, "parse_failure_rate"], merged.loc[cot, "unparsed"])
+    assert merged.loc[cot, "parse_failure_rate"].gt(0).any(), "the fixture has unparsed CoT answers"
+    assert table.loc[~cot.to_numpy(), "parse_failure_rate"].isna().all()  # no reasoning, no parse rate
+
+
+def test_a_high_parse_failure_rate_is_flagged(study):
+    failing = study.copy()
+    cot = failing["condition"] == "cot"
+    failing.loc[cot & (failing["language"] == "heb_Hebr"), "extracted"] = -1
+    table = accuracy_table(failing)
+    flagged = table[table["parse_failure_high"]]
+    assert set(flagged["language"]) == {"heb_Hebr"} and set(flagged["condition"]) == {"cot"}
+    assert (flagged["parse_failure_rate"] == 1).all()
+    assert flagged["summary"].str.endswith("100.0% of the reasoning texts gave no parseable answer").all()
+    assert "Warning: cot: 3 of 18 runs had no parseable answer" in accuracy_summary(table)
 
 
 def test_accuracy_interval_matches_statsmodels_cluster_se_and_wilson(study):
     table = accuracy_table(study)
     assert (table["design_effect"] > 1).any(), "fixture should have clustered answers"
-    for row in table.iloc[::9].itertuples():
-        items = study[(study["model"] == row.model) & (study["seed"] == row.seed)
-                      & (study["language"] == row.language) & (study["condition"] == row.condition)]
+    runs = one_row_per_run(study)
+    for row in table.iloc[::5].itertuples():
+        items = runs[(runs["model"] == row.model) & (runs["seed"] == row.seed)
+                     & (runs["language"] == row.language) & (runs["condition"] == row.condition)]
         y = items["correct"].to_numpy(float)
         fit = sm.OLS(y, np.ones_like(y)).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(items["passage_id"])[0]})
         p, n, groups = y.mean(), len(y), items["passage_id"].nunique()
@@ -176,6 +205,28 @@ def _holm(p_values: np.ndarray) -> np.ndarray:
     return adjusted
 
 
+def brute_force_signflip(passage_sums) -> float:
+    """The two-sided sign-flip p by enumerating every sign vector of the non-zero passage sums."""
+    d = np.array([x for x in passage_sums if x != 0], dtype=float)
+    if d.size == 0:
+        return 1.0
+    signs = np.array(list(itertools.product((-1.0, 1.0), repeat=d.size)))
+    return float(np.mean(np.abs(signs @ d) >= abs(d.sum()) - 1e-9))
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (3, 9), (12, 12), (2, 22), (5, 1)])
+def test_signflip_with_one_question_per_passage_is_exact_mcnemar(b, c):
+    passages = [1] * c + [-1] * b
+    assert signflip_p(passages) == pytest.approx(mcnemar([[50, b], [c, 50]], exact=True).pvalue, rel=1e-12)
+
+
+def test_signflip_matches_enumeration_with_passages_of_several_questions():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        sums = rng.integers(-4, 5, size=rng.integers(1, 14))
+        assert signflip_p(sums) == pytest.approx(brute_force_signflip(sums), abs=1e-12)
+
+
 def test_paired_gains_against_independent_computation(study):
     gains = paired_gains(study, "finetuned")
     assert len(gains) == 3 * 2 * 6
@@ -186,8 +237,8 @@ def test_paired_gains_against_independent_computation(study):
         b = int(((wide["baseline"] == 1) & (wide["finetuned"] == 0)).sum())
         c = int(((wide["baseline"] == 0) & (wide["finetuned"] == 1)).sum())
         assert (row.b, row.c) == (b, c)
-        assert row.p_value == pytest.approx(mcnemar([[0, b], [c, 0]], exact=b + c < 25).pvalue, rel=1e-12)
         d = (wide["finetuned"] - wide["baseline"]).to_numpy(float)
+        assert row.p_value == pytest.approx(brute_force_signflip(pd.Series(d).groupby(passage.to_numpy()).sum()), abs=1e-12)
         fit = sm.OLS(d, np.ones_like(d)).fit(cov_type="cluster", use_t=True,
                                             cov_kwds={"groups": pd.factorize(passage)[0]})
         low, high = fit.conf_int()[0]
@@ -196,14 +247,37 @@ def test_paired_gains_against_independent_computation(study):
         assert row.acc_ref == pytest.approx(wide["baseline"].mean())
     for _, block in gains.groupby(["model", "seed"]):
         np.testing.assert_allclose(block["p_holm"], _holm(block["p_value"].to_numpy()))
+    expected = [conclusion(r.ci_low, r.ci_high, r.p_value, r.p_holm) for r in gains.itertuples()]
+    assert gains["verdict"].tolist() == expected
+
+
+def test_seedless_pairs_appear_once_without_a_seed(study):
+    cot = paired_gains(study, "cot")
+    assert len(cot) == 3 * 6 and set(cot["seed"]) == {-1}
+    assert not cot["summary"].str.contains("seed").any()
+    finetuned = paired_gains(study, "finetuned")
+    assert set(finetuned["seed"]) == {0, 1} and finetuned["summary"].str.contains(r"\(seed [01]\)").all()
 
 
 def test_paired_gains_summaries(study):
     gains = paired_gains(study, "cot")
-    assert gains["summary"].str.contains("McNemar b = ").all()
+    assert gains["summary"].str.contains("questions went from right to wrong").all()
+    assert gains["summary"].str.contains("passage sign-flip").all()
     assert gains["reference"].eq("baseline").all() and gains["condition"].eq("cot").all()
     line = paired_gains_summary(gains)
-    assert line.startswith("cot vs baseline: gains from") and "after Holm correction" in line
+    assert line.startswith("cot vs baseline: gains from") and "Holm" in line
+
+
+@pytest.mark.parametrize("low, high, p, holm, verdict", [
+    (0.02, 0.2, 0.01, 0.03, "above"),
+    (-0.3, -0.1, 0.001, 0.004, "below"),
+    (0.02, 0.2, 0.01, 0.2, "none"),  # significant alone, not after Holm: no finding
+    (0.02, 0.2, 0.08, 0.2, "inconclusive"),  # interval excludes zero, the exact test does not reject
+    (-0.1, 0.2, 0.03, 0.03, "inconclusive"),  # the exact test rejects, the interval includes zero
+    (-0.1, 0.2, 0.4, 1.0, "none"),
+])
+def test_the_rule_for_conclusions(low, high, p, holm, verdict):
+    assert conclusion(low, high, p, holm) == verdict
 
 
 # ---------------------------------------------------------------- cluster-robust OLS
@@ -254,128 +328,6 @@ def test_cr2_for_a_group_contrast_is_welch_on_cluster_means_with_bell_mccaffrey_
     assert fit.df[1] == pytest.approx(4.0)  # Welch df with equal variances for 3 vs 3
 
 
-# ---------------------------------------------------------------- baseline-gain model
-
-def test_naive_baseline_gain_matches_linregress(cells_study):
-    result = baseline_gain(cells_study, "finetuned", n_splits=10, cluster=None)
-    cells = result.cells
-    reference = stats.linregress(cells["acc_baseline"], cells["acc_finetuned"] - cells["acc_baseline"])
-    assert result.naive_slope == pytest.approx(reference.slope)
-    assert result.naive_intercept == pytest.approx(reference.intercept)
-    q = stats.t.ppf(0.975, len(cells) - 2)
-    assert result.naive_slope_ci_low == pytest.approx(reference.slope - q * reference.stderr)
-    assert result.naive_intercept_ci_high == pytest.approx(reference.intercept + q * reference.intercept_stderr)
-
-
-def test_baseline_gain_clustered_by_model_and_logit_scale(cells_study):
-    result = baseline_gain(cells_study, "finetuned", n_splits=10, scale="logit")
-    cells = result.cells
-    k, n = cells["k_baseline"], cells["n"]
-    np.testing.assert_allclose(cells["baseline"], np.log((k + 0.5) / (n - k + 0.5)))
-    X = sm.add_constant(cells["baseline"].to_numpy())
-    reference = sm.OLS(cells["gain"].to_numpy(), X).fit()
-    assert result.naive_slope == pytest.approx(reference.params[1])
-    assert result.se_kind == "CR2"
-    # Clustering by model with 7 clusters must widen the interval relative to classical OLS.
-    assert result.naive_slope_ci_high - result.naive_slope_ci_low > 2 * 1.99 * reference.bse[1]
-
-
-def test_split_half_counts_partition_the_passages(cells_study):
-    conditions = ["baseline", "finetuned"]
-    wide = paired_wide(validate_items(cells_study), conditions)
-    cells = cell_table(wide, conditions)
-    half_a, half_b = split_half_counts(wide, cells, conditions, n_splits=25, seed=1)
-    for key in ["n", *conditions]:
-        total = cells["n"] if key == "n" else cells[f"k_{key}"]
-        np.testing.assert_allclose(half_a[key] + half_b[key], np.repeat(total.to_numpy()[:, None], 25, axis=1))
-    assert (half_a["n"] == 30).all()  # 30 passages of 2 questions: 15 passages in half A
-    assert np.unique(half_a["baseline"], axis=1).shape[1] > 20, "splits should differ"
-
-
-def test_baseline_gain_result_fields_and_summary(cells_study):
-    result = baseline_gain(cells_study, "finetuned", n_splits=30)
-    assert result.reason is None and result.n_cells == 42 and result.n_splits == 30
-    assert result.split_half_slope_ci_low < result.split_half_slope < result.split_half_slope_ci_high
-    assert result.split_slope_spread_low <= result.split_half_slope <= result.split_slope_spread_high
-    assert "Split-half" in result.method and "not a confidence interval" in result.method
-    assert result.summary.startswith("Split-half slope") and "naive" in result.summary
-    assert "cells" not in result.as_record()
-
-
-def test_baseline_gain_reports_missing_condition(study):
-    result = baseline_gain(study[study["condition"] != "finetuned"], "finetuned")
-    assert result.naive_slope is None and "['finetuned'] have no items" in result.reason
-
-
-# ---------------------------------------------------------------- family-gap model
-
-def test_family_gap_matches_statsmodels_ols_with_cluster_cr1(cells_study):
-    result = family_gap(cells_study, "finetuned")
-    cells = result.cells
-    reference = sm.OLS.from_formula("gain ~ related + baseline + C(model)", cells).fit(
-        cov_type="cluster", cov_kwds={"groups": pd.factorize(cells["language"])[0]}, use_t=True)
-    assert result.estimate == pytest.approx(reference.params["related"])
-    assert result.cr1_se == pytest.approx(reference.bse["related"])
-    assert result.cr1_p_value == pytest.approx(reference.pvalues["related"])
-    assert (result.n_related, result.n_control, result.n_cells, result.n_models) == (3, 3, 42, 7)
-    assert result.lead.startswith("CR2")
-
-
-def test_family_gap_cr2_equals_welch_for_one_model_without_covariates():
-    items = simulate_study(n_models=1, n_questions=80, conditions=("baseline", "finetuned"), seed=5)
-    result = family_gap(items, scale="raw", adjust_baseline=False)
-    gains = result.cells.set_index("language")["raw_gain"]
-    related = gains[result.cells.set_index("language")["role"] == "related"]
-    control = gains.drop(related.index)
-    welch = stats.ttest_ind(related, control, equal_var=False)
-    assert result.estimate == pytest.approx(related.mean() - control.mean())
-    assert result.se == pytest.approx(abs(result.estimate / welch.statistic))
-    assert result.df == pytest.approx(4.0)
-    q = stats.t.ppf(0.975, 4)
-    assert (result.ci_low, result.ci_high) == pytest.approx((result.estimate - q * result.se, result.estimate + q * result.se))
-
-
-def test_family_gap_permutation_p_by_brute_force(cells_study):
-    result = family_gap(cells_study, "finetuned")
-    cells = result.cells.copy()
-    languages = sorted(cells["language"].unique())
-    betas = []
-    for assignment in itertools.combinations(languages, 3):
-        cells["related"] = cells["language"].isin(assignment).astype(float)
-        betas.append(sm.OLS.from_formula("gain ~ related + baseline + C(model)", cells).fit().params["related"])
-    betas = np.array(betas)
-    assert result.perm_p_value == pytest.approx(np.mean(np.abs(betas) >= abs(result.estimate) - 1e-9))
-    assert result.perm_p_greater == pytest.approx(np.mean(betas >= result.estimate - 1e-9))
-    assert result.n_assignments == 20 and result.perm_exact
-    assert result.perm_resolution == pytest.approx(1 / 20)
-    assert result.perm_min_p == pytest.approx(2 / 20)  # an assignment and its complement tie
-    assert "resolution 0.05" in result.summary and "3 vs 3 languages" in result.summary
-
-
-def test_family_gap_monte_carlo_permutation_when_asked_for_fewer():
-    items = simulate_study(n_models=2, n_related=5, n_control=5, n_questions=20, conditions=("baseline", "finetuned"), seed=6)
-    exact = family_gap(items)
-    sampled = family_gap(items, n_perm=99)
-    assert exact.n_assignments == math.comb(10, 5) and exact.perm_exact
-    assert sampled.n_assignments == 100 and not sampled.perm_exact
-    assert sampled.perm_resolution == pytest.approx(0.01)
-    assert abs(sampled.perm_p_value - exact.perm_p_value) < 0.15
-    assert "Monte Carlo" in sampled.method
-
-
-def test_family_gap_logit_gain_uses_empirical_logits(cells_study):
-    cells = family_gap(cells_study).cells
-    logit = lambda k, n: np.log((k + 0.5) / (n - k + 0.5))  # noqa: E731
-    np.testing.assert_allclose(cells["gain"], logit(cells["k_finetuned"], cells["n"]) - logit(cells["k_baseline"], cells["n"]))
-
-
-def test_family_gap_needs_two_languages_per_group():
-    items = simulate_study(n_models=2, n_related=1, n_control=3, n_questions=20, seed=7)
-    result = family_gap(items)
-    assert result.estimate is None and "1 related and 3 control" in result.reason
-    assert result.summary.startswith("Family-gap model not fitted")
-
-
 # ---------------------------------------------------------------- mixed model
 
 def test_mixed_model_describes_the_interaction_and_flags_narrow_intervals():
@@ -399,7 +351,7 @@ def test_mixed_model_never_crashes_on_tiny_data(shrink):
     }[shrink]
     result = mixed_model(items, "finetuned")
     assert result.interaction_mean is None and result.interaction_sd is None and result.reason
-    assert result.summary.startswith("Item-level mixed model not fitted")
+    assert result.summary.startswith("finetuned vs baseline: item-level mixed model not fitted")
 
 
 # ---------------------------------------------------------------- task alignment
@@ -436,8 +388,6 @@ def test_task_alignment_with_constant_gain_returns_a_reason(cells_study):
 
 def test_holm_adjust_equals_statsmodels_multipletests():
     from statsmodels.stats.multitest import multipletests
-
-    from relxfer.compare.stats_accuracy import holm_adjust
 
     rng = np.random.default_rng(11)
     for size in (1, 2, 3, 6, 25):

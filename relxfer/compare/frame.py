@@ -1,5 +1,9 @@
 """Rebuild the item-level frame of a study from the tracking server: one row per model x seed x
-condition x language x question, with the design factors taken from each run's tags."""
+condition x language x question, with the design factors taken from each run's tags.
+
+`load_items` asks the tracker; `assemble_items` is the pure part (run tags + per-item tables ->
+frame), which the simulator (`relxfer.compare.simulate`) uses too, so simulated studies reach the
+statistics through the same code as logged ones."""
 
 from __future__ import annotations
 
@@ -10,30 +14,44 @@ from ..tracking import TAG, Tracker
 ITEM_COLUMNS = ["model", "seed", "condition", "language", "group", "role", "family", "question_id", "passage_id",
                 "gold", "predicted", "correct", "run_id"]
 FACTORS = ("model", "condition", "language", "group", "role", "family", "seed")
+RUN_COLUMNS = [*FACTORS, "run_id", "experiment_id", "logged_accuracy", "n_items"]
+
+
+def run_row(tags: dict, run_id: str, experiment_id: str = "", metrics: dict | None = None) -> dict:
+    """One evaluation run's factors (from its `relxfer.*` tags) and its logged accuracy."""
+    metrics = metrics or {}
+    row = {factor: tags.get(f"{TAG}{factor}", "") for factor in FACTORS}
+    return row | {"run_id": run_id, "experiment_id": experiment_id, "logged_accuracy": metrics.get("accuracy"),
+                  "n_items": metrics.get("n_items")}
 
 
 def runs_frame(runs: list) -> pd.DataFrame:
-    """One row per evaluation run: its factors (tags) and its logged accuracy."""
-    rows = []
-    for run in runs:
-        tags = run.data.tags
-        row = {factor: tags.get(f"{TAG}{factor}", "") for factor in FACTORS}
-        row |= {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "logged_accuracy": run.data.metrics.get("accuracy"),
-                "n_items": run.data.metrics.get("n_items")}
-        rows.append(row)
-    return pd.DataFrame(rows, columns=[*FACTORS, "run_id", "experiment_id", "logged_accuracy", "n_items"])
+    """One row per evaluation run (MLflow Run objects): its factors and its logged accuracy."""
+    rows = [run_row(r.data.tags, r.info.run_id, r.info.experiment_id, r.data.metrics) for r in runs]
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
 def _expand_seedless(items: pd.DataFrame) -> pd.DataFrame:
     """Baseline and CoT runs do not depend on the fine-tuning seed (their tag is empty); pair them
-    with every seed of the study so paired analyses line up per seed."""
-    seeds = sorted({s for s in items["seed"] if s != ""}) or ["0"]
-    seeded = items[items["seed"] != ""]
+    with every seed of the study so paired analyses line up per seed. The copies are marked
+    `seedless` so tables show each such run once and without a seed."""
+    seeds = sorted({s for s in items["seed"] if s != ""}, key=int) or ["0"]
+    seeded = items[items["seed"] != ""].assign(seedless=False)
     seedless = items[items["seed"] == ""]
-    copies = [seedless.assign(seed=s) for s in seeds]
+    copies = [seedless.assign(seed=s, seedless=True) for s in seeds]
     out = pd.concat([seeded, *copies], ignore_index=True)
     out["seed"] = out["seed"].astype(int)
     return out
+
+
+def assemble_items(meta: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """The item frame from run rows (`runs_frame`/`run_row`) and the runs' per-item tables (one
+    frame with a run_id column, as `Tracker.load_predictions` returns)."""
+    items = predictions.merge(meta[[*FACTORS, "run_id"]], on="run_id", how="inner", suffixes=("_item", ""))
+    if "language_item" in items:
+        items = items.drop(columns=["language_item"])
+    items = _expand_seedless(items)
+    return items[ITEM_COLUMNS + [c for c in items.columns if c not in ITEM_COLUMNS]]
 
 
 def load_items(tracker: Tracker, experiment: str | None = None, parent: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -42,9 +60,4 @@ def load_items(tracker: Tracker, experiment: str | None = None, parent: str | No
     meta = runs_frame(runs)
     if meta.empty:
         return meta, pd.DataFrame(columns=ITEM_COLUMNS)
-    predictions = tracker.load_predictions(runs)
-    items = predictions.merge(meta[[*FACTORS, "run_id"]], on="run_id", how="inner", suffixes=("_item", ""))
-    if "language_item" in items:
-        items = items.drop(columns=["language_item"])
-    items = _expand_seedless(items)
-    return meta, items[ITEM_COLUMNS + [c for c in items.columns if c not in ITEM_COLUMNS]]
+    return meta, assemble_items(meta, tracker.load_predictions(runs))

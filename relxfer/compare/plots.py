@@ -19,8 +19,8 @@ DPI = 120
 
 
 def plot_gain_vs_baseline(cells: pd.DataFrame, path, fit=None) -> Path:
-    """Gain against baseline per model x language cell, coloured by role, with the naive and
-    split-half regression lines.
+    """Gain against baseline per model x language cell, coloured by role, with the corrected,
+    split-half and naive regression lines.
 
     `cells` is `BaselineGainResult.cells` (columns baseline, gain, role, model; on the result's
     scale) and `fit` the `BaselineGainResult` whose lines to draw; without `fit` only the naive
@@ -38,12 +38,15 @@ def plot_gain_vs_baseline(cells: pd.DataFrame, path, fit=None) -> Path:
     else:
         slope, intercept = np.polyfit(cells["baseline"], cells["gain"], 1)
         naive = (intercept, slope)
-    ax.plot(factor * xs, factor * (naive[0] + naive[1] * xs), color="0.4", linestyle="--",
-            label=f"naive fit, slope {naive[1]:.2f} (regression to the mean)")
+    ax.plot(factor * xs, factor * (naive[0] + naive[1] * xs), color="0.6", linestyle="--",
+            label=f"naive fit, slope {naive[1]:.2f} (not corrected for measurement error)")
     if fit is not None and fit.split_half_slope is not None:
-        ax.plot(factor * xs, factor * (fit.split_half_intercept + fit.split_half_slope * xs), color="black",
-                label=f"split-half fit, slope {fit.split_half_slope:.2f} "
-                      f"(95% CI {fit.split_half_slope_ci_low:.2f} to {fit.split_half_slope_ci_high:.2f})")
+        ax.plot(factor * xs, factor * (fit.split_half_intercept + fit.split_half_slope * xs), color="0.35",
+                linestyle=":", label=f"split-half fit (check), slope {fit.split_half_slope:.2f}")
+    if fit is not None and getattr(fit, "corrected_slope", None) is not None:
+        ax.plot(factor * xs, factor * (fit.corrected_intercept + fit.corrected_slope * xs), color="black",
+                label=f"corrected fit, slope {fit.corrected_slope:.2f} "
+                      f"(95% CI {fit.corrected_slope_ci_low:.2f} to {fit.corrected_slope_ci_high:.2f})")
     ax.axhline(0, color="0.8", linewidth=0.8)
     unit = "accuracy (%)" if scale == "raw" else "logit accuracy"
     ax.set_xlabel(f"baseline {unit}")
@@ -106,6 +109,59 @@ def plot_ft_vs_cot(cells: pd.DataFrame, path, fit=None) -> Path:
                  f"Spearman rho = {fit.spearman_rho:.2f}"
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def plot_family_gap(fit, path) -> Path:
+    """The family gap at a glance: left, each language's gain (one small marker per model, a
+    large one for the language's mean over models) with each family's mean as a line; right,
+    the gap with its 95% interval, and the baseline-adjusted sensitivity estimate beside it.
+
+    `fit` is a `FamilyGapResult` with its `cells` (gains on the result's scale)."""
+    cells = fit.cells
+    factor = 100 if fit.scale == "raw" else 1
+    unit = "percentage points" if fit.scale == "raw" else "logits"
+    fig, (ax, right) = plt.subplots(1, 2, figsize=(10, 5), gridspec_kw={"width_ratios": [3, 1]})
+    order = cells.groupby("language")["related"].first().sort_values(ascending=False, kind="stable").index.tolist()
+    for role, block in _by_role(cells):
+        colour = ROLE_COLOURS.get(role)
+        x = np.array([order.index(lang) for lang in block["language"]])
+        ax.scatter(x, factor * block["gain"], s=14, color=colour, alpha=0.45, edgecolor="none")
+        means = block.groupby("language")["gain"].mean()
+        xm = [order.index(lang) for lang in means.index]
+        ax.scatter(xm, factor * means, s=70, color=colour, edgecolor="white", zorder=3,
+                   label=f"{role} languages (mean over models)")
+        ax.hlines(factor * block["gain"].mean(), min(xm) - 0.4, max(xm) + 0.4, color=colour, linewidth=2,
+                  label=f"{role} mean: {factor * block['gain'].mean():.1f}")
+    ax.axhline(0, color="0.8", linewidth=0.8)
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels(order, rotation=30, ha="right", fontsize=9)
+    roles = cells.drop_duplicates("language").set_index("language")["role"]
+    for tick, lang in zip(ax.get_xticklabels(), order):
+        tick.set_color(ROLE_COLOURS.get(roles[lang], "black"))
+    ax.set_ylabel(f"gain of {fit.condition} over {fit.reference} ({unit})")
+    ax.set_title("Gain per language (small markers: one per model)", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+
+    estimates = [("gap", fit.estimate, fit.ci_low, fit.ci_high, "black")]
+    if fit.adjusted_estimate is not None:
+        estimates.append(("baseline-\nadjusted\n(sensitivity)", fit.adjusted_estimate, fit.adjusted_ci_low,
+                          fit.adjusted_ci_high, "0.55"))
+    for i, (label, value, low, high, colour) in enumerate(estimates):
+        if value is None:
+            continue
+        right.errorbar([i], [factor * value], yerr=[[factor * (value - low)], [factor * (high - value)]],
+                       fmt="o", color=colour, capsize=6, markersize=8, linewidth=2)
+    right.axhline(0, color="0.6", linewidth=0.8)
+    right.set_xticks(range(len(estimates)))
+    right.set_xticklabels([e[0] for e in estimates], fontsize=9)
+    right.set_xlim(-0.6, len(estimates) - 0.4)
+    right.set_ylabel(f"related minus control ({unit}, 95% CI)")
+    verdict = {"above": "finding: related gained more", "below": "finding: controls gained more",
+               "none": "not a finding", "inconclusive": "inconclusive", "refused": "too few languages"}
+    right.set_title(verdict.get(fit.conclusion, fit.conclusion or ""), fontsize=10)
+    fig.suptitle(f"Family gap, {fit.condition} vs {fit.reference}: {fit.n_related} related vs "
+                 f"{fit.n_control} control languages", fontsize=11)
     return _save(fig, path)
 
 

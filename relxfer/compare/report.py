@@ -1,6 +1,6 @@
 """Assemble the comparison report from an item-level frame: accuracy table, paired gains, the
-baseline-gain, family-gap, mixed-model and task-alignment analyses, plots, and renderings as a
-plain-text table, JSON or CSV files."""
+family-gap, baseline-gain, mixed-model and task-alignment analyses, plots, and renderings as
+JSON or CSV files (the plain-text rendering is `render.py`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots
+from .render import render_text
 from .stats import (
+    RULE,
     accuracy_table,
     baseline_gain,
     family_gap,
@@ -20,16 +22,21 @@ from .stats import (
     paired_gains,
     task_alignment,
 )
-from .stats_common import AnalysisResult
+from .stats.accuracy import parse_failure_warnings
+from .stats.common import AnalysisResult
+
+__all__ = ["Report", "build_report", "headline_metrics", "to_dict", "to_json", "render_text", "write_outputs",
+           "write_plots"]
 
 
 @dataclass
 class Report:
     reference: str
+    scale: str
     accuracy: pd.DataFrame
     gains: pd.DataFrame
-    baseline_gain: dict[str, AnalysisResult] = field(default_factory=dict)
     family_gap: dict[str, AnalysisResult] = field(default_factory=dict)
+    baseline_gain: dict[str, AnalysisResult] = field(default_factory=dict)
     mixed_model: dict[str, AnalysisResult] = field(default_factory=dict)
     task_alignment: AnalysisResult | None = None
 
@@ -41,16 +48,27 @@ class Report:
             out.append(("task_alignment", self.task_alignment))
         return out
 
-    def summaries(self) -> list[str]:
-        return [result.summary or f"{name}: {result.reason}" for name, result in self.analyses()]
+    def summaries(self) -> list[dict]:
+        """One entry per analysis, naming the analysis, its condition, reference and scale."""
+        return [
+            {"analysis": name.split("[")[0], "condition": result.condition, "reference": result.reference,
+             "scale": result.scale, "summary": result.summary, "detail": getattr(result, "detail", "")}
+            for name, result in self.analyses()
+        ]
+
+    def warnings(self) -> list[str]:
+        return parse_failure_warnings(self.accuracy) if not self.accuracy.empty else []
 
 
-def build_report(items: pd.DataFrame, reference: str = "baseline", scale: str = "logit", mixed: bool = True) -> Report:
+def build_report(items: pd.DataFrame, reference: str = "baseline", scale: str = "raw", mixed: bool = True) -> Report:
+    """Every analysis of `relxfer compare`. `scale` ("raw": accuracy points, "logit") applies to
+    the family gap and the baseline-gain slope."""
     conditions = sorted(c for c in items["condition"].unique() if c != reference)
     has_reference = reference in set(items["condition"])
     gains = [paired_gains(items, c, reference=reference) for c in conditions] if has_reference else []
     report = Report(
         reference=reference,
+        scale=scale,
         accuracy=accuracy_table(items),
         gains=pd.concat(gains, ignore_index=True) if gains else pd.DataFrame(),
     )
@@ -58,7 +76,7 @@ def build_report(items: pd.DataFrame, reference: str = "baseline", scale: str = 
         return report
     for condition in conditions:
         report.family_gap[condition] = family_gap(items, condition, reference=reference, scale=scale)
-        report.baseline_gain[condition] = baseline_gain(items, condition, reference=reference)
+        report.baseline_gain[condition] = baseline_gain(items, condition, reference=reference, scale=scale)
         if mixed:
             report.mixed_model[condition] = mixed_model(items, condition, reference=reference)
     if {"finetuned", "cot"} <= set(conditions):
@@ -67,24 +85,29 @@ def build_report(items: pd.DataFrame, reference: str = "baseline", scale: str = 
 
 
 def headline_metrics(report: Report) -> dict[str, float]:
-    """The numbers a comparison run logs: family gap, slopes and the alignment correlation."""
+    """The numbers a comparison run logs: family gap (and its sensitivity analysis), slopes and
+    the alignment correlation."""
     metrics = {}
     for condition, r in report.family_gap.items():
-        metrics |= {f"family_gap_{condition}": r.estimate, f"family_gap_p_{condition}": r.p_value,
-                    f"family_gap_perm_p_{condition}": r.perm_p_value, f"family_gap_raw_{condition}": r.raw_gap}
+        metrics |= {f"family_gap_{condition}": r.estimate, f"family_gap_ci_low_{condition}": r.ci_low,
+                    f"family_gap_ci_high_{condition}": r.ci_high, f"family_gap_perm_p_{condition}": r.perm_p_value,
+                    f"family_gap_adjusted_{condition}": r.adjusted_estimate, f"family_gap_raw_{condition}": r.raw_gap}
     for condition, r in report.baseline_gain.items():
-        metrics |= {f"slope_naive_{condition}": r.naive_slope, f"slope_split_half_{condition}": r.split_half_slope}
+        metrics |= {f"slope_corrected_{condition}": r.corrected_slope,
+                    f"slope_detectable_{condition}": r.detectable_slope,
+                    f"slope_split_half_{condition}": r.split_half_slope, f"slope_naive_{condition}": r.naive_slope}
     if report.task_alignment is not None:
         metrics |= {"task_alignment_r": report.task_alignment.pearson_r,
                     "task_alignment_rho": report.task_alignment.spearman_rho}
     return {k: float(v) for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
 
-# --- renderings ---------------------------------------------------------------------------
+# --- JSON and files --------------------------------------------------------------------------
 
-ACCURACY_COLUMNS = ["model", "seed", "language", "group", "role", "condition", "accuracy", "n_items", "ci_low", "ci_high"]
-GAIN_COLUMNS = ["model", "seed", "language", "role", "condition", "acc_ref", "acc_cond", "gain", "ci_low", "ci_high",
-                "b", "c", "test", "p_value", "p_holm"]
+ACCURACY_COLUMNS = ["model", "seed", "language", "group", "role", "condition", "accuracy", "n_items", "ci_low",
+                    "ci_high", "parse_failure_rate", "parse_failure_high"]
+GAIN_COLUMNS = ["model", "seed", "language", "role", "condition", "reference", "acc_ref", "acc_cond", "gain",
+                "ci_low", "ci_high", "b", "c", "test", "p_value", "p_holm", "verdict"]
 
 
 def _clean(value):
@@ -102,12 +125,16 @@ def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict]:
 
 
 def to_dict(report: Report) -> dict:
+    """Everything as plain data. A seedless run (baseline, CoT) has seed -1, as in cells.json."""
     return {
         "reference": report.reference,
+        "scale": report.scale,
+        "rule": RULE,
         "accuracy": _records(report.accuracy, ACCURACY_COLUMNS),
         "gains": _records(report.gains, GAIN_COLUMNS),
         "analyses": {name: {k: _clean(v) for k, v in result.as_record().items()} for name, result in report.analyses()},
         "summaries": report.summaries(),
+        "warnings": report.warnings(),
     }
 
 
@@ -115,38 +142,8 @@ def to_json(report: Report) -> str:
     return json.dumps(to_dict(report), indent=2)
 
 
-def render_text(report: Report) -> str:
-    """The plain-text report: accuracy per model x language x condition, gains, then one
-    plain-language line per analysis."""
-    lines = ["Accuracy (95% interval clustered by passage)"]
-    acc = report.accuracy.copy()
-    acc["accuracy"] = [f"{a:.3f} [{lo:.3f}, {hi:.3f}]" for a, lo, hi in zip(acc["accuracy"], acc["ci_low"], acc["ci_high"])]
-    wide = acc.pivot_table(index=["model", "seed", "role", "language"], columns="condition", values="accuracy", aggfunc="first")
-    lines.append(wide.to_string())
-    if not report.gains.empty:
-        lines += ["", f"Gains over {report.reference} (paired; McNemar, Holm across languages)"]
-        g = report.gains
-        table = pd.DataFrame({
-            "model": g["model"], "seed": g["seed"], "language": g["language"], "role": g["role"],
-            "condition": g["condition"],
-            "gain": [f"{x:+.3f} [{lo:+.3f}, {hi:+.3f}]" for x, lo, hi in zip(g["gain"], g["ci_low"], g["ci_high"])],
-            "b/c": [f"{b}/{c}" for b, c in zip(g["b"], g["c"])],
-            "p": [f"{p:.3g}" for p in g["p_value"]],
-            "p_holm": [f"{p:.3g}" for p in g["p_holm"]],
-        })
-        lines.append(table.to_string(index=False))
-        lines += ["", "Family gap (related minus control gain):"]
-        for condition, result in report.family_gap.items():
-            raw = "n/a" if result.raw_gap is None else f"{result.raw_gap:+.3f}"
-            lines.append(f"  {condition}: raw mean gap {raw}; {result.summary or result.reason}")
-    other = [f"{name}: {r.summary or r.reason}" for name, r in report.analyses() if not name.startswith("family_gap")]
-    if other:
-        lines += ["", "Other analyses:"] + [f"  {s}" for s in other]
-    return "\n".join(lines)
-
-
 def write_outputs(report: Report, out_dir: Path) -> list[Path]:
-    """CSV tables, report.json and the PNG plots into `out_dir`; returns the written paths."""
+    """CSV tables, report.json, report.txt and the PNG plots into `out_dir`; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     report.accuracy.to_csv(out_dir / "accuracy.csv", index=False)
@@ -155,13 +152,17 @@ def write_outputs(report: Report, out_dir: Path) -> list[Path]:
         report.gains.to_csv(out_dir / "gains.csv", index=False)
         written.append(out_dir / "gains.csv")
     (out_dir / "report.json").write_text(to_json(report))
-    written.append(out_dir / "report.json")
+    (out_dir / "report.txt").write_text(render_text(report) + "\n")
+    written += [out_dir / "report.json", out_dir / "report.txt"]
     written += write_plots(report, out_dir)
     return written
 
 
 def write_plots(report: Report, out_dir: Path) -> list[Path]:
     written = []
+    for condition, fit in report.family_gap.items():
+        if fit.reason is None and not fit.cells.empty:
+            written.append(plots.plot_family_gap(fit, out_dir / f"family_gap_{condition}.png"))
     for condition, fit in report.baseline_gain.items():
         if fit.reason is None and not fit.cells.empty:
             written.append(plots.plot_gain_vs_baseline(fit.cells, out_dir / f"gain_vs_baseline_{condition}.png", fit=fit))

@@ -23,8 +23,8 @@ from scipy import stats
 
 from relxfer.errors import DataError
 
-from .stats_common import AnalysisResult, fmt_num, fmt_p
-from .stats_data import cell_table, missing_conditions, paired_wide, split_half_counts, validate_items
+from .common import AnalysisResult, fmt_num, fmt_p
+from .data import cell_table, missing_conditions, paired_wide, split_half_counts, validate_items
 
 MIN_CELLS = 4
 
@@ -33,6 +33,10 @@ MIN_CELLS = 4
 class TaskAlignmentResult(AnalysisResult):
     """Correlation of fine-tuning gain and CoT gain across cells (see `task_alignment`)."""
 
+    condition: str = "finetuned"  # the fine-tuned condition
+    cot: str = "cot"
+    reference: str = "baseline"
+    scale: str = "raw"
     n_cells: int = 0
     pearson_r: float | None = None
     pearson_ci_low: float | None = None
@@ -48,7 +52,8 @@ class TaskAlignmentResult(AnalysisResult):
     n_boot: int = 0
     n_splits: int = 0
     method: str = ""
-    summary: str = ""
+    summary: str = ""  # one plain sentence
+    detail: str = ""
     reason: str | None = None
     cells: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
@@ -76,7 +81,7 @@ def task_alignment(
     confidence interval. Returns None fields with a `reason` when a condition is missing or
     there are fewer than 4 cells or a gain does not vary.
     """
-    result = TaskAlignmentResult(n_boot=n_boot, n_splits=n_splits)
+    result = TaskAlignmentResult(condition=finetuned, cot=cot, reference=reference, n_boot=n_boot, n_splits=n_splits)
     conditions = [reference, finetuned, cot]
     result.method = (
         f"Across model x language cells: Pearson and Spearman correlation of ({finetuned} - {reference}) "
@@ -109,7 +114,7 @@ def task_alignment(
         _split_half(result, wide, cells, conditions, n_splits, seed)
     except DataError as error:
         result.method += f" Split-half skipped: {error}."
-    result.summary = _summary(result, finetuned, cot)
+    _summary(result, finetuned, cot)
     return result
 
 
@@ -143,25 +148,29 @@ def _split_half(result, wide, cells, conditions, n_splits, seed) -> None:
         float(v) for v in np.nanpercentile(r, [2.5, 97.5]))
 
 
-def _summary(result: TaskAlignmentResult, finetuned: str, cot: str) -> str:
+def _summary(result: TaskAlignmentResult, finetuned: str, cot: str) -> None:
     if result.pearson_ci_low > 0:
-        verdict = "cells that gain from fine-tuning also gain from CoT, as task-format alignment predicts"
+        verdict = "the cells that gain from fine-tuning also gain from CoT, as task-format alignment predicts"
     elif result.pearson_ci_high < 0:
-        verdict = "cells that gain from fine-tuning tend to gain less from CoT"
+        verdict = "the cells that gain from fine-tuning tend to gain less from CoT"
     else:
         verdict = "no clear relation between the two gains"
+    result.summary = (
+        f"{finetuned} and {cot} gains over {result.reference} across {result.n_cells} model x language cells: "
+        f"{verdict} (Pearson r = {fmt_num(result.pearson_r)}, 95% bootstrap CI {fmt_num(result.pearson_ci_low)} "
+        f"to {fmt_num(result.pearson_ci_high)})."
+    )
     split = ("" if result.split_half_pearson_r is None else
-             f"; split-half r = {fmt_num(result.split_half_pearson_r)} without shared baseline noise")
-    return (
-        f"{finetuned} and {cot} gains across {result.n_cells} cells: Pearson r = {fmt_num(result.pearson_r)} "
-        f"(95% bootstrap CI {fmt_num(result.pearson_ci_low)} to {fmt_num(result.pearson_ci_high)}, "
-        f"{fmt_p(result.pearson_p)}), Spearman rho = {fmt_num(result.spearman_rho)} "
-        f"({fmt_num(result.spearman_ci_low)} to {fmt_num(result.spearman_ci_high)}, "
-        f"{fmt_p(result.spearman_p)}){split}: {verdict}."
+             f" Split-half r = {fmt_num(result.split_half_pearson_r)} with the two gains on disjoint passages "
+             f"(no shared baseline noise; attenuated toward 0).")
+    result.detail = (
+        f"Pearson {fmt_p(result.pearson_p)}; Spearman rho = {fmt_num(result.spearman_rho)} "
+        f"({fmt_num(result.spearman_ci_low)} to {fmt_num(result.spearman_ci_high)}, {fmt_p(result.spearman_p)}). "
+        f"Cells share models and languages, so the bootstrap interval is descriptive.{split}"
     )
 
 
 def _fail(result: TaskAlignmentResult, reason: str) -> TaskAlignmentResult:
     result.reason = reason
-    result.summary = f"Task-alignment probe not computed: {reason}."
+    result.summary = f"{result.condition} and {result.cot} gains: task-alignment probe not computed: {reason}."
     return result

@@ -3,8 +3,11 @@ aggregate to model x language cells, and draw split-half passage partitions.
 
 Input contract: one row per (model, seed, condition, language, question_id) with columns
 model, seed, condition, language, group, role ("related" | "control"), question_id,
-passage_id (the cluster), gold, predicted (-1 = unparsed CoT answer), correct (0/1).
-Two rows are paired when model, seed, language and question_id match.
+passage_id (the cluster), gold, predicted (the scored label), correct (0/1); optionally
+`extracted` (CoT runs: the answer parsed from the reasoning, -1 when none could be; NaN or absent
+for other runs) and `seedless` (True for a seedless run, baseline or CoT, repeated for every
+seed of the study by `relxfer.compare.frame`). Two rows are paired when model, seed, language
+and question_id match.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ COLUMNS = (
     "model", "seed", "condition", "language", "group", "role",
     "question_id", "passage_id", "gold", "predicted", "correct",
 )
+OPTIONAL_COLUMNS = ("extracted", "seedless")
 PAIR_KEYS = ["model", "seed", "language", "question_id"]
 ROLES = ("related", "control")
+SEEDLESS = -1  # the seed shown for a seedless run (as in the runner's cells.json)
 
 
 def validate_items(items: pd.DataFrame) -> pd.DataFrame:
-    """Check the input contract and return the contract's columns (a copy).
+    """Check the input contract and return the contract's columns and the optional ones present
+    (a copy; `seedless` is added as False when absent).
 
     Raises DataError naming what is wrong: missing columns, an empty frame, roles other than
     related/control, non-0/1 `correct`, duplicated items, or a language with two roles.
@@ -33,7 +39,8 @@ def validate_items(items: pd.DataFrame) -> pd.DataFrame:
         raise DataError(f"item frame lacks column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
     if items.empty:
         raise DataError("item frame is empty: no evaluation results to analyse")
-    frame = items.loc[:, list(COLUMNS)].copy()
+    frame = items.loc[:, [*COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in items.columns)]].copy()
+    frame["seedless"] = frame["seedless"].fillna(False).astype(bool) if "seedless" in frame else False
     bad_roles = sorted(set(frame["role"].unique()) - set(ROLES))
     if bad_roles:
         raise DataError(f"role must be 'related' or 'control', found {bad_roles}")
@@ -49,6 +56,22 @@ def validate_items(items: pd.DataFrame) -> pd.DataFrame:
     if mixed:
         raise DataError(f"language(s) {mixed} are labelled both related and control")
     return frame
+
+
+def collapse_seedless(frame: pd.DataFrame, conditions=None) -> pd.DataFrame:
+    """Seedless runs arrive once per seed of the study (copies); keep one copy of each, labelled
+    seed -1 (`SEEDLESS`). With `conditions`, only when every row of those conditions is
+    seedless (so a seedless reference stays paired with each seed of a seeded condition)."""
+    rows = frame if conditions is None else frame[frame["condition"].isin(list(conditions))]
+    if not rows["seedless"].any() or (conditions is not None and not rows["seedless"].all()):
+        return frame
+    chosen = frame["seedless"].copy()
+    if conditions is not None:
+        chosen &= frame["condition"].isin(list(conditions))
+    keep = ~chosen | (frame["seed"] == frame["seed"].min())
+    out = frame[keep].copy()
+    out.loc[chosen[keep], "seed"] = SEEDLESS
+    return out
 
 
 def available_conditions(items: pd.DataFrame) -> list[str]:
@@ -153,29 +176,39 @@ def split_half_counts(wide: pd.DataFrame, cells: pd.DataFrame, conditions, n_spl
     if n_splits < 1:
         raise ValueError(f"n_splits must be at least 1, not {n_splits}")
     rng = np.random.default_rng(seed)
-    row_of = {(m, lang): i for i, (m, lang) in enumerate(zip(cells["model"], cells["language"]))}
     keys = ["n", *conditions]
     half_a = {key: np.zeros((len(cells), n_splits)) for key in keys}
     half_b = {key: np.zeros((len(cells), n_splits)) for key in keys}
-    per_passage = (
-        wide.groupby(["language", "model", "passage_id"])
-        .agg(n=("question_id", "size"), **{c: (c, "sum") for c in conditions})
-    )
-    for language, block in per_passage.groupby(level="language"):
-        passages = block.index.get_level_values("passage_id").unique()
+    totals, row, passage, passages_of = passage_totals(wide, cells, conditions)
+    for language in sorted(passages_of):
+        passages = passages_of[language]
         if len(passages) < 2:
             raise DataError(f"language {language} has {len(passages)} passage(s); a split needs 2")
         masks = _half_masks(rng, len(passages), n_splits)  # (n_splits, n_passages)
+        rows = np.flatnonzero(cells["language"].to_numpy() == language)
         for key in keys:
-            matrix = (
-                block[key].droplevel("language").unstack("passage_id", fill_value=0)
-                .reindex(columns=passages, fill_value=0)
-            )
-            rows = [row_of[(m, language)] for m in matrix.index]
-            in_a = matrix.to_numpy(float) @ masks.T
+            matrix = totals[key][np.ix_(rows, passages)]
+            in_a = matrix @ masks.T
             half_a[key][rows] = in_a
-            half_b[key][rows] = matrix.to_numpy(float).sum(axis=1, keepdims=True) - in_a
+            half_b[key][rows] = matrix.sum(axis=1, keepdims=True) - in_a
     return half_a, half_b
+
+
+def passage_totals(wide: pd.DataFrame, cells: pd.DataFrame, conditions):
+    """Per cell and passage: item counts ("n") and correct counts per condition, as dense arrays
+    of shape (len(cells), passages), rows in `cells` order. Returns (totals, row of each item,
+    passage of each item, {language: passage columns it uses})."""
+    cell_index = pd.MultiIndex.from_arrays([cells["model"], cells["language"]])
+    row = cell_index.get_indexer(pd.MultiIndex.from_arrays([wide["model"], wide["language"]]))
+    passage, names = pd.factorize(wide["passage_id"])
+    shape = (len(cells), len(names))
+    flat = row * len(names) + passage
+    totals = {"n": np.bincount(flat, minlength=shape[0] * shape[1]).reshape(shape).astype(float)}
+    for c in conditions:
+        totals[c] = np.bincount(flat, weights=wide[c].to_numpy(float), minlength=shape[0] * shape[1]).reshape(shape)
+    languages = wide["language"].to_numpy()
+    passages_of = {lang: np.unique(passage[languages == lang]) for lang in pd.unique(languages)}
+    return totals, row, passage, passages_of
 
 
 def _half_masks(rng: np.random.Generator, n_passages: int, n_splits: int) -> np.ndarray:

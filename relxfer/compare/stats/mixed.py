@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
 
-from .stats_common import AnalysisResult, fmt_num
-from .stats_data import missing_conditions, paired_wide, validate_items
+from .common import AnalysisResult, fmt_num
+from .data import collapse_seedless, missing_conditions, paired_wide, validate_items
 
 # Below this many languages in either group, posterior SDs of the interaction are flagged.
 FEW_LANGUAGES = 10
@@ -37,6 +37,7 @@ class MixedModelResult(AnalysisResult):
 
     condition: str
     reference: str
+    scale: str = "logit"
     interaction_mean: float | None = None
     interaction_sd: float | None = None
     language_sd: float | None = None
@@ -51,7 +52,8 @@ class MixedModelResult(AnalysisResult):
     formula: str = ""
     note: str = ""
     method: str = ""
-    summary: str = ""
+    summary: str = ""  # one plain sentence
+    detail: str = ""
     reason: str | None = None
 
 
@@ -123,18 +125,23 @@ def mixed_model(items: pd.DataFrame, condition: str = "finetuned", reference: st
         "family_gap's language-clustered interval and permutation test for inference."
         if few else "Enough languages per group for the posterior SD to be indicative, still approximate (VB)."
     )
+    direction = "more" if result.interaction_mean >= 0 else "less"
     result.summary = (
-        f"Item-level mixed model (descriptive{f', {result.n_seeds} of {result.n_seeds_available} seeds' if capped else ''}): "
-        f"interaction {condition} x related = "
-        f"{fmt_num(result.interaction_mean)} logits (posterior SD {fmt_num(result.interaction_sd)}"
-        f"{', too narrow: few languages' if few else ''}); language SD {fmt_num(result.language_sd)}, "
-        f"question SD {fmt_num(result.question_sd)}."
+        f"{condition} vs {reference}, item-level mixed model (a description, not a test"
+        f"{f'; {result.n_seeds} of {result.n_seeds_available} seeds' if capped else ''}): related languages "
+        f"gained {fmt_num(abs(result.interaction_mean))} logits {direction} than controls "
+        f"(posterior SD {fmt_num(result.interaction_sd)}{', too narrow: few languages' if few else ''})."
+    )
+    result.detail = (
+        f"Interaction {condition} x related on the logit scale; language SD {fmt_num(result.language_sd)}, "
+        f"question SD {fmt_num(result.question_sd)}. {result.note}"
     )
     return result
 
 
 def _long_rows(frame: pd.DataFrame, reference: str, condition: str) -> pd.DataFrame:
-    wide = paired_wide(frame, [reference, condition])
+    # Two seedless conditions (cot vs baseline) are one run each, not one per seed.
+    wide = paired_wide(collapse_seedless(frame, [reference, condition]), [reference, condition])
     data = wide.melt(
         id_vars=["model", "seed", "language", "question_id", "role"],
         value_vars=[reference, condition], var_name="condition", value_name="correct",
@@ -166,5 +173,5 @@ def _fit(data: pd.DataFrame, formula: str):
 def _fail(result: MixedModelResult, reason: str) -> MixedModelResult:
     result.reason = reason
     result.interaction_mean = result.interaction_sd = None
-    result.summary = f"Item-level mixed model not fitted: {reason}."
+    result.summary = f"{result.condition} vs {result.reference}: item-level mixed model not fitted: {reason}."
     return result
