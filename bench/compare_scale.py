@@ -147,14 +147,14 @@ REASONING = (
 
 
 def _script(rng, rows, labels, cot: bool):
-    """Log-probs whose argmax is the simulated prediction; for CoT a reasoning text ending in the
-    answer (or in none, for a simulated parse failure, which then scores a wrong option)."""
+    """Log-probs whose argmax is the simulated prediction; for CoT a reasoning text ending in that
+    answer, or in none for a simulated parse failure (`extracted == -1`: the runner then still
+    scores the labels after the reasoning, as it does for a real unparsed answer)."""
     logprobs, reasoning = {}, {}
     n = len(labels)
-    for qid, gold, predicted in zip(rows["question_id"], rows["gold"], rows["predicted"]):
-        failed = predicted < 0
-        if failed:
-            predicted = (gold + 1 + int(rng.integers(0, n - 1))) % n
+    extracted = rows["extracted"] if "extracted" in rows else [0] * len(rows)
+    for qid, predicted, parsed in zip(rows["question_id"], rows["predicted"], extracted):
+        failed = parsed == -1
         lp = np.log(rng.dirichlet(np.ones(n)))
         lp[predicted] = lp.max() + float(rng.exponential(1.0)) + 1e-3
         logprobs[qid] = lp
@@ -284,7 +284,7 @@ def breakdown(uri: str, experiment: str) -> dict[str, float]:
     timings["load_items (search + tables + frame)"] = time.perf_counter() - start
     timings["item rows"] = len(items)
 
-    # Each analysis of build_report on its own, as build_report runs them (heap frozen).
+    # Each analysis of build_report on its own, as build_report runs them.
     conditions = sorted(c for c in items["condition"].unique() if c != "baseline")
     steps = [("accuracy_table", lambda: stats.accuracy_table(items))]
     for c in conditions:
@@ -294,11 +294,10 @@ def breakdown(uri: str, experiment: str) -> dict[str, float]:
                   (f"mixed_model[{c}]", lambda c=c: stats.mixed_model(items, c))]
     if {"finetuned", "cot"} <= set(conditions):
         steps.append(("task_alignment", lambda: stats.task_alignment(items)))
-    with report_module._frozen_heap():
-        for name, step in steps:
-            start = time.perf_counter()
-            step()
-            timings[f"  stats: {name}"] = time.perf_counter() - start
+    for name, step in steps:
+        start = time.perf_counter()
+        step()
+        timings[f"  stats: {name}"] = time.perf_counter() - start
     start = time.perf_counter()
     report_module.to_json(report_module.build_report(items))
     timings["build_report + to_json"] = time.perf_counter() - start
@@ -325,7 +324,7 @@ def main(argv=None) -> int:
             if args.keep is None:
                 scratch = tempfile.TemporaryDirectory(prefix="relxfer-compare-scale-")
             root = args.keep or Path(scratch.name)
-            server = MlflowServer(root).start()
+            server = MlflowServer(root).start(timeout=300)  # a busy shared machine starts it slowly
             uri = server.uri
             print(f"mlflow server {uri} (store {root})", flush=True)
             study = populate(uri, args.experiment, runs=args.runs, n_models=args.models, workers=args.workers,
