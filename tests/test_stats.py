@@ -5,7 +5,6 @@ models (family gap, baseline-gain slope) are in test_stats_models.py."""
 
 from __future__ import annotations
 
-import itertools
 
 import numpy as np
 import pandas as pd
@@ -33,6 +32,7 @@ from relxfer.compare.stats import (
 from relxfer.compare.stats.common import conclusion
 from relxfer.compare.stats.data import paired_wide, validate_items
 from relxfer.errors import DataError
+from tests.recompute import signflip_by_enumeration
 
 
 @pytest.fixture(scope="module")
@@ -205,15 +205,6 @@ def _holm(p_values: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def brute_force_signflip(passage_sums) -> float:
-    """The two-sided sign-flip p by enumerating every sign vector of the non-zero passage sums."""
-    d = np.array([x for x in passage_sums if x != 0], dtype=float)
-    if d.size == 0:
-        return 1.0
-    signs = np.array(list(itertools.product((-1.0, 1.0), repeat=d.size)))
-    return float(np.mean(np.abs(signs @ d) >= abs(d.sum()) - 1e-9))
-
-
 @pytest.mark.parametrize("b, c", [(0, 0), (3, 9), (12, 12), (2, 22), (5, 1)])
 def test_signflip_with_one_question_per_passage_is_exact_mcnemar(b, c):
     passages = [1] * c + [-1] * b
@@ -224,7 +215,7 @@ def test_signflip_matches_enumeration_with_passages_of_several_questions():
     rng = np.random.default_rng(3)
     for _ in range(20):
         sums = rng.integers(-4, 5, size=rng.integers(1, 14))
-        assert signflip_p(sums) == pytest.approx(brute_force_signflip(sums), abs=1e-12)
+        assert signflip_p(sums) == pytest.approx(signflip_by_enumeration(sums), abs=1e-12)
 
 
 def test_paired_gains_against_independent_computation(study):
@@ -238,7 +229,7 @@ def test_paired_gains_against_independent_computation(study):
         c = int(((wide["baseline"] == 0) & (wide["finetuned"] == 1)).sum())
         assert (row.b, row.c) == (b, c)
         d = (wide["finetuned"] - wide["baseline"]).to_numpy(float)
-        assert row.p_value == pytest.approx(brute_force_signflip(pd.Series(d).groupby(passage.to_numpy()).sum()), abs=1e-12)
+        assert row.p_value == pytest.approx(signflip_by_enumeration(pd.Series(d).groupby(passage.to_numpy()).sum()), abs=1e-12)
         fit = sm.OLS(d, np.ones_like(d)).fit(cov_type="cluster", use_t=True,
                                             cov_kwds={"groups": pd.factorize(passage)[0]})
         low, high = fit.conf_int()[0]

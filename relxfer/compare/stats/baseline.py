@@ -30,7 +30,7 @@ from .cluster import DesignError, ols
 from .common import AnalysisResult
 from .corrected_slope import corrected_slope
 from .data import (
-    cell_table, missing_conditions, on_scale, paired_wide, split_half_counts, validate_items,
+    gain_cells, missing_conditions, on_scale, split_half_counts, validate_items,
 )
 from .measurement import error_moments, reliability
 
@@ -127,10 +127,7 @@ def baseline_gain(
     if missing:
         result.reason = f"condition(s) {missing} have no items"
         return describe(result)
-    wide = paired_wide(frame, conditions)
-    cells = cell_table(wide, conditions)
-    cells["baseline"] = on_scale(cells[f"k_{reference}"], cells["n"], scale)
-    cells["gain"] = on_scale(cells[f"k_{condition}"], cells["n"], scale) - cells["baseline"]
+    wide, cells = gain_cells(frame, reference, condition, scale)
     result.cells = cells
     result.n_cells, result.n_models, result.n_languages = (
         len(cells), cells["model"].nunique(), cells["language"].nunique())

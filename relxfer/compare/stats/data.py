@@ -139,6 +139,16 @@ def cell_table(wide: pd.DataFrame, conditions) -> pd.DataFrame:
     return cells.sort_values(["model", "language"], ignore_index=True)
 
 
+def gain_cells(frame: pd.DataFrame, reference: str, condition: str, scale: str):
+    """(wide, cells): the paired items (`paired_wide`) and their model x language cells
+    (`cell_table`) with `baseline` and `gain` (condition minus reference) on `scale`."""
+    wide = paired_wide(frame, [reference, condition])
+    cells = cell_table(wide, [reference, condition])
+    cells["baseline"] = on_scale(cells[f"k_{reference}"], cells["n"], scale)
+    cells["gain"] = on_scale(cells[f"k_{condition}"], cells["n"], scale) - cells["baseline"]
+    return wide, cells
+
+
 def _codes(frame: pd.DataFrame, columns) -> np.ndarray:
     """One integer per distinct combination of `columns` (0..k-1, in order of appearance)."""
     if frame.empty:

@@ -40,7 +40,7 @@ from relxfer.errors import DataError
 
 from .cluster import DesignError, ols
 from .common import AnalysisResult, conclusion
-from .data import cell_table, missing_conditions, on_scale, paired_wide, split_half_counts, validate_items
+from .data import gain_cells, missing_conditions, split_half_counts, validate_items
 from .family_fits import design, fit_cross_fitted, fit_ols
 from .family_text import describe
 from .measurement import error_moments
@@ -141,10 +141,7 @@ def family_gap(
     if missing:
         result.reason = f"condition(s) {missing} have no items"
         return describe(result)
-    wide = paired_wide(frame, conditions)
-    cells = cell_table(wide, conditions)
-    cells["baseline"] = on_scale(cells[f"k_{reference}"], cells["n"], scale)
-    cells["gain"] = on_scale(cells[f"k_{condition}"], cells["n"], scale) - cells["baseline"]
+    wide, cells = gain_cells(frame, reference, condition, scale)
     cells["raw_gain"] = cells[f"acc_{condition}"] - cells[f"acc_{reference}"]
     cells["related"] = (cells["role"] == "related").astype(float)
     result.cells = cells
