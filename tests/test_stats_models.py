@@ -155,7 +155,7 @@ def test_too_few_languages_refuse_a_conclusion_without_inference():
                                            "adjusted_estimate"))
     assert result.summary.startswith("finetuned vs baseline: no family conclusion: 2 related vs 3 control languages")
     gains = result.cells.groupby("role")["raw_gain"].mean()
-    assert f"related languages gained {100 * gains['related']:.1f} points on average" in result.summary
+    assert f"the related languages' mean gain was {100 * gains['related']:.1f} points" in result.summary
     none = family_gap(simulate_study(n_models=2, n_related=1, n_control=0, n_questions=20, seed=7))
     assert none.estimate is None and "1 related and 0 control" in none.reason
 
@@ -245,3 +245,13 @@ def test_baseline_gain_words(passages_study, cells_study):
 def test_baseline_gain_reports_missing_condition(cells_study):
     result = baseline_gain(cells_study[cells_study["condition"] != "finetuned"], "finetuned")
     assert result.naive_slope is None and "['finetuned'] have no items" in result.reason
+
+
+def test_no_corrected_slope_when_baselines_barely_differ_beyond_their_noise():
+    # One model: the cells are its languages, whose baselines differ by a few points while each
+    # is measured with ~7 points of noise. Dividing by that reliability would give nonsense.
+    items = simulate_points_study(n_models=1, language_sd=0.01, seed=3)
+    result = baseline_gain(items, "finetuned", n_splits=10)
+    assert result.baseline_reliability < 0.5 and result.corrected_slope is None and result.conclusion is None
+    assert result.summary.startswith("finetuned vs baseline: no slope of gain on baseline is estimated: the baselines "
+                                     "differ too little across cells for a correction")

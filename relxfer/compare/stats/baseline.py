@@ -35,6 +35,9 @@ from .data import (
 from .measurement import error_moments, reliability
 
 MIN_MODEL_CLUSTERS = 3
+# Below this reliability most of the baselines' spread across cells is measurement noise, and the
+# correction divides by a small, noisy number (a single model's languages, for instance).
+MIN_RELIABILITY = 0.5
 
 
 @dataclass
@@ -100,7 +103,8 @@ def baseline_gain(
     baselines' noise removed from the normal equations; interval by delete-one-model jackknife
     (delete-one-language with fewer than 3 models), t(G-1). `detectable_slope` is the slope the
     design would detect with 80% power at the 5% level; `baseline_reliability` the share of the
-    baselines' spread across cells that is not measurement noise. `conclusion` reads the
+    baselines' spread across cells that is not measurement noise (below 0.5 no corrected slope
+    is reported: `method_note` says why). `conclusion` reads the
     corrected interval ("above", "below" or "none"; there is no exact test for a slope).
 
     Naive: gain = acc_cond - acc_ref regressed on acc_ref, both from all items; pulled down by
@@ -152,6 +156,13 @@ def _corrected(result: BaselineGainResult, wide, cells, conditions, cluster, lev
     v, w = error_moments(wide, cells, *conditions, result.scale)
     b, g = cells["baseline"].to_numpy(float), cells["gain"].to_numpy(float)
     result.baseline_reliability = reliability(b, v)
+    if not result.baseline_reliability >= MIN_RELIABILITY:
+        r = result.baseline_reliability
+        why = ("their spread across cells is no larger than their measurement noise" if not r > 0 else
+               "most of their spread across cells is measurement noise")
+        result.method_note = (f"the baselines differ too little across cells for a correction: {why} "
+                              f"(reliability {r:.2f}, below {MIN_RELIABILITY})")
+        return
     if cluster is None:
         labels, result.corrected_clusters = np.arange(len(cells)), "cell"
     elif result.n_models >= MIN_MODEL_CLUSTERS:

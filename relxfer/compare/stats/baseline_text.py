@@ -36,13 +36,13 @@ def describe(result):
         f"which ignores measurement error."
     )
     if is_missing(result.corrected_slope):
-        result.summary = (f"{head}: the slope of gain on baseline could not be corrected for measurement "
-                          f"error ({result.method_note}); split-half slope {fmt_num(result.split_half_slope)} {per}.")
+        result.summary = (f"{head}: no slope of gain on baseline is estimated: {result.method_note}. "
+                          f"For reference only, the split-half slope is {fmt_num(result.split_half_slope)} {per}.")
         result.detail = checks
         return result
     slope = f"{fmt_num(result.corrected_slope)} {per}"
     interval = (f"95% CI {fmt_num(result.corrected_slope_ci_low)} to {fmt_num(result.corrected_slope_ci_high)}, "
-                f"{result.n_models} models")
+                f"{result.n_models} model{'s' if result.n_models != 1 else ''}")
     if result.conclusion == "below":
         lead = f"gains fell as baseline accuracy rose: {slope} ({interval}): a finding."
     elif result.conclusion == "above":

@@ -24,8 +24,8 @@ def describe(result):
         result.summary = f"{head}: family gap not estimated: {result.reason}."
         result.detail = ""
         return result
-    means = (f"related languages gained {fmt_points(result.related_mean_gain)} points on average, "
-             f"controls {fmt_points(result.control_mean_gain)}")  # raw points whatever the scale
+    means = (f"the related languages' mean gain was {fmt_points(result.related_mean_gain)} points, the "
+             f"controls' {fmt_points(result.control_mean_gain)}")  # raw points whatever the scale
     if result.conclusion == "refused":
         result.summary = (
             f"{head}: no family conclusion: {result.n_related} related vs {result.n_control} control "
