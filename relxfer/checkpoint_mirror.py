@@ -4,12 +4,16 @@ The trainer writes `checkpoints/step-<N>/` under its working directory (relxfer.
 calls back once a checkpoint is complete on disk. `CheckpointMirror.upload` then copies it to
 the run's artifacts under the same name, every file but `state.json` first and `state.json`
 last, so a checkpoint counts as present only once all of it is there, and deletes the ones it
-supersedes. `restore` downloads the newest complete one into a fresh working directory before
+supersedes. A distributed trainer keeps training while its launcher uploads, and deletes old
+checkpoints as it writes new ones: the upload works from a snapshot of hard links (the files
+outlive the trainer's deletion), and a checkpoint already deleted before the snapshot is skipped
+(a newer one, whose upload follows, superseded it). `restore` downloads the newest complete one into a fresh working directory before
 training starts; `clear` removes them all once the adapter is logged.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,6 +40,17 @@ class CheckpointMirror:
         return stored
 
     def upload(self, step: int, directory: Path) -> None:
+        snapshot = Path(tempfile.mkdtemp(prefix=".upload-", dir=directory.parent.parent))
+        try:
+            try:
+                shutil.copytree(directory, snapshot / directory.name, copy_function=os.link)
+            except (FileNotFoundError, shutil.Error):
+                return  # deleted by the trainer while we were behind: superseded
+            self._upload(step, snapshot / directory.name)
+        finally:
+            shutil.rmtree(snapshot, ignore_errors=True)
+
+    def _upload(self, step: int, directory: Path) -> None:
         target = f"{CHECKPOINTS}/step-{step}"
         for entry in sorted(directory.iterdir()):
             if entry.name == STATE_FILE:

@@ -90,24 +90,25 @@ def test_tinker_study_kill_resume_and_parity(skyrl_server, tracking_server, bele
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cache = tmp_path / "cache"
 
-    # 1. Kill the run once the service holds the state of step CHECKPOINT_EVERY.
+    # 1. Kill the run once the service holds the state of step CHECKPOINT_EVERY and the MLflow
+    #    run holds the checkpoint naming it (a re-run starts from the run's artifacts, never
+    #    from this machine's disk).
+    client = MlflowClient(mlflow_server.uri)
     first = relxfer_run(spec, env, cache, mlflow_server.uri)
     deadline = time.time() + 600
-    while not list(cache.glob("finetune/*/tinker_state.json")):
+    while not saved_checkpoints(client, "tinker-belebele"):
         assert first.poll() is None, first.stdout.read()
         assert time.time() < deadline, "no Tinker state saved in time"
         time.sleep(0.5)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    saved = json.loads(next(cache.glob("finetune/*/tinker_state.json")).read_text())
-    resumed_at = saved["checkpoints"][-1]["step"]
+    resumed_at = max(saved_checkpoints(client, "tinker-belebele"))
 
     # 2. The same command resumes the fine-tune from that state and runs the evaluations.
     second = relxfer_run(spec, env, cache, mlflow_server.uri)
     output, _ = second.communicate(timeout=900)
     assert second.returncode == 0, output + skyrl_server.log_tail()
 
-    client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name("tinker-belebele")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     finetunes = [r for r in runs if r.data.tags.get("relxfer.kind") == "finetune"]
@@ -130,6 +131,19 @@ def test_tinker_study_kill_resume_and_parity(skyrl_server, tracking_server, bele
     record = json.loads((adapter / "relxfer_finetune.json").read_text())
     assert record["tinker"]["export"]["format"] == "peft"
     check_tables_against_local(client, runs, spec, adapter, relxfer_cache, tmp_path)
+
+
+def saved_checkpoints(client: MlflowClient, experiment_name: str) -> list[int]:
+    """Steps of the complete checkpoints (state.json uploaded) in the fine-tune run's artifacts."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    steps = []
+    for run in client.search_runs([experiment.experiment_id], "tags.`relxfer.kind` = 'finetune'"):
+        for folder in client.list_artifacts(run.info.run_id, "checkpoints"):
+            if any(f.path.endswith("/state.json") for f in client.list_artifacts(run.info.run_id, folder.path)):
+                steps.append(int(folder.path.rsplit("-", 1)[1]))
+    return steps
 
 
 def check_first_step_loss(spec_path: Path, cache: Path, reported: float) -> None:

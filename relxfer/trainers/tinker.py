@@ -10,13 +10,16 @@ gradient. The reported loss is that sum, computed from the per-token log-probs t
 returns for the step (before its update, as the local trainer reports it).
 
 Resume: every `checkpoint_every` steps the service saves the state (weights and optimizer);
-its Tinker path, step and loss history are written atomically to `<out_dir>/tinker_state.json`
-and reported to the runner as the run tag `relxfer.tinker.state_path`. A re-run finds the file,
-restores the state into a new training client, re-reports the steps it had (the runner keeps
-only those the MLflow run lacks) and continues with step N + 1.
+its Tinker path, step and loss history are written atomically to
+`<out_dir>/checkpoints/step-<N>/state.json`, handed to `request.on_checkpoint` (the runner
+uploads it to the MLflow run's artifacts, like any trainer's checkpoint, so a retry on another
+machine finds it) and reported as the run tag `relxfer.tinker.state_path`. A re-run finds the
+newest such file, restores the state into a new training client, re-reports the steps it had
+(the runner keeps only those the MLflow run lacks) and continues with step N + 1.
 
-Layout of `out_dir`: tinker_state.json (while training), adapter/ (the peft export, tokenizer
-files and relxfer_finetune.json with the sampler path the `tinker` evaluation engine samples).
+Layout of `out_dir`: checkpoints/step-<N>/state.json (while training; the newest only),
+adapter/ (the peft export, tokenizer files and relxfer_finetune.json with the sampler path the
+`tinker` evaluation engine samples).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from ..engines import EngineContext
 from .base import StepCallback, TrainRequest
 from .tinker_recipe import adam_params, learning_rate, lora_groups, not_applied, schedule_length, step_examples
 
-STATE_FILE = "tinker_state.json"
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "state.json"  # the name the checkpoint mirror waits for: the file is the whole checkpoint
 
 
 class TinkerTrainer:
@@ -129,7 +133,9 @@ class TinkerTrainer:
                 if train["checkpoint_every"] and step % train["checkpoint_every"] == 0 and step < steps:
                     saved = call(lambda: training.save_state(f"relxfer-step-{step}"), self.timeout).path
                     state["checkpoints"] = [{"step": step, "path": saved, "loss_history": loss_history}]
-                    _write_state(out_dir, state)
+                    directory = _write_state(out_dir, step, state)
+                    if request.on_checkpoint is not None:
+                        request.on_checkpoint(step, directory)
                     metrics |= {"tinker.state_path": saved, "tinker.state_step": str(step)}
                 # After the state is saved: a kill before this line resumes from the previous
                 # state and repeats the step; one after it re-reports the step (see above).
@@ -182,7 +188,7 @@ class TinkerTrainer:
             (tmp / FINETUNE_JSON).write_text(json.dumps(record, indent=2) + "\n")
 
         build_once(out_dir / "adapter", write, complete_marker=FINETUNE_JSON)
-        (out_dir / STATE_FILE).unlink(missing_ok=True)  # the run is complete
+        shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # the run is complete
 
     def _config_hash(self, model: dict, cfg: dict, request: TrainRequest) -> str:
         """Everything that decides the adapter: engine, service model, settings, seed, examples."""
@@ -217,9 +223,12 @@ def _weighted_loss(output, data) -> float:
 
 
 def _load_state(out_dir: Path, config_hash: str) -> dict:
-    path = out_dir / STATE_FILE
-    if not path.is_file():
+    """The newest saved state under `out_dir/checkpoints/` (none: a fresh state)."""
+    saved = sorted(((int(p.parent.name[5:]), p) for p in (out_dir / CHECKPOINTS).glob(f"step-*/{STATE_FILE}")
+                    if p.parent.name[5:].isdigit()), reverse=True)
+    if not saved:
         return {"config_hash": config_hash, "checkpoints": []}
+    path = saved[0][1]
     state = json.loads(path.read_text())
     if state.get("config_hash") != config_hash:
         raise TinkerError(
@@ -229,8 +238,14 @@ def _load_state(out_dir: Path, config_hash: str) -> dict:
     return state
 
 
-def _write_state(out_dir: Path, state: dict) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{STATE_FILE}.tmp"
+def _write_state(out_dir: Path, step: int, state: dict) -> Path:
+    """Write `checkpoints/step-<step>/state.json` atomically, drop older ones; the directory."""
+    directory = out_dir / CHECKPOINTS / f"step-{step}"
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{STATE_FILE}.tmp"
     tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, out_dir / STATE_FILE)
+    os.replace(tmp, directory / STATE_FILE)
+    for old in (out_dir / CHECKPOINTS).glob("step-*"):
+        if old != directory:
+            shutil.rmtree(old, ignore_errors=True)
+    return directory
