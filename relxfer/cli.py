@@ -24,7 +24,8 @@ class RelxferGroup(click.Group):
         except RelxferError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"Error: {e}", err=True)
+            for line in str(e).splitlines() or [type(e).__name__]:  # a spec's problems: one line each
+                click.echo(f"Error: {line}", err=True)
             ctx.exit(2)
 
 
@@ -93,11 +94,23 @@ def plan(spec: Path) -> None:
     how = "loaded" if data.loaded else "expected"
     click.echo(
         f"data ({how}): {data.train_items} training items from {', '.join(loaded.train_languages)}; "
-        f"{data.held_out_ids} held-out ids; {data.leaked_ids} held-out ids in training; "
-        f"evaluation items per language: {data.eval_items}"
+        f"{data.held_out_ids} held-out ids; {data.leaked_ids} held-out ids in training"
     )
     if data.note:
         click.echo(f"data: {data.note}")
+    click.echo("evaluation items per language:")
+    rows = [(g.name, g.role, code, str(data.eval_items.get(code, 0))) for g in loaded.groups for code in g.languages]
+    click.echo(_table(("group", "role", "language", "items"), rows, right=("items",)))
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[str, ...] = (), indent: str = "  ") -> str:
+    """A plain-text table: columns as wide as their longest cell, `right` columns right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = []
+    for row in (header, *rows):
+        cells = [str(c).rjust(w) if h in right else str(c).ljust(w) for c, w, h in zip(row, widths, header)]
+        lines.append(indent + "  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 @main.command()

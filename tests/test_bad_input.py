@@ -93,7 +93,9 @@ def test_unknown_builtin_model(tmp_path):
     raw = load("smoke.json")
     raw["models"][0]["source"] = "builtin:tiny-llma"
     spec = write(tmp_path, raw)
-    assert run_cli(tmp_path, ["run", str(spec)]) == "unknown built-in model 'builtin:tiny-llma'; known: builtin:gemma-3-270m, builtin:tiny-llama"
+    assert run_cli(tmp_path, ["run", str(spec)]) == (
+        f"{spec}: /models/0/source: unknown built-in model 'builtin:tiny-llma'; did you mean builtin:tiny-llama?"
+    )
 
 
 def test_missing_data_directory(tmp_path):

@@ -8,13 +8,13 @@ and `curation` fields, and bump its `version` on any change.
 
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
 from relxfer.errors import SpecError
+from relxfer.suggest import close_matches, did_you_mean
 
 _TABLE_FILE = "languages.json"
 
@@ -63,7 +63,7 @@ def language(code: str) -> Language:
     records = _table()[1]
     if code in records:
         return records[code]
-    raise SpecError(f"unknown language code {code!r}{_did_you_mean(_code_suggestions(code, records))}")
+    raise SpecError(f"unknown language code {code!r}{did_you_mean(_code_suggestions(code, records))}")
 
 
 def _code_suggestions(code: str, records: dict[str, Language]) -> list[str]:
@@ -89,18 +89,9 @@ def languages_in(group: str) -> list[str]:
         return codes
     names = {name.lower(): name for lang in records for name in (lang.family, lang.genus)}
     suggestions = _close_matches(group, names)
-    raise SpecError(f"unknown language family or genus {group!r}{_did_you_mean(suggestions)}")
+    raise SpecError(f"unknown language family or genus {group!r}{did_you_mean(suggestions)}")
 
 
 def _close_matches(word: str, keys: dict[str, str]) -> list[str]:
     """Values of the (lower-case) keys closest to `word`, best first, without duplicates."""
-    matches = difflib.get_close_matches(word.strip().lower(), keys, n=3, cutoff=0.7)
-    return list(dict.fromkeys(keys[match] for match in matches))
-
-
-def _did_you_mean(suggestions: list[str]) -> str:
-    if not suggestions:
-        return ""
-    if len(suggestions) == 1:
-        return f"; did you mean {suggestions[0]}?"
-    return f"; did you mean {', '.join(suggestions[:-1])} or {suggestions[-1]}?"
+    return list(dict.fromkeys(keys[match] for match in close_matches(word, keys)))
