@@ -250,9 +250,12 @@ class CellRunner:
             self.tracker.log_params(
                 run_id,
                 {"prompt_preset": self.spec.prompt["preset"], "labels": json.dumps(list(self.builder.labels)),
-                 "template_id": self.builder.template_id, "condition": cell.condition}
-                | (_flatten("cot", self.spec.cot) if cell.condition in COT_CONDITIONS else {}),
+                 "template_id": self.builder.template_id, "condition": cell.condition},
             )
+            if cell.condition in COT_CONDITIONS:
+                # Tags, not params: as params only CoT runs have, MLflow's compare page would plot
+                # them against the design factors as if they varied.
+                self.tracker.set_tags(run_id, _flatten(f"{TAG}cot", self.spec.cot))
             self.tracker.log_dataset(run_id, f"eval-{cell.language}", data.eval_digests[cell.language], data.source, "eval")
             result = evaluate_items(
                 backend,

@@ -119,6 +119,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[st
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
               help="Where built models, checkpoints and downloaded adapters live (with --executor ray: the driver's; "
                    "each node uses its own $RELXFER_CACHE, default ~/.cache/relxfer).")
+# `mlflow run . -P cache_dir=DIR` passes an undeclared parameter on as `--cache_dir DIR`.
+@click.option("--cache_dir", "cache_dir_param", type=click.Path(file_okay=False, path_type=Path), hidden=True)
 @click.option("--force", is_flag=True, help="Re-run every cell, even those with a FINISHED run of the same key.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -129,8 +131,8 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[st
 @click.option("--cells-per-task", type=click.IntRange(min=1),
               help="With --executor ray: evaluation cells per task (default: all cells of one model and adapter, so "
                    "each evaluation engine starts once per model and adapter).")
-def run(spec: Path, tracking_uri: str | None, cache_dir: Path, force: bool, no_progress: bool, executor: str,
-        ray_address: str | None, cells_per_task: int | None) -> None:
+def run(spec: Path, tracking_uri: str | None, cache_dir: Path, cache_dir_param: Path | None, force: bool,
+        no_progress: bool, executor: str, ray_address: str | None, cells_per_task: int | None) -> None:
     """Run SPEC: fine-tune and evaluate every cell not yet finished, one MLflow run per cell.
 
     Example: relxfer run specs/smoke.json --tracking-uri http://127.0.0.1:5000
@@ -140,19 +142,22 @@ def run(spec: Path, tracking_uri: str | None, cache_dir: Path, force: bool, no_p
     from .executors import make_executor
     from .runner import StudyRunner
     from .spec import load_spec
+    from .study_view import runs_link
     from .tracking import Tracker
 
     loaded = load_spec(spec)
-    cache_dir = cache_dir.expanduser()  # `mlflow run` passes parameters quoted: no shell expansion
+    # `mlflow run` quotes parameters for the shell: a `~` reaches relxfer unexpanded.
+    cache_dir = (cache_dir_param or cache_dir).expanduser().absolute()
     options = {"address": ray_address, "cells_per_task": cells_per_task} if executor == "ray" else {}
     tracker = Tracker(tracking_uri)
     runner = StudyRunner(loaded, tracker, cache_dir, report=lambda line: click.echo(line, err=True),
                          progress=not no_progress, executor=make_executor(executor, **options))
     outcomes = runner.run(force=force)
-    _summary(spec, outcomes, tracker.uri)
+    parent = runner.parent
+    _summary(spec, outcomes, tracker.uri, parent and runs_link(tracker.uri, parent.experiment_id, parent.run_id))
 
 
-def _summary(spec: Path, outcomes, uri: str) -> None:
+def _summary(spec: Path, outcomes, uri: str, link: str | None) -> None:
     from collections import Counter
 
     counts = Counter(o.status for o in outcomes)
@@ -161,6 +166,8 @@ def _summary(spec: Path, outcomes, uri: str) -> None:
     where = Counter(o.where for o in outcomes if o.status != "SKIPPED" and o.where)
     if where:
         click.echo("ran on: " + "; ".join(f"{w}: {n} cells" for w, n in sorted(where.items())))
+    if link:
+        click.echo(f"study run: {link}")
     for o in outcomes:
         if o.status == "FAILED":
             click.echo(f"failed {o.cell.run_name}: {o.error}" + (f" (run {o.run_id})" if o.run_id else ""), err=True)
@@ -180,7 +187,9 @@ def _summary(spec: Path, outcomes, uri: str) -> None:
               help="table: readable report; json: everything as JSON; csv: the accuracy table.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Also write CSV tables, report.json and PNG plots into this directory.")
-@click.option("--no-log", is_flag=True, help="Do not log a comparison run to MLflow.")
+@click.option("--no-log", is_flag=True,
+              help="Log nothing to MLflow (by default: one comparison run under the study's parent run, replaced "
+                   "when compared again, and the plots and summary on the parent run).")
 def compare(experiment, parent_id, tracking_uri, reference, scale, fmt, out_dir, no_log) -> None:
     """Read a study's runs back from the tracking server and answer its question with statistics.
 
@@ -204,25 +213,38 @@ def compare(experiment, parent_id, tracking_uri, reference, scale, fmt, out_dir,
     else:
         click.echo(render_text(report))
     if out_dir is not None or not no_log:
-        _write_and_log(report, tracker, runs, out_dir, experiment or parent_id, no_log)
+        _write_and_log(report, tracker, runs, out_dir, experiment, parent_id, {"reference": reference, "scale": scale},
+                       no_log)
 
 
-def _write_and_log(report, tracker, runs, out_dir: Path | None, subject: str, no_log: bool) -> None:
+def _write_and_log(report, tracker, runs, out_dir: Path | None, experiment: str | None, parent_id: str | None,
+                   settings: dict, no_log: bool) -> None:
     import tempfile
 
     from .compare.report import headline_metrics, write_outputs
+    from .study_view import latest_study_run, publish_comparison, runs_link
 
     with tempfile.TemporaryDirectory(prefix="relxfer-compare-") as tmp:
         target = out_dir or Path(tmp)
         written = write_outputs(report, target)
         if out_dir is not None:
             click.echo(f"wrote {len(written)} files to {out_dir}", err=True)
-        if not no_log:
-            run_id = tracker.log_comparison(
-                runs["experiment_id"].iloc[0], f"compare/{subject}", {"relxfer.compared": subject},
-                headline_metrics(report), target,
-            )
-            click.echo(f"comparison run {run_id}", err=True)
+        if no_log:
+            return
+        experiment_id = runs["experiment_id"].iloc[0]
+        parent_id = parent_id or latest_study_run(tracker, experiment_id)
+        published = publish_comparison(
+            tracker, experiment_id, parent_id, experiment or parent_id, settings, list(runs["run_id"]),
+            headline_metrics(report), target, report.summaries(),
+        )
+        where = f" under study run {parent_id}" if parent_id else ""
+        if published.kept:
+            click.echo(f"comparison run {published.run_id}{where} is up to date (same runs, same settings)", err=True)
+        else:
+            replaced = f", replacing {published.replaced} older" if published.replaced else ""
+            click.echo(f"comparison run {published.run_id}{where}{replaced}", err=True)
+        if link := runs_link(tracker.uri, experiment_id, parent_id or published.run_id):
+            click.echo(f"open: {link}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,6 +18,7 @@ from .engines import EngineContext, evaluation_engine, trainer
 from .errors import RelxferError
 from .plan import plan
 from .spec import Spec
+from .study_view import NOTE_TAG, describe_experiment, file_rerun, study_note
 from .tracking import CELLS_TABLE, TAG, ParentRun, Tracker
 
 Report = Callable[[str], None]
@@ -44,6 +45,7 @@ class StudyRunner:
         self.progress = progress
         self.executor = executor if executor is not None else LocalExecutor()
         self.outcomes: list[CellOutcome] = []
+        self.parent: ParentRun | None = None  # the parent run of the last `run` (None: nothing ran)
 
     def preflight(self) -> StudyData:
         """Everything that can be checked before a run exists: a problem here runs nothing."""
@@ -63,13 +65,23 @@ class StudyRunner:
     def run(self, force: bool = False) -> list[CellOutcome]:
         data = self.preflight()
         cells = plan(self.spec)
+        target = self.tracker.open_study(self.spec.experiment)
+        describe_experiment(self.tracker, target.experiment_id, self.spec)
+        finished = {} if force else self.tracker.finished_cells(target.experiment_id)
+        if all(c.key in finished for c in cells):  # nothing to run: no new parent run either
+            file_rerun(self.tracker, target, self.spec.name)
+            self.outcomes = [CellOutcome(c, finished[c.key], "SKIPPED") for c in cells]
+            self.report(f"nothing to run: all {len(cells)} cells have a FINISHED run; no new parent run")
+            return self.outcomes
         parent = self.tracker.start_parent(
-            self.spec.experiment,
+            target,
             run_name=self.spec.name,
-            tags={f"{TAG}kind": "study", f"{TAG}spec_hash": self.spec.hash, f"{TAG}spec_name": self.spec.name},
+            tags={f"{TAG}kind": "study", f"{TAG}spec_hash": self.spec.hash, f"{TAG}spec_name": self.spec.name,
+                  NOTE_TAG: study_note(self.spec)},
+            params={"cache_dir": str(self.cache_dir)},
         )
+        self.parent = parent
         self._log_study_inputs(parent, data)
-        finished = {} if force else self.tracker.finished_cells(parent.experiment_id)
         self.report(f"parent run {parent.run_id}: {len(cells)} cells, {sum(c.key in finished for c in cells)} already finished")
         study = StudyContext(self.spec, self.tracker, parent, data, self.cache_dir, self.report, self.progress, force)
         status = "FAILED"

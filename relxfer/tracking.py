@@ -25,6 +25,9 @@ SUPPORTED_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", 
 PREDICTIONS_TABLE = "predictions.json"
 CELLS_TABLE = "cells.json"
 TAG = "relxfer."
+# Design factors of a cell, logged as params too: MLflow's compare-runs page and its parallel
+# coordinates plot offer params, not tags.
+DESIGN_PARAMS = ("model", "condition", "language", "group", "role", "family", "seed")
 
 
 # Bounded retries for a tracking server that restarts or goes away mid-study: urllib3 backoff
@@ -73,6 +76,12 @@ def resolve_tracking_uri(uri: str | None) -> str:
             f"tracking server or sqlite:///PATH.db for a local database"
         )
     return uri
+
+
+@dataclass(frozen=True)
+class Study:
+    experiment_id: str
+    adopted_id: str | None  # the run `mlflow run` started for this spec, if any
 
 
 @dataclass(frozen=True)
@@ -136,20 +145,72 @@ class Tracker:
             return experiment.experiment_id
 
     @server_call
-    def start_parent(self, experiment_name: str, run_name: str, tags: dict[str, str]) -> ParentRun:
-        """The spec's parent run: the run `mlflow run` started (MLFLOW_RUN_ID) or a new one."""
+    def open_study(self, experiment_name: str) -> Study:
+        """Where a spec's runs go: the experiment of the run `mlflow run` started (MLFLOW_RUN_ID,
+        taken out of the environment so nothing else adopts it), else MLFLOW_EXPERIMENT_ID/_NAME,
+        else the spec's experiment, created if needed."""
         adopted_id = os.environ.pop("MLFLOW_RUN_ID", None)
         if adopted_id:
-            run = self.client.get_run(adopted_id)
-            parent = ParentRun(adopted_id, run.info.experiment_id, adopted=True)
+            return Study(self.client.get_run(adopted_id).info.experiment_id, adopted_id)
+        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or self.experiment_id(
+            os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name
+        )
+        return Study(experiment_id, None)
+
+    @server_call
+    def start_parent(self, study: Study, run_name: str, tags: dict[str, str], params: dict[str, str]) -> ParentRun:
+        """The spec's parent run: the run `mlflow run` started, named `run_name` unless it was
+        given a name (MLflow's generated names are replaced), or a new run of that name.
+        `params` the run has already (`mlflow run` logs its own) are left as they are."""
+        if study.adopted_id:
+            run = self.client.get_run(study.adopted_id)
+            if _generated_name(run.info.run_name):
+                self.client.update_run(run.info.run_id, name=run_name)
+            parent = ParentRun(study.adopted_id, study.experiment_id, adopted=True)
+            params = {k: v for k, v in params.items() if k not in run.data.params}
         else:
-            experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or self.experiment_id(
-                os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name
-            )
-            run = self.client.create_run(experiment_id, run_name=run_name)
-            parent = ParentRun(run.info.run_id, experiment_id, adopted=False)
+            run = self.client.create_run(study.experiment_id, run_name=run_name)
+            parent = ParentRun(run.info.run_id, study.experiment_id, adopted=False)
         self.set_tags(parent.run_id, tags)
+        self.log_params(parent.run_id, params)
         return parent
+
+    @server_call
+    def nest_adopted(self, study: Study, parent_id: str | None, run_name: str) -> None:
+        """File the run `mlflow run` started for a study with nothing to run under the study's
+        latest parent run (MLflow ends it when the command returns; it cannot be deleted first)."""
+        if not study.adopted_id:
+            return
+        parent = {"mlflow.parentRunId": parent_id} if parent_id else {}
+        self.set_tags(study.adopted_id, {f"{TAG}kind": "rerun", **parent})
+        self.client.update_run(study.adopted_id, name=run_name)
+        if parent_id:  # the latest such record is enough
+            earlier = self._search([study.experiment_id], f"tags.`{TAG}kind` = 'rerun' and "
+                                   f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'FINISHED'")
+            for run in earlier:
+                self.client.delete_run(run.info.run_id)
+
+    @server_call
+    def experiment_tags(self, experiment_id: str) -> dict[str, str]:
+        return dict(self.client.get_experiment(experiment_id).tags)
+
+    @server_call
+    def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_experiment_tag(experiment_id, key, value)
+
+    @server_call
+    def get_run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    @server_call
+    def runs(self, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list:
+        return self._search([experiment_id], filter_string, order_by)
+
+    @server_call
+    def delete(self, run_id: str) -> None:
+        """MLflow's soft delete: the run leaves the runs list (and `mlflow gc` can purge it)."""
+        self.client.delete_run(run_id)
 
     # --- cell runs ------------------------------------------------------------------------
 
@@ -184,6 +245,7 @@ class Tracker:
             run_name=run_name,
             tags={"mlflow.parentRunId": parent.run_id, **tags},
         )
+        self.log_params(run.info.run_id, {k: tags[TAG + k] for k in DESIGN_PARAMS if tags.get(TAG + k)})
         return run.info.run_id
 
     @server_call
@@ -375,10 +437,13 @@ class Tracker:
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
     @server_call
-    def log_comparison(self, experiment_id: str, run_name: str, tags: dict[str, str], metrics: dict[str, float],
-                       out_dir: Path) -> str:
-        """A FINISHED comparison run holding the report's headline numbers and its files."""
-        run_id = self.client.create_run(experiment_id, run_name=run_name, tags={f"{TAG}kind": "compare", **tags}).info.run_id
+    def log_comparison(self, experiment_id: str, parent_id: str | None, run_name: str, tags: dict[str, str],
+                       metrics: dict[str, float], out_dir: Path) -> str:
+        """A FINISHED comparison run (a child of `parent_id` when given) holding the report's
+        headline numbers and its files."""
+        parent = {"mlflow.parentRunId": parent_id} if parent_id else {}
+        run_id = self.client.create_run(experiment_id, run_name=run_name,
+                                        tags={f"{TAG}kind": "compare", **parent, **tags}).info.run_id
         try:
             self.log_metrics(run_id, metrics)
             self.log_artifacts(run_id, out_dir, "report")
@@ -387,3 +452,15 @@ class Tracker:
             raise
         self.end(run_id, "FINISHED")
         return run_id
+
+
+def _generated_name(name: str | None) -> bool:
+    """True for a run name MLflow made up ("inquisitive-auk-377"), not one a user gave."""
+    parts = (name or "").split("-")
+    if len(parts) != 3 or not parts[2].isdigit():
+        return not name
+    try:
+        from mlflow.utils.name_utils import _GENERATOR_NOUNS as nouns, _GENERATOR_PREDICATES as predicates
+    except ImportError:  # a later MLflow moved its word lists: the shape alone decides
+        return parts[0].isalpha() and parts[1].isalpha()
+    return parts[0] in {p.lower() for p in predicates} and parts[1] in {n.lower() for n in nouns}

@@ -61,7 +61,8 @@ class MlflowServer:
                     return self
             except OSError:
                 time.sleep(0.5)
-        raise RuntimeError("mlflow server did not become healthy")
+        self.stop()  # never leave a server behind (on a busy machine it may come up later)
+        raise RuntimeError(f"mlflow server did not become healthy in {timeout:.0f} s")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

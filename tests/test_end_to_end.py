@@ -25,19 +25,24 @@ EXPERIMENT = "smoke-e2e"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smoke_study(mlflow_server, relxfer_cache, tmp_path_factory):
-    """Run the smoke spec once through `mlflow run`, as the README tells a user to."""
-    workdir = tmp_path_factory.mktemp("mlflow-run")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri}
+def mlflow_run(server, workdir: Path, env: dict, *params: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, **env}
     env.pop("MLFLOW_RUN_ID", None)
-    mlflow_cli = [sys.executable, "-m", "mlflow"]
     result = subprocess.run(
-        [*mlflow_cli, "run", str(REPO), "-P", f"spec={SMOKE}", "-P", f"cache_dir={relxfer_cache}",
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-P", f"spec={SMOKE}", *params,
          "--env-manager", "local", "--experiment-name", EXPERIMENT],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def smoke_study(mlflow_server, relxfer_cache, tmp_path_factory):
+    """Run the smoke spec once through `mlflow run`, as the README tells a user to."""
+    # The cache directory comes from the environment, as relxfer's default: MLflow then logs no
+    # `cache_dir` of its own and the parent's param is relxfer's, unquoted.
+    result = mlflow_run(mlflow_server, tmp_path_factory.mktemp("mlflow-run"), {"RELXFER_CACHE": str(relxfer_cache)})
     client = MlflowClient(mlflow_server.uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
@@ -123,16 +128,104 @@ def test_compare_prints_a_readable_table(smoke_study, mlflow_server):
     assert "family gap" in result.output.lower()
 
 
-def test_rerun_skips_every_finished_cell(smoke_study, mlflow_server, relxfer_cache):
+def active_runs(client: MlflowClient) -> list:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_experiment_is_marked_for_model_training_and_described_by_the_spec(smoke_study):
+    client, _, _ = smoke_study
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = experiment.tags["mlflow.note.content"]
+    # MLflow 3.17 opens an experiment on its GenAI overview unless the browser chose otherwise:
+    # the description's first words lead to the runs list.
+    assert note.startswith(f"[Open the runs list](#/experiments/{experiment.experiment_id}/runs?workflowType="
+                           f"machine_learning) · **smoke**: {load_spec(SMOKE).raw['description']}")
+    assert "- evaluated on: Synthetic-A (related): syn_Rela, syn_Relb, syn_Relc; Synthetic-B (control): " in note
+
+
+def test_parent_run_is_named_after_the_spec_under_mlflow_run(smoke_study, relxfer_cache):
+    _, runs, _ = smoke_study
+    parent = next(r for r in runs if r.data.tags.get("relxfer.kind") == "study")
+    assert parent.info.run_name == "smoke"  # not MLflow's generated name
+    assert parent.data.params["cache_dir"] == str(relxfer_cache)  # no shell quotes
+    assert parent.data.params["spec"] == str(SMOKE)
+    assert "**smoke**: " in parent.data.tags["mlflow.note.content"]
+
+
+def test_design_factors_are_params_for_the_compare_runs_page(smoke_study):
+    _, runs, _ = smoke_study
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        if tags.get("relxfer.kind") == "evaluate":
+            for factor in ("model", "condition", "language", "group", "role", "family"):
+                assert params[factor] == tags[f"relxfer.{factor}"], (factor, run.info.run_name)
+            assert params.get("seed") == ("0" if tags["relxfer.condition"] == "finetuned" else None)
+            # Settings only some conditions have are tags: as params they would look like factors.
+            assert not [k for k in params if k.startswith("cot.")]
+            assert ("relxfer.cot.max_new_tokens" in tags) == (tags["relxfer.condition"] == "cot")
+        elif tags.get("relxfer.kind") == "finetune":
+            assert (params["model"], params["seed"]) == ("tiny", "0")
+
+
+def test_rerun_with_nothing_to_do_adds_no_run(smoke_study, mlflow_server, relxfer_cache, tmp_path):
     client, runs, _ = smoke_study
+    before = {r.info.run_id for r in active_runs(client) if r.data.tags.get("relxfer.kind") != "compare"}
     result = CliRunner().invoke(
         main, ["run", str(SMOKE), "--tracking-uri", mlflow_server.uri, "--cache-dir", str(relxfer_cache), "--no-progress"],
         env={"MLFLOW_EXPERIMENT_NAME": EXPERIMENT},
     )
     assert result.exit_code == 0, result.output
     cells = len(plan(load_spec(SMOKE)))
+    assert f"nothing to run: all {cells} cells have a FINISHED run; no new parent run" in result.output
     assert f"0 cells run, {cells} already finished" in result.output
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    after = client.search_runs([experiment.experiment_id], max_results=1000)
-    new = [r for r in after if r.info.run_id not in {x.info.run_id for x in runs}]
-    assert [r.data.tags.get("relxfer.kind") for r in new] == ["study"]  # only the new parent
+    assert {r.info.run_id for r in active_runs(client) if r.data.tags.get("relxfer.kind") != "compare"} == before
+    # `mlflow run` starts its run before relxfer can tell: relxfer files it under the study's
+    # parent run, so the top level of the runs list stays as it was.
+    mlflow_run(mlflow_server, tmp_path, {}, "-P", f"cache_dir={relxfer_cache}")
+    parent = next(r for r in runs if r.data.tags.get("relxfer.kind") == "study")
+    after = [r for r in active_runs(client) if r.data.tags.get("relxfer.kind") != "compare"]
+    [rerun] = [r for r in after if r.info.run_id not in before]
+    assert (rerun.info.run_name, rerun.info.status, rerun.data.tags["relxfer.kind"]) == ("smoke (nothing to run)", "FINISHED", "rerun")
+    assert rerun.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert rerun.data.params["cache_dir"] == str(relxfer_cache)  # `-P cache_dir=DIR` reached relxfer
+    assert not [r for r in after if r.data.tags.get("mlflow.parentRunId") == rerun.info.run_id]
+
+
+def compare(server, *args: str) -> str:
+    result = CliRunner().invoke(main, ["compare", "--experiment", EXPERIMENT, "--tracking-uri", server.uri, *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_repeated_compare_keeps_one_comparison_run_under_the_parent(smoke_study, mlflow_server):
+    client, runs, _ = smoke_study
+    parent = next(r for r in runs if r.data.tags.get("relxfer.kind") == "study").info.run_id
+
+    def comparisons():
+        return [r for r in active_runs(client) if r.data.tags.get("relxfer.kind") == "compare"]
+
+    assert f" under study run {parent}\n" in compare(mlflow_server)
+    assert "is up to date (same runs, same settings)" in compare(mlflow_server)
+    [first] = comparisons()
+    assert (first.info.run_name, first.data.tags["mlflow.parentRunId"]) == ("compare", parent)
+    # The study's answer is on its parent run: plots, headline numbers, summary and images.
+    study = client.get_run(parent)
+    plots = {a.path for a in client.list_artifacts(parent, "plots")}
+    assert {"plots/language_gains_finetuned.png", "plots/language_gains_cot.png"} <= plots
+    assert study.data.metrics["family_gap_finetuned"] == first.data.metrics["family_gap_finetuned"]
+    note = study.data.tags["mlflow.note.content"]
+    assert note.startswith("<!-- relxfer compare -->\n### Result (compare)\n")  # the answer first
+    assert f"(get-artifact?path=plots%2Flanguage_gains_finetuned.png&run_uuid={parent})" in note
+    assert "**smoke**: " in note
+    # Other runs to compare (new runs finished since) replace the comparison instead of adding one.
+    client.set_tag(first.info.run_id, "relxfer.report_digest", "stale")
+    assert f"under study run {parent}, replacing 1 older" in compare(mlflow_server)
+    [second] = comparisons()
+    assert second.info.run_id != first.info.run_id
+    assert client.get_run(first.info.run_id).info.lifecycle_stage == "deleted"
+    # Other settings are another comparison; the parent keeps showing the default one.
+    compare(mlflow_server, "--scale", "raw")
+    assert sorted(r.info.run_name for r in comparisons()) == ["compare", "compare (scale=raw)"]
+    assert client.get_run(parent).data.tags["mlflow.note.content"].count("### Result (compare)") == 1

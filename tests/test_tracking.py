@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from relxfer.tracking import Tracker
+from mlflow import MlflowClient
+
+from relxfer.tracking import Study, Tracker, _generated_name
 
 
 def test_processes_creating_one_experiment_at_once_share_it(mlflow_server):
@@ -27,3 +29,27 @@ def test_processes_creating_one_experiment_at_once_share_it(mlflow_server):
     for t in threads:
         t.join()
     assert errors == [] and len(ids) == 6 and len(set(ids)) == 1
+
+
+def test_parent_started_by_mlflow_run_takes_the_spec_name_unless_given_one(mlflow_server):
+    """Under `mlflow run` the parent run exists before relxfer starts: MLflow's generated name is
+    replaced by the spec's name, a name the user gave (`--run-name`) is kept, and params MLflow
+    logged already (its `cache_dir`) are not logged again."""
+    client = MlflowClient(mlflow_server.uri)
+    tracker = Tracker(mlflow_server.uri)
+    experiment_id = tracker.experiment_id("adopted-parents")
+    generated = client.create_run(experiment_id)
+    assert _generated_name(generated.info.run_name)
+    named = client.create_run(experiment_id, run_name="baseline-check-2")
+    client.log_param(named.info.run_id, "cache_dir", "'~/.cache/x'")
+    for run, expected in ((generated, "smoke"), (named, "baseline-check-2")):
+        parent = tracker.start_parent(Study(experiment_id, run.info.run_id), "smoke", {"relxfer.kind": "study"},
+                                      {"cache_dir": "/abs/cache"})
+        assert parent.adopted and client.get_run(parent.run_id).info.run_name == expected
+    assert client.get_run(generated.info.run_id).data.params["cache_dir"] == "/abs/cache"
+    assert client.get_run(named.info.run_id).data.params["cache_dir"] == "'~/.cache/x'"
+
+
+def test_generated_names_are_told_from_given_ones():
+    assert _generated_name("inquisitive-auk-377") and _generated_name(None)
+    assert not any(map(_generated_name, ["smoke", "my-study-1", "gemma-belebele", "run-42"]))
