@@ -163,6 +163,15 @@ def test_data_source_mistake_names_the_field_of_its_kind(tmp_path):
     assert errors(path)[0] == f"{path}: /data/source: 'kind' is a required property (one of: synthetic, belebele)"
 
 
+def test_mistakes_inside_an_engine_name_the_fields_of_its_kind(tmp_path):
+    engine = {"kind": "torchrun", "nproc_per_node": 0, "fsdpp": {}}
+    path = spec_file(tmp_path, "smoke.json", lambda r: r["models"][0].update(engines={"finetune": engine}))
+    assert errors(path) == [
+        f"{path}: /models/0/engines/finetune: unknown key 'fsdpp'; did you mean fsdp?",
+        f"{path}: /models/0/engines/finetune/nproc_per_node: 0 is less than the minimum of 1",
+    ]
+
+
 def test_engine_chosen_by_kind_is_explained_by_its_own_branch():
     """An engine kind with settings (as the vLLM engine adds): a mistake inside it names that
     field, whatever other kinds exist."""
