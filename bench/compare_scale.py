@@ -211,8 +211,9 @@ def populate(uri: str, experiment: str, runs: int = 2000, n_models: int = 7, n_s
                      source="relxfer-bench://simulate_study", digest="bench", train_digest="bench",
                      eval_digests={lang: f"bench-{lang}" for lang in eval_items})
     tracker = _Recording(uri)
-    parent = tracker.start_parent(spec.experiment, run_name=spec.name,
-                                  tags={f"{TAG}kind": "study", f"{TAG}spec_hash": spec.hash, f"{TAG}spec_name": spec.name})
+    parent = tracker.start_parent(tracker.open_study(spec.experiment), run_name=spec.name,
+                                  tags={f"{TAG}kind": "study", f"{TAG}spec_hash": spec.hash, f"{TAG}spec_name": spec.name},
+                                  params={})
     runner = CellRunner(StudyContext(spec, tracker, parent, data, workdir / "cache", progress=False))
     labels = runner.builder.labels
     run_ids: dict[str, str] = {}
