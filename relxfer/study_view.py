@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from . import __version__
 from .spec import Spec
-from .tracking import TAG, Tracker
+from .tracking import TAG, Study, Tracker
 
 NOTE_TAG = "mlflow.note.content"  # the description of a run or experiment in the MLflow UI
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -84,6 +84,21 @@ def latest_study_run(tracker: Tracker, experiment_id: str) -> str | None:
     runs = tracker.runs(experiment_id, f"tags.`{TAG}kind` = 'study'", ["attributes.start_time DESC"])
     finished = [r for r in runs if r.info.status == "FINISHED"]
     return (finished or runs)[0].info.run_id if runs else None
+
+
+def file_rerun(tracker: Tracker, study: Study, spec_name: str) -> None:
+    """A re-run with nothing to run makes no parent run, but `mlflow run` has started one already
+    (and ends it itself when the command returns, so it cannot be deleted): file it under the
+    study's latest parent run, as the only record of such a re-run there."""
+    if not study.adopted_id:
+        return
+    parent_id = latest_study_run(tracker, study.experiment_id)
+    earlier = tracker.runs(study.experiment_id, f"tags.`{TAG}kind` = 'rerun' and tags.`mlflow.parentRunId` = "
+                                                f"'{parent_id}' and attributes.status = 'FINISHED'") if parent_id else []
+    tracker.set_tags(study.adopted_id, {f"{TAG}kind": "rerun", **({"mlflow.parentRunId": parent_id} if parent_id else {})})
+    tracker.rename(study.adopted_id, f"{spec_name} (nothing to run)")
+    for run in earlier:
+        tracker.delete(run.info.run_id)
 
 
 @dataclass(frozen=True)

@@ -176,19 +176,8 @@ class Tracker:
         return parent
 
     @server_call
-    def nest_adopted(self, study: Study, parent_id: str | None, run_name: str) -> None:
-        """File the run `mlflow run` started for a study with nothing to run under the study's
-        latest parent run (MLflow ends it when the command returns; it cannot be deleted first)."""
-        if not study.adopted_id:
-            return
-        parent = {"mlflow.parentRunId": parent_id} if parent_id else {}
-        self.set_tags(study.adopted_id, {f"{TAG}kind": "rerun", **parent})
-        self.client.update_run(study.adopted_id, name=run_name)
-        if parent_id:  # the latest such record is enough
-            earlier = self._search([study.experiment_id], f"tags.`{TAG}kind` = 'rerun' and "
-                                   f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'FINISHED'")
-            for run in earlier:
-                self.client.delete_run(run.info.run_id)
+    def rename(self, run_id: str, name: str) -> None:
+        self.client.update_run(run_id, name=name)
 
     @server_call
     def experiment_tags(self, experiment_id: str) -> dict[str, str]:
@@ -245,7 +234,8 @@ class Tracker:
             run_name=run_name,
             tags={"mlflow.parentRunId": parent.run_id, **tags},
         )
-        self.log_params(run.info.run_id, {k: tags[TAG + k] for k in DESIGN_PARAMS if tags.get(TAG + k)})
+        # A seedless cell (baseline, CoT) says so: a missing param would plot as a value.
+        self.log_params(run.info.run_id, {k: tags[TAG + k] or "none" for k in DESIGN_PARAMS if TAG + k in tags})
         return run.info.run_id
 
     @server_call

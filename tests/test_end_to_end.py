@@ -161,7 +161,7 @@ def test_design_factors_are_params_for_the_compare_runs_page(smoke_study):
         if tags.get("relxfer.kind") == "evaluate":
             for factor in ("model", "condition", "language", "group", "role", "family"):
                 assert params[factor] == tags[f"relxfer.{factor}"], (factor, run.info.run_name)
-            assert params.get("seed") == ("0" if tags["relxfer.condition"] == "finetuned" else None)
+            assert params["seed"] == ("0" if tags["relxfer.condition"] == "finetuned" else "none")
             # Settings only some conditions have are tags: as params they would look like factors.
             assert not [k for k in params if k.startswith("cot.")]
             assert ("relxfer.cot.max_new_tokens" in tags) == (tags["relxfer.condition"] == "cot")

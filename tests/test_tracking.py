@@ -6,6 +6,7 @@ import threading
 
 from mlflow import MlflowClient
 
+from relxfer.study_view import file_rerun
 from relxfer.tracking import Study, Tracker, _generated_name
 
 
@@ -53,3 +54,21 @@ def test_parent_started_by_mlflow_run_takes_the_spec_name_unless_given_one(mlflo
 def test_generated_names_are_told_from_given_ones():
     assert _generated_name("inquisitive-auk-377") and _generated_name(None)
     assert not any(map(_generated_name, ["smoke", "my-study-1", "gemma-belebele", "run-42"]))
+
+
+def test_reruns_with_nothing_to_run_leave_one_record_under_the_parent(mlflow_server):
+    """Each `mlflow run` of a finished study starts a run relxfer cannot avoid: it is filed under
+    the study's parent run, and replaces the record of the previous such re-run."""
+    client = MlflowClient(mlflow_server.uri)
+    tracker = Tracker(mlflow_server.uri)
+    experiment_id = tracker.experiment_id("reruns")
+    parent = client.create_run(experiment_id, run_name="smoke", tags={"relxfer.kind": "study"}).info.run_id
+    client.set_terminated(parent)
+    records = []
+    for _ in range(2):
+        adopted = client.create_run(experiment_id).info.run_id  # as `mlflow run` does
+        file_rerun(tracker, Study(experiment_id, adopted), "smoke")
+        client.set_terminated(adopted)  # as `mlflow run` does when relxfer returns
+        records.append(client.get_run(adopted))
+    assert [(r.info.run_name, r.data.tags["mlflow.parentRunId"]) for r in records] == [("smoke (nothing to run)", parent)] * 2
+    assert [client.get_run(r.info.run_id).info.lifecycle_stage for r in records] == ["deleted", "active"]
