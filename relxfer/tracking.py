@@ -25,8 +25,7 @@ SUPPORTED_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", 
 PREDICTIONS_TABLE = "predictions.json"
 CELLS_TABLE = "cells.json"
 TAG = "relxfer."
-# Design factors of a cell, logged as params too: MLflow's compare-runs page and its parallel
-# coordinates plot offer params, not tags.
+# Design factors, logged as params too: MLflow's compare-runs page and its plots offer params only.
 DESIGN_PARAMS = ("model", "condition", "language", "group", "role", "family", "seed")
 
 
