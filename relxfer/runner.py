@@ -18,7 +18,7 @@ from .engines import EngineContext, evaluation_engine, trainer
 from .errors import RelxferError
 from .plan import plan
 from .spec import Spec
-from .study_view import NOTE_TAG, describe_experiment, file_rerun, study_note
+from .study_view import NOTE_TAG, describe_experiment, file_rerun, parent_name, study_note
 from .tracking import CELLS_TABLE, TAG, ParentRun, Tracker
 
 Report = Callable[[str], None]
@@ -75,7 +75,7 @@ class StudyRunner:
             return self.outcomes
         parent = self.tracker.start_parent(
             target,
-            run_name=self.spec.name,
+            run_name=parent_name(target, self.spec.name),
             tags={f"{TAG}kind": "study", f"{TAG}spec_hash": self.spec.hash, f"{TAG}spec_name": self.spec.name,
                   NOTE_TAG: study_note(self.spec)},
             params={"cache_dir": str(self.cache_dir)},

@@ -65,6 +65,24 @@ def study_note(spec: Spec, experiment_id: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def parent_name(study: Study, spec_name: str) -> str:
+    """The spec's name, unless the run `mlflow run` started was given one (`--run-name`)."""
+    given = study.adopted_name
+    return given if given and not _generated_name(given) else spec_name
+
+
+def _generated_name(name: str) -> bool:
+    """True for a run name MLflow made up ("inquisitive-auk-377")."""
+    parts = name.split("-")
+    if len(parts) != 3 or not parts[2].isdigit():
+        return False
+    try:
+        from mlflow.utils.name_utils import _GENERATOR_NOUNS as nouns, _GENERATOR_PREDICATES as predicates
+    except ImportError:  # a later MLflow moved its word lists: the shape alone decides
+        return parts[0].isalpha() and parts[1].isalpha()
+    return parts[0] in {p.lower() for p in predicates} and parts[1] in {n.lower() for n in nouns}
+
+
 def describe_experiment(tracker: Tracker, experiment_id: str, spec: Spec) -> None:
     """Mark the experiment as model training unless it has a kind, and describe it by the spec
     unless someone other than relxfer wrote its description."""
@@ -95,8 +113,8 @@ def file_rerun(tracker: Tracker, study: Study, spec_name: str) -> None:
     parent_id = latest_study_run(tracker, study.experiment_id)
     earlier = tracker.runs(study.experiment_id, f"tags.`{TAG}kind` = 'rerun' and tags.`mlflow.parentRunId` = "
                                                 f"'{parent_id}' and attributes.status = 'FINISHED'") if parent_id else []
-    tracker.set_tags(study.adopted_id, {f"{TAG}kind": "rerun", **({"mlflow.parentRunId": parent_id} if parent_id else {})})
-    tracker.rename(study.adopted_id, f"{spec_name} (nothing to run)")
+    parent = {"mlflow.parentRunId": parent_id} if parent_id else {}
+    tracker.set_tags(study.adopted_id, {f"{TAG}kind": "rerun", "mlflow.runName": f"{spec_name} (nothing to run)", **parent})
     for run in earlier:
         tracker.delete(run.info.run_id)
 
@@ -129,7 +147,8 @@ def publish_comparison(tracker: Tracker, experiment_id: str, parent_id: str | No
     changed = {k: v for k, v in settings.items() if DEFAULT_SETTINGS.get(k) != v}
     name = "compare" + (" (" + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")" if changed else "")
     tags = {f"{TAG}compared": subject, f"{TAG}compare_settings": settings_tag, f"{TAG}report_digest": digest}
-    run_id = tracker.log_comparison(experiment_id, parent_id, name, tags, metrics, out_dir)
+    parent = {"mlflow.parentRunId": parent_id} if parent_id else {}
+    run_id = tracker.log_comparison(experiment_id, name, tags | parent, metrics, out_dir)
     if parent_id is not None and not changed:  # the parent shows the comparison with default settings
         _show_on_parent(tracker, parent_id, name, metrics, out_dir, summaries)
     for run in same_settings:  # only once the new comparison is complete
@@ -145,7 +164,7 @@ def _show_on_parent(tracker: Tracker, parent_id: str, name: str, metrics: dict[s
     for plot in plots:
         tracker.log_artifact(parent_id, plot, "plots")
     tracker.log_metrics(parent_id, metrics)
-    note = tracker.get_run(parent_id).data.tags.get(NOTE_TAG, "")
+    note = tracker.run_tags(parent_id).get(NOTE_TAG, "")
     if RESULT_START in note and RESULT_END in note:  # the previous comparison's block
         note = note[:note.index(RESULT_START)] + note[note.index(RESULT_END) + len(RESULT_END):]
     images = [f"![{p.stem}](get-artifact?path={quote('plots/' + p.name, safe='')}&run_uuid={parent_id})" for p in plots]

@@ -80,7 +80,8 @@ def resolve_tracking_uri(uri: str | None) -> str:
 @dataclass(frozen=True)
 class Study:
     experiment_id: str
-    adopted_id: str | None  # the run `mlflow run` started for this spec, if any
+    adopted_id: str | None = None  # the run `mlflow run` started for this spec, and its name
+    adopted_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,38 +146,32 @@ class Tracker:
 
     @server_call
     def open_study(self, experiment_name: str) -> Study:
-        """Where a spec's runs go: the experiment of the run `mlflow run` started (MLFLOW_RUN_ID,
-        taken out of the environment so nothing else adopts it), else MLFLOW_EXPERIMENT_ID/_NAME,
-        else the spec's experiment, created if needed."""
+        """Where a spec's runs go: the experiment of the run `mlflow run` started (MLFLOW_RUN_ID, taken
+        out of the environment so nothing else adopts it), else MLFLOW_EXPERIMENT_ID/_NAME, else the
+        spec's experiment, created if needed."""
         adopted_id = os.environ.pop("MLFLOW_RUN_ID", None)
         if adopted_id:
-            return Study(self.client.get_run(adopted_id).info.experiment_id, adopted_id)
+            info = self.client.get_run(adopted_id).info
+            return Study(info.experiment_id, adopted_id, info.run_name)
         experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or self.experiment_id(
             os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name
         )
-        return Study(experiment_id, None)
+        return Study(experiment_id)
 
     @server_call
     def start_parent(self, study: Study, run_name: str, tags: dict[str, str], params: dict[str, str]) -> ParentRun:
-        """The spec's parent run: the run `mlflow run` started, named `run_name` unless it was
-        given a name (MLflow's generated names are replaced), or a new run of that name.
-        `params` the run has already (`mlflow run` logs its own) are left as they are."""
+        """The spec's parent run, named `run_name`: the run `mlflow run` started (the params it
+        has, `mlflow run`'s own, are left as they are) or a new one."""
         if study.adopted_id:
-            run = self.client.get_run(study.adopted_id)
-            if _generated_name(run.info.run_name):
-                self.client.update_run(run.info.run_id, name=run_name)
+            logged = self.client.get_run(study.adopted_id).data.params
             parent = ParentRun(study.adopted_id, study.experiment_id, adopted=True)
-            params = {k: v for k, v in params.items() if k not in run.data.params}
+            tags, params = {"mlflow.runName": run_name, **tags}, {k: v for k, v in params.items() if k not in logged}
         else:
             run = self.client.create_run(study.experiment_id, run_name=run_name)
             parent = ParentRun(run.info.run_id, study.experiment_id, adopted=False)
         self.set_tags(parent.run_id, tags)
         self.log_params(parent.run_id, params)
         return parent
-
-    @server_call
-    def rename(self, run_id: str, name: str) -> None:
-        self.client.update_run(run_id, name=name)
 
     @server_call
     def experiment_tags(self, experiment_id: str) -> dict[str, str]:
@@ -188,16 +183,11 @@ class Tracker:
             self.client.set_experiment_tag(experiment_id, key, value)
 
     @server_call
-    def get_run(self, run_id: str):
-        return self.client.get_run(run_id)
-
-    @server_call
     def runs(self, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list:
         return self._search([experiment_id], filter_string, order_by)
 
     @server_call
-    def delete(self, run_id: str) -> None:
-        """MLflow's soft delete: the run leaves the runs list (and `mlflow gc` can purge it)."""
+    def delete(self, run_id: str) -> None:  # MLflow's soft delete: out of the runs list, `mlflow gc` purges
         self.client.delete_run(run_id)
 
     # --- cell runs ------------------------------------------------------------------------
@@ -426,13 +416,10 @@ class Tracker:
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
     @server_call
-    def log_comparison(self, experiment_id: str, parent_id: str | None, run_name: str, tags: dict[str, str],
-                       metrics: dict[str, float], out_dir: Path) -> str:
-        """A FINISHED comparison run (a child of `parent_id` when given) holding the report's
-        headline numbers and its files."""
-        parent = {"mlflow.parentRunId": parent_id} if parent_id else {}
-        run_id = self.client.create_run(experiment_id, run_name=run_name,
-                                        tags={f"{TAG}kind": "compare", **parent, **tags}).info.run_id
+    def log_comparison(self, experiment_id: str, run_name: str, tags: dict[str, str], metrics: dict[str, float],
+                       out_dir: Path) -> str:
+        """A FINISHED comparison run holding the report's headline numbers and its files."""
+        run_id = self.client.create_run(experiment_id, run_name=run_name, tags={f"{TAG}kind": "compare", **tags}).info.run_id
         try:
             self.log_metrics(run_id, metrics)
             self.log_artifacts(run_id, out_dir, "report")
@@ -441,15 +428,3 @@ class Tracker:
             raise
         self.end(run_id, "FINISHED")
         return run_id
-
-
-def _generated_name(name: str | None) -> bool:
-    """True for a run name MLflow made up ("inquisitive-auk-377"), not one a user gave."""
-    parts = (name or "").split("-")
-    if len(parts) != 3 or not parts[2].isdigit():
-        return not name
-    try:
-        from mlflow.utils.name_utils import _GENERATOR_NOUNS as nouns, _GENERATOR_PREDICATES as predicates
-    except ImportError:  # a later MLflow moved its word lists: the shape alone decides
-        return parts[0].isalpha() and parts[1].isalpha()
-    return parts[0] in {p.lower() for p in predicates} and parts[1] in {n.lower() for n in nouns}

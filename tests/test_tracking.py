@@ -6,8 +6,8 @@ import threading
 
 from mlflow import MlflowClient
 
-from relxfer.study_view import file_rerun
-from relxfer.tracking import Study, Tracker, _generated_name
+from relxfer.study_view import file_rerun, parent_name
+from relxfer.tracking import Study, Tracker
 
 
 def test_processes_creating_one_experiment_at_once_share_it(mlflow_server):
@@ -40,11 +40,11 @@ def test_parent_started_by_mlflow_run_takes_the_spec_name_unless_given_one(mlflo
     tracker = Tracker(mlflow_server.uri)
     experiment_id = tracker.experiment_id("adopted-parents")
     generated = client.create_run(experiment_id)
-    assert _generated_name(generated.info.run_name)
     named = client.create_run(experiment_id, run_name="baseline-check-2")
     client.log_param(named.info.run_id, "cache_dir", "'~/.cache/x'")
     for run, expected in ((generated, "smoke"), (named, "baseline-check-2")):
-        parent = tracker.start_parent(Study(experiment_id, run.info.run_id), "smoke", {"relxfer.kind": "study"},
+        study = Study(experiment_id, run.info.run_id, run.info.run_name)
+        parent = tracker.start_parent(study, parent_name(study, "smoke"), {"relxfer.kind": "study"},
                                       {"cache_dir": "/abs/cache"})
         assert parent.adopted and client.get_run(parent.run_id).info.run_name == expected
     assert client.get_run(generated.info.run_id).data.params["cache_dir"] == "/abs/cache"
@@ -52,8 +52,10 @@ def test_parent_started_by_mlflow_run_takes_the_spec_name_unless_given_one(mlflo
 
 
 def test_generated_names_are_told_from_given_ones():
-    assert _generated_name("inquisitive-auk-377") and _generated_name(None)
-    assert not any(map(_generated_name, ["smoke", "my-study-1", "gemma-belebele", "run-42"]))
+    names = ["inquisitive-auk-377", "smoke", "my-study-1", "gemma-belebele", "run-42", None]
+    assert [parent_name(Study("0", "run-id", name), "spec") for name in names] == [
+        "spec", "smoke", "my-study-1", "gemma-belebele", "run-42", "spec"]
+    assert parent_name(Study("0"), "spec") == "spec"
 
 
 def test_reruns_with_nothing_to_run_leave_one_record_under_the_parent(mlflow_server):
