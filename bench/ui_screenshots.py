@@ -18,7 +18,7 @@ What it does, as a user would from the README:
 Needs: `apt-get install -y chromium` and `pip install -e ".[ui]"` (Playwright's Python package;
 its own browser download is not used). Run from the repository root:
 
-    python bench/ui_screenshots.py --out bench/results/ui
+    python bench/ui_screenshots.py --out bench/results/ui --readme docs/img
 """
 
 from __future__ import annotations
@@ -137,11 +137,29 @@ def screenshots(uri: str, ids: dict, out: Path) -> None:
         browser.close()
 
 
+# The README's pictures: (screenshot, README name, height kept of the 1500 px wide page).
+README_CROPS = [("2-experiment-runs.png", "mlflow-runs-list.png", 1000),
+                ("3-parent-run.png", "mlflow-parent-run.png", 1650),
+                ("5-compare-runs.png", "mlflow-compare-runs.png", 1580)]
+
+
+def readme_pictures(shots: Path, out: Path) -> None:
+    """Crop, scale to 1000 px and reduce to 96 colours (no dithering: text stays sharp, ~40 KB each)."""
+    from PIL import Image
+
+    for name, target, height in README_CROPS:
+        image = Image.open(shots / name).convert("RGB").crop((0, 0, 1500, height))
+        image = image.resize((1000, round(height * 1000 / 1500)), Image.LANCZOS)
+        image.quantize(96, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(out / target, optimize=True)
+        print(f"{out / target}: {(out / target).stat().st_size // 1024} KB")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "relxfer-out" / "ui", help="where the PNGs go")
     parser.add_argument("--store", type=Path, help="keep the server's store here (a study already in it is reused)")
     parser.add_argument("--screenshots-only", action="store_true", help="with --store: only take the screenshots")
+    parser.add_argument("--readme", type=Path, help="also write the README's cropped pictures here (docs/img)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="relxfer-ui-") as tmp:
         store = args.store or Path(tmp) / "store"
@@ -154,6 +172,8 @@ def main(argv=None) -> int:
             screenshots(server.uri, study_runs(server.uri), args.out)
         finally:
             server.stop()
+    if args.readme:
+        readme_pictures(args.out, args.readme)
     return 0
 
 

@@ -235,7 +235,7 @@ def _write_and_log(report, tracker, runs, out_dir: Path | None, experiment: str 
         parent_id = parent_id or latest_study_run(tracker, experiment_id)
         published = publish_comparison(
             tracker, experiment_id, parent_id, experiment or parent_id, settings, list(runs["run_id"]),
-            headline_metrics(report), target, report.summaries(),
+            headline_metrics(report), target, [*report.warnings(), *(s["summary"] for s in report.summaries())],
         )
         where = f" under study run {parent_id}" if parent_id else ""
         if published.kept:

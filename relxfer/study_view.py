@@ -3,7 +3,8 @@ MLflow):
 
 - the experiment is marked as model training (MLflow's experiment kind) and described by the spec;
 - the parent run is described by the spec, and after `relxfer compare` also by the answer: the
-  summary lines and the plots, which it holds as artifacts (`plots/`);
+  report's warnings and each analysis's plain sentence, and the plots, which it holds as
+  artifacts (`plots/`);
 - a comparison is one run nested under the study's parent run. Comparing again with the same
   settings keeps it when the same runs are compared, and replaces it (the older one is deleted)
   when they changed, so repeated calls never pile up runs.
@@ -28,7 +29,7 @@ EXPERIMENT_KIND = "custom_model_development"  # "Machine learning" in MLflow 3's
 # browser remembers "Model training"); a link with this query opens the runs list whatever it is.
 RUNS_VIEW_QUERY = "workflowType=machine_learning"
 RESULT_START, RESULT_END = "<!-- relxfer compare -->", "<!-- /relxfer compare -->"
-DEFAULT_SETTINGS = {"reference": "baseline", "scale": "logit"}
+DEFAULT_SETTINGS = {"reference": "baseline", "scale": "raw"}  # `relxfer compare`'s (a test checks)
 PLOTS_FIRST = ("family_gap", "language_gains")  # the study's answer, before the diagnostics
 
 
@@ -129,9 +130,9 @@ class Published:
 
 def publish_comparison(tracker: Tracker, experiment_id: str, parent_id: str | None, subject: str, settings: dict,
                        compared_run_ids: list[str], metrics: dict[str, float], out_dir: Path,
-                       summaries: list[str]) -> Published:
+                       answer: list[str]) -> Published:
     """Log a comparison as the one comparison run (per settings) under `parent_id`, and put its
-    plots, headline numbers and summary on the parent run as well. A comparison of the same runs
+    plots, headline numbers and `answer` (plain sentences) on the parent run as well. A comparison of the same runs
     with the same settings (by the same relxfer version) counts as unchanged: its statistics are
     the same up to the last digits of iterative fits."""
     settings_tag = json.dumps(settings, sort_keys=True)
@@ -150,16 +151,16 @@ def publish_comparison(tracker: Tracker, experiment_id: str, parent_id: str | No
     parent = {"mlflow.parentRunId": parent_id} if parent_id else {}
     run_id = tracker.log_comparison(experiment_id, name, tags | parent, metrics, out_dir)
     if parent_id is not None and not changed:  # the parent shows the comparison with default settings
-        _show_on_parent(tracker, parent_id, name, metrics, out_dir, summaries)
+        _show_on_parent(tracker, parent_id, name, metrics, out_dir, answer)
     for run in same_settings:  # only once the new comparison is complete
         tracker.delete(run.info.run_id)
     return Published(run_id, parent_id, kept=False, replaced=len(same_settings))
 
 
 def _show_on_parent(tracker: Tracker, parent_id: str, name: str, metrics: dict[str, float], out_dir: Path,
-                    summaries: list[str]) -> None:
+                    answer: list[str]) -> None:
     """The study's answer on its parent run: plots as artifacts (`plots/`) shown in its
-    description under the summary lines, and the headline numbers as metrics."""
+    description under the answer's sentences, and the headline numbers as metrics."""
     plots = sorted(out_dir.glob("*.png"), key=lambda p: (not p.name.startswith(PLOTS_FIRST), p.name))
     for plot in plots:
         tracker.log_artifact(parent_id, plot, "plots")
@@ -168,7 +169,7 @@ def _show_on_parent(tracker: Tracker, parent_id: str, name: str, metrics: dict[s
     if RESULT_START in note and RESULT_END in note:  # the previous comparison's block
         note = note[:note.index(RESULT_START)] + note[note.index(RESULT_END) + len(RESULT_END):]
     images = [f"![{p.stem}](get-artifact?path={quote('plots/' + p.name, safe='')}&run_uuid={parent_id})" for p in plots]
-    result = [RESULT_START, f"### Result ({name})", "", *[f"- {line}" for line in summaries], "", *images, RESULT_END]
+    result = [RESULT_START, f"### Result ({name})", "", *[f"- {line}" for line in answer], "", *images, RESULT_END]
     tracker.set_tags(parent_id, {NOTE_TAG: "\n".join(result) + "\n\n" + note.strip()})
 
 

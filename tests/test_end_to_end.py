@@ -199,7 +199,7 @@ def compare(server, *args: str) -> str:
     return result.output
 
 
-def test_repeated_compare_keeps_one_comparison_run_under_the_parent(smoke_study, mlflow_server):
+def test_repeated_compare_keeps_one_comparison_run_under_the_parent(smoke_study, mlflow_server, tmp_path):
     client, runs, _ = smoke_study
     parent = next(r for r in runs if r.data.tags.get("relxfer.kind") == "study").info.run_id
 
@@ -219,6 +219,11 @@ def test_repeated_compare_keeps_one_comparison_run_under_the_parent(smoke_study,
     assert note.startswith("<!-- relxfer compare -->\n### Result (compare)\n")  # the answer first
     assert f"(get-artifact?path=plots%2Flanguage_gains_finetuned.png&run_uuid={parent})" in note
     assert "**smoke**: " in note
+    # ... the report's warnings, then each analysis's plain sentence, as in the comparison's report.json
+    report = json.loads(Path(client.download_artifacts(first.info.run_id, "report/report.json", str(tmp_path))).read_text())
+    answer = [*report["warnings"], *(s["summary"] for s in report["summaries"])]
+    assert answer and all(s["summary"] for s in report["summaries"])
+    assert note.split("\n\n")[1] == "\n".join(f"- {line}" for line in answer)
     # Other runs to compare (new runs finished since) replace the comparison instead of adding one.
     client.set_tag(first.info.run_id, "relxfer.report_digest", "stale")
     assert f"under study run {parent}, replacing 1 older" in compare(mlflow_server)

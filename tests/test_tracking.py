@@ -6,7 +6,7 @@ import threading
 
 from mlflow import MlflowClient
 
-from relxfer.study_view import file_rerun, parent_name
+from relxfer.study_view import DEFAULT_SETTINGS, file_rerun, parent_name
 from relxfer.tracking import Study, Tracker
 
 
@@ -56,6 +56,18 @@ def test_generated_names_are_told_from_given_ones():
     assert [parent_name(Study("0", "run-id", name), "spec") for name in names] == [
         "spec", "smoke", "my-study-1", "gemma-belebele", "run-42", "spec"]
     assert parent_name(Study("0"), "spec") == "spec"
+
+
+def test_comparison_names_know_compare_defaults():
+    """A comparison with `relxfer compare`'s defaults is named `compare` and shown on the parent."""
+    import inspect
+
+    from relxfer.cli import main
+    from relxfer.compare.report import build_report
+
+    options = {p.name: p.default for p in main.commands["compare"].params}
+    signature = inspect.signature(build_report).parameters
+    assert DEFAULT_SETTINGS == {k: options[k] for k in DEFAULT_SETTINGS} == {k: signature[k].default for k in DEFAULT_SETTINGS}
 
 
 def test_reruns_with_nothing_to_run_leave_one_record_under_the_parent(mlflow_server):
