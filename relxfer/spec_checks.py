@@ -44,7 +44,12 @@ class SpecChecks:
         self.groups: list[EvalGroup] = []
         source = ("data", "source")
         self._check(self._expand_data_path, [source])
-        self._check(self._resolve_groups, [("eval", "groups"), (*source, "kind"), (*source, "languages")])
+        languages = [(*source, "kind"), (*source, "languages")]
+        groups = self.raw["eval"]["groups"] if isinstance(self.raw.get("eval"), dict) else None
+        for i in range(len(groups)) if isinstance(groups, list) else [None]:
+            # Per group and field: a mistyped role does not hide a mistyped language code.
+            reads = [("eval", "groups")] if i is None else [("eval", "groups", i, k) for k in ("languages", "family")]
+            self._check(lambda i=i: self._resolve_group(i), reads + languages)
         self._check(self._train_languages, [("train", "languages"), (*source, "kind"), (*source, "languages")])
         self._check(self._groups_disjoint, [("eval", "groups"), (*source, "kind"), (*source, "languages")])
         self._check(self._conditions_have_a_finetune, [("conditions",), ("finetune",)])
@@ -126,24 +131,22 @@ class SpecChecks:
             return str(e)
         return None
 
-    def _resolve_groups(self) -> Iterator[Problem]:
+    def _resolve_group(self, i: int) -> Iterator[Problem]:
         known = self._source_languages()
-        for i, group in enumerate(self.raw["eval"]["groups"]):
-            where = ("eval", "groups", i)
-            codes, family = group.get("languages"), group.get("family")
-            # A family is checked even beside explicit languages: it becomes the group's label.
-            bad = list(self._family(family, known, (*where, "family"), selects=codes is None)) if family is not None else []
-            if codes is None:
-                if family is None:
-                    bad.append(Problem(where, "a group needs `languages` or a `family` to select them"))
-                codes = [] if bad else self._members(family, known)
-            bad += [p for j, code in enumerate(codes) for p in self._language(code, known, (*where, "languages", j))]
-            yield from bad
-            if bad:
-                continue
+        group, where = self.raw["eval"]["groups"][i], ("eval", "groups", i)
+        codes, family = group.get("languages"), group.get("family")
+        # A family is checked even beside explicit languages: it becomes the group's label.
+        bad = list(self._family(family, known, (*where, "family"), selects=codes is None)) if family is not None else []
+        if codes is None:
+            if family is None:
+                bad.append(Problem(where, "a group needs `languages` or a `family` to select them"))
+            codes = [] if bad else self._members(family, known)
+        bad += [p for j, code in enumerate(codes) for p in self._language(code, known, (*where, "languages", j))]
+        yield from bad
+        if not bad:  # (with a problem elsewhere in the group the spec is refused anyway)
             if family is None:
                 family = known[codes[0]] if known is not None else _belebele_genus(codes[0])
-            self.groups.append(EvalGroup(group["name"], group["role"], family, tuple(codes)))
+            self.groups.append(EvalGroup(group.get("name"), group.get("role"), family, tuple(codes)))
 
     @staticmethod
     def _members(family: str, known: dict[str, str] | None) -> list[str]:

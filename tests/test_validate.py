@@ -123,6 +123,24 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path):
     ]]
 
 
+def test_a_mistake_in_one_field_of_a_group_hides_none_in_another(tmp_path):
+    def edit(raw):
+        raw["eval"]["groups"][0]["languages"][1] = "syn_Relx"
+        raw["eval"]["groups"][1]["role"] = "controls"
+        raw["eval"]["groups"][1]["languages"][2] = "syn_ctlc"
+        del raw["eval"]["groups"][1]["name"]
+
+    path = spec_file(tmp_path, "smoke.json", edit)
+    assert errors(path) == [f"{path}: {line}" for line in [
+        "/eval/groups/0/languages/1: language 'syn_Relx' is not declared in /data/source/languages; "
+        "did you mean syn_Relc, syn_Relb or syn_Rela?",
+        "/eval/groups/1: 'name' is a required property",
+        "/eval/groups/1/role: 'controls' is not allowed here; did you mean control?",
+        "/eval/groups/1/languages/2: language 'syn_ctlc' is not declared in /data/source/languages; "
+        "did you mean syn_Ctlc, syn_Ctlb or syn_Ctla?",
+    ]]
+
+
 def test_duplicate_key_names_the_line_of_the_second(tmp_path):
     path = tmp_path / "spec.json"
     path.write_text('{\n  "name": "a",\n  "data": {},\n  "name": "b"\n}\n')
