@@ -160,8 +160,11 @@ def _corrected(result: BaselineGainResult, wide, cells, conditions, cluster, lev
         r = result.baseline_reliability
         why = ("their spread across cells is no larger than their measurement noise" if not r > 0 else
                "most of their spread across cells is measurement noise")
+        # Reliability = 1 - noise variance / observed variance: below 0 when noise exceeds the
+        # spread, which reads as nonsense as a number; say "none" then.
+        shown = f"{r:.2f}" if r > 0 else f"none (the estimate, {r:.2f}, is below 0)"
         result.method_note = (f"the baselines differ too little across cells for a correction: {why} "
-                              f"(reliability {r:.2f}, below {MIN_RELIABILITY})")
+                              f"(reliability {shown}; a correction needs {MIN_RELIABILITY})")
         return
     if cluster is None:
         labels, result.corrected_clusters = np.arange(len(cells)), "cell"
