@@ -91,6 +91,12 @@ def _explain(error, root: dict) -> list[Problem]:
         options = [str(o) for o in error.validator_value]
         hint = did_you_mean(close_matches(error.instance, options)) or f"; one of: {', '.join(options)}"
         return [Problem(pointer, f"{error.instance!r} is not allowed here{hint}")]
+    if kind == "not" and set(error.validator_value) == {"required"}:
+        keys = error.validator_value["required"]
+        return [Problem(pointer, f"give {' or '.join(map(repr, keys))}, not {'both' if len(keys) == 2 else 'all'}")]
+    if kind == "type" and error.validator_value == "null" and error.schema.get("description"):
+        # A field another one makes meaningless (dependentSchemas): the schema says why.
+        return [Problem(pointer, f"not used here: {error.schema['description']}")]
     if kind == "pattern" and error.validator_value == root["$defs"]["languageCode"]["pattern"]:
         return [Problem(pointer, f"{error.instance!r} is not a language code: three lower-case letters, '_' and "
                                  f"a four-letter script, e.g. arb_Arab or syn_Base", blocks=False)]
@@ -129,7 +135,12 @@ def _explain_choice(error, root: dict) -> list[Problem]:
                if all(len(sub.absolute_path) > len(pointer) for sub in subs)]
     if len(fitting) == 1:
         return [p for sub in fitting[0] for p in _explain(sub, root)]
-    shapes = [_describe(resolve_ref(b, root)) for b in options]
+    branches = [resolve_ref(b, root) for b in options]
+    if isinstance(error.instance, dict) and all(set(b) == {"required"} for b in branches):
+        # e.g. a vllm engine needs `launch` or `base_url`: name the keys, not the shapes.
+        keys = [" and ".join(repr(k) for k in b["required"]) for b in branches]
+        return [Problem(pointer, f"needs {' or '.join(keys)}")]
+    shapes = [_describe(b) for b in branches]
     return [Problem(pointer, f"{error.instance!r} is not {' or '.join(shapes)}")]
 
 

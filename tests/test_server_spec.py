@@ -57,12 +57,12 @@ def test_defaults_are_filled_in_the_matching_branch(tmp_path):
 
 @pytest.mark.parametrize("engine, message", [
     ({"kind": "vllm", "launch": {"tensor_parallel_sise": 8}},
-     "/models/0/engines/evaluate/launch: Additional properties are not allowed ('tensor_parallel_sise' was unexpected)"),
+     "/models/0/engines/evaluate/launch: unknown key 'tensor_parallel_sise'; did you mean tensor_parallel_size"),
     ({"kind": "vllm", "base_url": "127.0.0.1:8000"}, "/models/0/engines/evaluate/base_url: '127.0.0.1:8000' does not match '^https?://'"),
     ({"kind": "vllm", "launch": {}, "base_url": "http://127.0.0.1:8000/v1"},
-     "should not be valid under {'required': ['launch', 'base_url']}"),
-    ({"kind": "vllm", "launch": {}, "dtype": "fp8"}, "/models/0/engines/evaluate/dtype: 'fp8' is not of type 'null'"),
-    ({"kind": "vllm"}, "/models/0/engines/evaluate: {'kind': 'vllm'} is not valid under any of the given schemas"),
+     "/models/0/engines/evaluate: give 'launch' or 'base_url', not both"),
+    ({"kind": "vllm", "launch": {}, "dtype": "fp8"}, "/models/0/engines/evaluate/dtype: not used here: A launched server's dtype is `launch.dtype`."),
+    ({"kind": "vllm"}, "/models/0/engines/evaluate: needs 'launch' or 'base_url'"),
     ({"kind": "openai"}, "/models/0/engines/evaluate: 'base_url' is a required property"),
     ({"kind": "vllm", "base_url": "http://h:1/v1", "api_key_env": "not a name"}, "/models/0/engines/evaluate/api_key_env: 'not a name' does not match"),
 ])

@@ -111,7 +111,7 @@ def test_load_errors_name_the_problem(tmp_path, relxfer_cache, monkeypatch):
         load_causal_lm({"name": "x", "source": str(tmp_path)}, None, relxfer_cache)
     with pytest.raises(ModelError, match="unknown built-in model 'builtin:nope'"):
         load_causal_lm({"name": "x", "source": "builtin:nope"}, None, relxfer_cache)
-    with pytest.raises(ModelError, match=r"model: /dtype: 'float8' is not one of"):
+    with pytest.raises(ModelError, match=r"model: /dtype: 'float8' is not allowed here; did you mean float32"):
         load_causal_lm({"name": "x", "source": BUILTIN_ID, "dtype": "float8"}, None, relxfer_cache)
     # A hub id that is not cached: offline mode makes the failure immediate (no network retries).
     import huggingface_hub.constants
