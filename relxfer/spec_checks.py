@@ -44,6 +44,8 @@ class SpecChecks:
         self.groups: list[EvalGroup] = []
         source = ("data", "source")
         self._check(self._expand_data_path, [source])
+        shape = ("questions_per_passage", "facts_per_passage", "objects_per_category")
+        self._check(self._synthetic_shape, [(*source, "kind"), *((*source, field) for field in shape)])
         languages = [(*source, "kind"), (*source, "languages")]
         groups = self.raw["eval"]["groups"] if isinstance(self.raw.get("eval"), dict) else None
         for i in range(len(groups)) if isinstance(groups, list) else [None]:
@@ -87,6 +89,17 @@ class SpecChecks:
         if not expanded.is_absolute():
             expanded = (self.path.parent / expanded).resolve()
         source["path"] = str(expanded)
+
+    def _synthetic_shape(self) -> Iterator[Problem]:
+        """The synthetic set's sizes must make a passage (relxfer.data.synthetic.shape_problems)."""
+        source = self.raw["data"]["source"]
+        if source["kind"] != "synthetic":
+            return
+        from .data.synthetic import shape_problems
+
+        sizes = (source["questions_per_passage"], source["facts_per_passage"], source["objects_per_category"])
+        for field, message in shape_problems(*sizes):
+            yield Problem(("data", "source", field), message)
 
     # --- languages and groups ---------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The whole path against a real `mlflow server`: `mlflow run . -P spec=specs/smoke.json` creates one
-parent run and one FINISHED child per planned cell; `relxfer compare` reads them back and every
-accuracy it reports equals the accuracy recomputed from that run's per-item table."""
+parent run and one FINISHED child per planned cell; `relxfer compare` reads them back, every
+accuracy it reports equals the accuracy recomputed from that run's per-item table, and it finds
+the transfer effect the smoke study plants."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from mlflow import MlflowClient
 from relxfer.cli import main
 from relxfer.plan import count_by_kind, plan
 from relxfer.spec import load_spec
+
+from .smoke_study import findings, smoke_failures
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "specs" / "smoke.json"
@@ -142,7 +145,7 @@ def test_experiment_is_marked_for_model_training_and_described_by_the_spec(smoke
     # the description's first words lead to the runs list.
     assert note.startswith(f"[Open the runs list](#/experiments/{experiment.experiment_id}/runs?workflowType="
                            f"machine_learning) · **smoke**: {load_spec(SMOKE).raw['description']}")
-    assert "- evaluated on: Synthetic-A (related): syn_Rela, syn_Relb, syn_Relc; Synthetic-B (control): " in note
+    assert "- evaluated on: Synthetic-A (related): syn_Rela, syn_Relb, syn_Relc, syn_Reld, syn_Rele; Synthetic-B (control): " in note
 
 
 def test_parent_run_is_named_after_the_spec_under_mlflow_run(smoke_study, relxfer_cache):
@@ -167,6 +170,24 @@ def test_design_factors_are_params_for_the_compare_runs_page(smoke_study):
             assert ("relxfer.cot.max_new_tokens" in tags) == (tags["relxfer.condition"] == "cot")
         elif tags.get("relxfer.kind") == "finetune":
             assert (params["model"], params["seed"]) == ("tiny", "0")
+
+
+def test_the_main_job_finds_the_planted_transfer(smoke_study, mlflow_server, tmp_path):
+    """Issue 13 on the README's main job (seed 0): every related language gains at least 20
+    points (Holm p < 0.05), controls gain at least 15 points less on average, and the family gap's
+    interval lies above 0 with a permutation p below 0.05; the report says so in words and the
+    per-language gain plot is written."""
+    args = ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri, "--no-log"]
+    report = CliRunner().invoke(main, [*args, "--format", "json"])
+    assert report.exit_code == 0, report.output
+    found = findings(json.loads(report.output))
+    assert len(found.related_gains) == len(found.control_gains) == 5
+    assert smoke_failures(found) == [], found.gap_summary
+    assert "related languages gained more than controls" in found.gap_summary
+    text = CliRunner().invoke(main, [*args, "--out", str(tmp_path)])
+    assert text.exit_code == 0, text.output
+    assert found.gap_summary in text.output
+    assert (tmp_path / "language_gains_finetuned.png").stat().st_size > 0
 
 
 def test_rerun_with_nothing_to_do_adds_no_run(smoke_study, mlflow_server, relxfer_cache, tmp_path):

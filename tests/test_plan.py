@@ -26,7 +26,7 @@ def keys(spec) -> dict[str, str]:
 
 def test_smoke_plan_counts(tmp_path):
     cells = plan(load_variant(tmp_path, "a"))
-    assert count_by_kind(cells) == {"finetune": 1, "evaluate": 3 * 6}
+    assert count_by_kind(cells) == {"finetune": 1, "evaluate": 3 * 10}
     assert len({c.key for c in cells}) == len(cells)
     finetuned = [c for c in cells if c.condition == "finetuned"]
     assert all(c.finetune_key == cells[0].key and c.seed == 0 for c in finetuned)
@@ -54,7 +54,7 @@ def test_cot_settings_change_only_cot_keys(tmp_path):
 def test_seeds_multiply_finetunes_and_finetuned_evaluations_only(tmp_path):
     spec = load_variant(tmp_path, "a", lambda r: r.update(seeds=[0, 1, 2]))
     counts = count_by_kind(plan(spec))
-    assert counts == {"finetune": 3, "evaluate": 6 * (1 + 3 + 1)}
+    assert counts == {"finetune": 3, "evaluate": 10 * (1 + 3 + 1)}
 
 
 def test_prose_does_not_change_keys(tmp_path):

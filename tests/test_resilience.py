@@ -4,12 +4,15 @@ secret from the environment in anything a study writes."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,10 +24,15 @@ from relxfer.plan import plan
 from relxfer.spec import load_spec
 
 from .conftest import MlflowServer
+from .smoke_study import plumbing_variant, write_variant
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "specs" / "smoke.json"
-CELLS = {cell.key: cell for cell in plan(load_spec(SMOKE))}
+# The smoke study with 2 + 2 languages and 45 training steps: these tests need real cells and
+# checkpoints, not the planted effect (tests/test_smoke_science.py checks that).
+SPEC_DIR = Path(tempfile.mkdtemp(prefix="relxfer-resilience-"))
+atexit.register(shutil.rmtree, SPEC_DIR, ignore_errors=True)
+SPEC = write_variant(plumbing_variant(json.loads((REPO / "specs" / "smoke.json").read_text())), SPEC_DIR / "smoke-plumbing.json")
+CELLS = {cell.key: cell for cell in plan(load_spec(SPEC))}
 SECRETS = {
     "HF_TOKEN": "hf_relxferTestSecret0001",
     "HUGGING_FACE_HUB_TOKEN": "hf_relxferTestSecret0002",
@@ -39,7 +47,7 @@ def start_run(uri: str, experiment: str, cache: Path, log: Path) -> subprocess.P
     env = {**os.environ, **SECRETS, "MLFLOW_EXPERIMENT_NAME": experiment, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_RUN_ID", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "relxfer.cli", "run", str(SMOKE), "--tracking-uri", uri, "--cache-dir", str(cache), "--no-progress"],
+        [sys.executable, "-m", "relxfer.cli", "run", str(SPEC), "--tracking-uri", uri, "--cache-dir", str(cache), "--no-progress"],
         env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )
 

@@ -12,11 +12,13 @@ from relxfer.runner import StudyRunner
 from relxfer.spec import load_spec
 from relxfer.tracking import Tracker
 
+from .smoke_study import plumbing_variant
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def small_spec(tmp_path: Path, name: str, edit=None):
-    raw = json.loads((REPO / "specs" / "smoke.json").read_text())
+    raw = plumbing_variant(json.loads((REPO / "specs" / "smoke.json").read_text()))
     raw["data"]["source"]["n_passages"] = 30
     raw["data"]["split"]["held_out"] = 10
     raw["finetune"]["training"] = {"max_steps": 3, "learning_rate": 0.003, "batch_size": 8, "checkpoint_every": 0}

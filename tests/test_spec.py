@@ -46,7 +46,7 @@ def test_smoke_spec_is_valid_and_defaults_are_filled():
     assert spec.data["split"]["unit"] == "question"
     assert spec.models[0]["trust_remote_code"] is False
     assert [g.role for g in spec.groups] == ["related", "control"]
-    assert spec.groups[0].languages == ("syn_Rela", "syn_Relb", "syn_Relc")
+    assert spec.groups[0].languages == ("syn_Rela", "syn_Relb", "syn_Relc", "syn_Reld", "syn_Rele")
 
 
 def test_every_schema_property_has_a_description():
@@ -119,11 +119,20 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 
 def test_undeclared_synthetic_language_suggests_close_codes(tmp_path):
     raw = smoke_raw()
-    raw["eval"]["groups"][0]["languages"] = ["syn_Rela", "syn_Reld"]
+    raw["eval"]["groups"][0]["languages"] = ["syn_Rela", "syn_Relf"]
     path = write(tmp_path, raw)
     assert cli_error(path) == (
-        f"Error: {path}: /eval/groups/0/languages/1: language 'syn_Reld' is not declared in "
-        f"/data/source/languages; did you mean syn_Relc, syn_Relb or syn_Rela?"
+        f"Error: {path}: /eval/groups/0/languages/1: language 'syn_Relf' is not declared in "
+        f"/data/source/languages; did you mean syn_Rele, syn_Reld or syn_Relc?"
+    )
+
+
+def test_synthetic_shape_that_cannot_make_a_passage(tmp_path):
+    raw = smoke_raw()
+    raw["data"]["source"]["questions_per_passage"] = 4
+    path = write(tmp_path, raw)
+    assert cli_error(path) == (
+        f"Error: {path}: /data/source/questions_per_passage: questions_per_passage (4) must be between 1 and facts_per_passage (3)"
     )
 
 
@@ -158,8 +167,8 @@ def test_group_by_family_for_synthetic_sources(tmp_path):
     ]
     spec = load_spec(write(tmp_path, raw))
     # The family selects every declared language of it, the training language included.
-    assert spec.groups[0].languages == ("syn_Base", "syn_Rela", "syn_Relb", "syn_Relc")
-    assert spec.groups[1].languages == ("syn_Ctla", "syn_Ctlb", "syn_Ctlc")
+    assert spec.groups[0].languages == ("syn_Base", "syn_Rela", "syn_Relb", "syn_Relc", "syn_Reld", "syn_Rele")
+    assert spec.groups[1].languages == ("syn_Ctla", "syn_Ctlb", "syn_Ctlc", "syn_Ctld", "syn_Ctle")
 
 
 def test_fill_defaults_does_not_touch_its_input():

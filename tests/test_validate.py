@@ -87,7 +87,7 @@ def test_synthetic_family_label_must_be_declared(tmp_path):
 
 @pytest.mark.parametrize("spec, code, message", [
     ("smoke.json", "syn_Rel", "language 'syn_Rel' is not declared in /data/source/languages; "
-                              "did you mean syn_Relc, syn_Relb or syn_Rela?"),
+                              "did you mean syn_Rele, syn_Reld or syn_Relc?"),
     ("full.json", "fra_Latm", "unknown language code 'fra_Latm'; did you mean fra_Latn or afr_Latn?"),
     ("full.json", "fra_Lat", "unknown language code 'fra_Lat'; did you mean fra_Latn or afr_Latn?"),
 ])
@@ -112,7 +112,7 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path):
     assert errors(path) == [f"{path}: {line}" for line in [
         "/data/source: unknown key 'n_pasages'; did you mean n_passages?",
         "/eval/groups/0/languages/0: language 'syn_Rel' is not declared in /data/source/languages; "
-        "did you mean syn_Relc, syn_Relb or syn_Rela?",
+        "did you mean syn_Rele, syn_Reld or syn_Relc?",
         "/models/0/source: unknown built-in model 'builtin:tiny-lama'; did you mean builtin:tiny-llama?",
         "/models/0/engines/evaluate/kind: unknown kind 'locl'; did you mean local?",
         "/finetune/lora/r: -1 is less than the minimum of 1",
@@ -133,11 +133,11 @@ def test_a_mistake_in_one_field_of_a_group_hides_none_in_another(tmp_path):
     path = spec_file(tmp_path, "smoke.json", edit)
     assert errors(path) == [f"{path}: {line}" for line in [
         "/eval/groups/0/languages/1: language 'syn_Relx' is not declared in /data/source/languages; "
-        "did you mean syn_Relc, syn_Relb or syn_Rela?",
+        "did you mean syn_Rele, syn_Reld or syn_Relc?",
         "/eval/groups/1: 'name' is a required property",
         "/eval/groups/1/role: 'controls' is not allowed here; did you mean control?",
         "/eval/groups/1/languages/2: language 'syn_ctlc' is not declared in /data/source/languages; "
-        "did you mean syn_Ctlc, syn_Ctlb or syn_Ctla?",
+        "did you mean syn_Ctlc, syn_Ctle or syn_Ctld?",
     ]]
 
 
@@ -149,7 +149,7 @@ def test_duplicate_key_names_the_line_of_the_second(tmp_path):
 
 def test_duplicate_key_in_a_nested_object(tmp_path):
     text = json.dumps(json.loads((REPO / "specs" / "smoke.json").read_text()), indent=2)
-    text = text.replace('"learning_rate": 0.003,', '"learning_rate": 0.003,\n      "learning_rate": 0.3,')
+    text = text.replace('"learning_rate": 0.005,', '"learning_rate": 0.005,\n      "learning_rate": 0.3,')
     path = tmp_path / "spec.json"
     path.write_text(text)
     first = next(i for i, line in enumerate(text.splitlines(), 1) if '"learning_rate"' in line)
@@ -216,7 +216,7 @@ def test_plan_prints_items_per_language_as_a_table():
     lines = result.output.splitlines()
     start = lines.index("evaluation items per language:")
     assert lines[start + 1].split() == ["group", "role", "language", "items"]
-    rows = [line.split() for line in lines[start + 2:start + 8]]
+    rows = [line.split() for line in lines[start + 2:start + 12]]
     assert rows == [[group, role, code, "60"] for group, role, codes in (
-        ("Synthetic-A", "related", ("syn_Rela", "syn_Relb", "syn_Relc")),
-        ("Synthetic-B", "control", ("syn_Ctla", "syn_Ctlb", "syn_Ctlc"))) for code in codes]
+        ("Synthetic-A", "related", ("syn_Rela", "syn_Relb", "syn_Relc", "syn_Reld", "syn_Rele")),
+        ("Synthetic-B", "control", ("syn_Ctla", "syn_Ctlb", "syn_Ctlc", "syn_Ctld", "syn_Ctle"))) for code in codes]

@@ -30,7 +30,12 @@ def _load_source(spec: Spec, languages: list[str]) -> tuple[dict[str, list[MCIte
             for l in source["languages"]
         ]
         items = synthetic.generate(
-            langs, n_passages=source["n_passages"], questions_per_passage=source["questions_per_passage"], seed=source["seed"]
+            langs,
+            n_passages=source["n_passages"],
+            questions_per_passage=source["questions_per_passage"],
+            facts_per_passage=source["facts_per_passage"],
+            objects_per_category=source["objects_per_category"],
+            seed=source["seed"],
         )
         uri = f"relxfer-synthetic://seed={source['seed']}/passages={source['n_passages']}"
         return {code: items[code] for code in languages}, uri

@@ -1,19 +1,34 @@
-"""A synthetic, parallel, multilingual reading-comprehension set with controllable lexical overlap.
+"""A synthetic, parallel, multilingual reading-comprehension set that plants a lexical transfer
+effect: fine-tuning on the base language teaches facts that only languages sharing its words can use.
 
-Every language renders the same underlying questions from one concept inventory. A passage
-states who likes what ("mabo lupi teka. sinu lupi rako."); the question asks what one person
-likes; the four options are *category words* of objects (each object has its own category
-word, like apple -> fruit). Solving an item takes two skills:
+Every language renders the same underlying questions from one concept inventory: people,
+objects, four categories (each object belongs to one category, like apple -> fruit) and a few
+function words. A passage is about one category: each of its sentences pairs a person with the
+thing that person likes ("mabo teka. sinu rako. ..."), and every object in it belongs to that
+category. The question asks what kind of thing one of these people likes; the four options are
+the category words, always in the same order, so the answer label *is* the passage's category.
+Solving an item takes
 
-- a task-format skill that is the same in every language (find the person in the passage, take
-  the object that follows, answer with a label), and
-- a lexical skill that is language-specific (which category word belongs to which object).
+- a format skill that is the same in every language (answer with one of the labels), and
+- a lexical skill that is language-specific: which category each object word belongs to. The
+  training data teaches it for the base language's words; nothing else in an item reveals it.
 
 A language declares how much of its vocabulary it shares with the base language (the first one
-listed). A related language (overlap near 1) reuses the base words, so a model fine-tuned on the
-base language can transfer the lexical skill; a control language (overlap 0, disjoint alphabet)
-shares no word and not even a letter, so only the format skill can transfer. That gives the
-whole pipeline a positive and a negative control.
+listed): `overlap` is the share of concepts whose word equals the base word. A related language
+(overlap near 1) reuses most object words, so a model fine-tuned on the base language can answer
+its questions; a language with overlap 0 shares no word (with `alphabet: "disjoint"` not even a
+letter), so only the format can transfer. Related languages against overlap-0 controls make
+the whole pipeline's positive control (specs/smoke.json); overlap 0 on both sides its negative
+control (specs/smoke-null.json).
+
+Why this shape: the built-in tiny model (randomly initialised, QLoRA on a 4-bit base) learns
+word -> label associations within a smoke budget, but not a look-up skill such as "find the
+person in the passage and take the object after it" or "find the option whose text is this
+category word" (an earlier version of this set asked for both, and the model gained nothing
+anywhere). So the options are fixed and a passage has one topic. And its sentences have no verb:
+with "mabo likes teka." the model learnt to read the word after "likes", and a related language
+that happened not to share "likes" lost most of the transfer (24 drawn related languages with
+overlap 0.85: the smallest gain +5 points with the verb, +43 without).
 """
 
 from __future__ import annotations
@@ -30,10 +45,11 @@ ALPHABETS = {
     "disjoint": ("fvzhjwcqxy", "äöüåø"),
 }
 
-# Size of the concept inventory behind every language.
+# Size of the concept inventory behind every language. The categories are the four options.
 N_PEOPLE = 12
-N_OBJECTS = 16
-FUNCTION_WORDS = ("likes", "what", "does", "like")
+N_CATEGORIES = 4
+FUNCTION_WORDS = ("what", "kind", "of", "thing", "does", "like")
+MAX_FACTS_PER_PASSAGE = 6  # at most N_PEOPLE: each fact has its own person
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,29 @@ class SyntheticLanguage:
     code: str
     overlap: float = 1.0
     alphabet: str = "shared"
+
+
+def shape_problems(questions_per_passage: int, facts_per_passage: int, objects_per_category: int) -> list[tuple[str, str]]:
+    """(field, message) for each size that cannot make a passage; empty when they all can."""
+    problems = []
+    if not 1 <= facts_per_passage <= MAX_FACTS_PER_PASSAGE:
+        problems.append(("facts_per_passage",
+                         f"facts_per_passage must be between 1 and {MAX_FACTS_PER_PASSAGE}, got {facts_per_passage}"))
+    if not 1 <= questions_per_passage <= facts_per_passage:
+        problems.append(("questions_per_passage", f"questions_per_passage ({questions_per_passage}) must be between 1 "
+                                                  f"and facts_per_passage ({facts_per_passage})"))
+    if objects_per_category < facts_per_passage:
+        problems.append(("objects_per_category", f"objects_per_category ({objects_per_category}) must be at least "
+                                                 f"facts_per_passage ({facts_per_passage}): a passage names distinct "
+                                                 "objects of one category"))
+    return problems
+
+
+def check_shape(questions_per_passage: int, facts_per_passage: int, objects_per_category: int) -> None:
+    """Raise ValueError naming the first size that cannot make a passage."""
+    problems = shape_problems(questions_per_passage, facts_per_passage, objects_per_category)
+    if problems:
+        raise ValueError(problems[0][1])
 
 
 def _syllables(alphabet: str) -> list[str]:
@@ -60,21 +99,21 @@ def _new_word(rng: random.Random, alphabet: str, taken: set[str]) -> str:
             return word
 
 
-def _concepts() -> list[str]:
+def _concepts(n_objects: int) -> list[str]:
     return (
         [f"person{i}" for i in range(N_PEOPLE)]
-        + [f"object{i}" for i in range(N_OBJECTS)]
-        + [f"category{i}" for i in range(N_OBJECTS)]
+        + [f"object{i}" for i in range(n_objects)]
+        + [f"category{i}" for i in range(N_CATEGORIES)]
         + list(FUNCTION_WORDS)
     )
 
 
-def build_lexicons(languages: list[SyntheticLanguage], seed: int) -> dict[str, dict[str, str]]:
+def build_lexicons(languages: list[SyntheticLanguage], seed: int, objects_per_category: int = 8) -> dict[str, dict[str, str]]:
     """Concept -> word for every language. The first language is the base; each other language
     keeps the base word for a seeded `overlap` share of concepts and coins new words for the rest."""
     base, *others = languages
     rng = random.Random(f"lexicon:{seed}")
-    concepts = _concepts()
+    concepts = _concepts(N_CATEGORIES * objects_per_category)
     taken: set[str] = set()
     lexicons = {base.code: {c: _new_word(rng, base.alphabet, taken) for c in concepts}}
     for lang in others:
@@ -87,61 +126,59 @@ def build_lexicons(languages: list[SyntheticLanguage], seed: int) -> dict[str, d
     return lexicons
 
 
+def object_categories(seed: int, objects_per_category: int = 8) -> list[int]:
+    """Category of each object (a seeded, balanced assignment: the facts training teaches)."""
+    n_objects = N_CATEGORIES * objects_per_category
+    order = list(range(n_objects))
+    random.Random(f"categories:{seed}").shuffle(order)
+    categories = [0] * n_objects
+    for rank, obj in enumerate(order):
+        categories[obj] = rank % N_CATEGORIES
+    return categories
+
+
 @dataclass(frozen=True)
 class _Question:
-    """A language-independent question: facts (person, object) pairs, the asked fact, options."""
+    """A language-independent question: the passage's (person, object) facts, the asked fact
+    and the passage's category (the gold option: the options are the categories in order)."""
 
     passage_id: str
     question_id: str
     facts: tuple[tuple[int, int], ...]
     asked: int
-    options: tuple[int, ...]
-    gold: int
+    category: int
 
 
-def _questions(n_passages: int, questions_per_passage: int, facts_per_passage: int, seed: int) -> list[_Question]:
+def _questions(n_passages: int, questions_per_passage: int, facts_per_passage: int, objects_per_category: int,
+               seed: int) -> list[_Question]:
     rng = random.Random(f"questions:{seed}")
+    categories = object_categories(seed, objects_per_category)
+    members = [[o for o, c in enumerate(categories) if c == k] for k in range(N_CATEGORIES)]
+    # Each category is the topic of an equal share of passages (as near as n_passages allows),
+    # so every label is gold equally often and a constant answer earns chance, nothing more.
+    topics = [p % N_CATEGORIES for p in range(n_passages)]
+    rng.shuffle(topics)
     questions = []
-    for p in range(n_passages):
-        people = rng.sample(range(N_PEOPLE), facts_per_passage)
-        objects = rng.sample(range(N_OBJECTS), facts_per_passage)
-        facts = tuple(zip(people, objects))
+    for p, topic in enumerate(topics):
+        facts = tuple(zip(rng.sample(range(N_PEOPLE), facts_per_passage), rng.sample(members[topic], facts_per_passage)))
         for q, asked in enumerate(rng.sample(range(facts_per_passage), questions_per_passage)):
-            answer = facts[asked][1]
-            # Distractors: the other objects of the passage first (so copying any object from the
-            # passage is not enough), then objects from outside it.
-            in_passage = [o for _, o in facts if o != answer]
-            outside = [o for o in range(N_OBJECTS) if o not in objects]
-            distractors = (rng.sample(in_passage, min(2, len(in_passage))) + rng.sample(outside, 3))[:3]
-            options = [answer, *distractors]
-            rng.shuffle(options)
-            questions.append(
-                _Question(
-                    passage_id=f"syn-p{p:04d}",
-                    question_id=f"syn-p{p:04d}#{q + 1}",
-                    facts=facts,
-                    asked=asked,
-                    options=tuple(options),
-                    gold=options.index(answer),
-                )
-            )
+            questions.append(_Question(f"syn-p{p:04d}", f"syn-p{p:04d}#{q + 1}", facts, asked, topic))
     return questions
 
 
 def _render(question: _Question, lexicon: dict[str, str], code: str) -> MCItem:
     w = lexicon
-    passage = " ".join(f"{w[f'person{p}']} {w['likes']} {w[f'object{o}']}." for p, o in question.facts)
+    passage = " ".join(f"{w[f'person{p}']} {w[f'object{o}']}." for p, o in question.facts)
     person = question.facts[question.asked][0]
-    text = f"{w['what']} {w['does']} {w[f'person{person}']} {w['like']}?"
-    options = tuple(w[f"category{o}"] for o in question.options)
+    text = f"{w['what']} {w['kind']} {w['of']} {w['thing']} {w['does']} {w[f'person{person}']} {w['like']}?"
     return MCItem(
         question_id=question.question_id,
         passage_id=question.passage_id,
         language=code,
         passage=passage,
         question=text,
-        options=options,
-        gold=question.gold,
+        options=tuple(w[f"category{k}"] for k in range(N_CATEGORIES)),
+        gold=question.category,
     )
 
 
@@ -151,12 +188,12 @@ def generate(
     questions_per_passage: int = 2,
     facts_per_passage: int = 3,
     seed: int = 0,
+    objects_per_category: int = 8,
 ) -> dict[str, list[MCItem]]:
     """Parallel items for every language: the same question ids, facts and gold index in each."""
-    if not 1 <= questions_per_passage <= facts_per_passage:
-        raise ValueError("questions_per_passage must be between 1 and facts_per_passage")
-    lexicons = build_lexicons(languages, seed)
-    questions = _questions(n_passages, questions_per_passage, facts_per_passage, seed)
+    check_shape(questions_per_passage, facts_per_passage, objects_per_category)
+    lexicons = build_lexicons(languages, seed, objects_per_category)
+    questions = _questions(n_passages, questions_per_passage, facts_per_passage, objects_per_category, seed)
     return {lang.code: [_render(q, lexicons[lang.code], lang.code) for q in questions] for lang in languages}
 
 
