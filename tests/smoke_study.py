@@ -22,19 +22,23 @@ ALPHA = 0.05  # ... with a Holm-adjusted p below this
 MIN_GAIN_DIFFERENCE = 0.15  # mean control gain at least 15 points below the mean related gain
 
 
-def seed_variant(raw: dict, seed: int) -> dict:
-    """The spec `raw` with its data, split and training seeds all set to `seed`, named apart."""
+def seed_variant(raw: dict, seed: int, conditions: list[str] | None = None) -> dict:
+    """The spec `raw` with its data, split and training seeds all set to `seed`, named apart;
+    `conditions`, when given, replaces the spec's (the baseline and fine-tuned cells, and so the
+    criteria, do not depend on which other conditions run beside them)."""
     raw = copy.deepcopy(raw)
     raw["data"]["source"]["seed"] = seed
     raw["data"]["split"]["seed"] = seed
     raw["seeds"] = [seed]
     raw["name"] = f"{raw['name']}-seed{seed}"
     raw.pop("experiment", None)
+    if conditions is not None:
+        raw["conditions"] = list(conditions)
     return raw
 
 
-def write_seed_variant(spec_path: Path, seed: int, out_dir: Path) -> Path:
-    raw = seed_variant(json.loads(Path(spec_path).read_text()), seed)
+def write_seed_variant(spec_path: Path, seed: int, out_dir: Path, conditions: list[str] | None = None) -> Path:
+    raw = seed_variant(json.loads(Path(spec_path).read_text()), seed, conditions)
     return write_variant(raw, Path(out_dir) / f"{raw['name']}.json")
 
 
@@ -62,11 +66,10 @@ class Findings:
     related_gains: dict[str, float]
     control_gains: dict[str, float]
     holm_p: dict[str, float]
-    gap_estimate: float
-    gap_scale: str
+    gap_estimate: float  # related minus control mean gain (compare's default raw scale)
     gap_ci: tuple[float, float]
     gap_perm_p: float
-    gap_raw: float
+    gap_conclusion: str  # the report's rule: above | below | none | inconclusive | refused
     gap_summary: str
 
     @property
@@ -83,6 +86,8 @@ class Findings:
 
 def findings(report: dict, condition: str = CONDITION) -> Findings:
     """Findings from the JSON report of `relxfer compare --format json` (one model, one seed)."""
+    if report["scale"] != "raw":  # the criteria are in accuracy points
+        raise ValueError(f"expected a report on the raw scale, not {report['scale']!r}")
     gains = [g for g in report["gains"] if g["condition"] == condition]
     gap = report["analyses"][f"family_gap[{condition}]"]
     return Findings(
@@ -90,10 +95,9 @@ def findings(report: dict, condition: str = CONDITION) -> Findings:
         control_gains={g["language"]: g["gain"] for g in gains if g["role"] == "control"},
         holm_p={g["language"]: g["p_holm"] for g in gains},
         gap_estimate=gap["estimate"],
-        gap_scale=gap["scale"],
         gap_ci=(gap["ci_low"], gap["ci_high"]),
         gap_perm_p=gap["perm_p_value"],
-        gap_raw=gap["raw_gap"],
+        gap_conclusion=gap["conclusion"],
         gap_summary=gap["summary"],
     )
 
@@ -111,6 +115,8 @@ def smoke_failures(f: Findings) -> list[str]:
         failures.append(f"family-gap interval {f.gap_ci} does not lie above 0")
     if not f.gap_perm_p < ALPHA:
         failures.append(f"family-gap permutation p {f.gap_perm_p:.3g} is not below {ALPHA}")
+    if f.gap_conclusion != "above":
+        failures.append(f"the report's verdict on the family gap is {f.gap_conclusion!r}, not 'above'")
     return failures
 
 

@@ -175,19 +175,19 @@ def test_design_factors_are_params_for_the_compare_runs_page(smoke_study):
 def test_the_main_job_finds_the_planted_transfer(smoke_study, mlflow_server, tmp_path):
     """Issue 13 on the README's main job (seed 0): every related language gains at least 20
     points (Holm p < 0.05), controls gain at least 15 points less on average, and the family gap's
-    interval lies above 0 with a permutation p below 0.05; the report says so in words and the
-    per-language gain plot is written."""
-    args = ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri, "--no-log"]
-    report = CliRunner().invoke(main, [*args, "--format", "json"])
-    assert report.exit_code == 0, report.output
-    found = findings(json.loads(report.output))
+    interval lies above 0 with a permutation p below 0.05; the printed report says so in words
+    and the family-gap plot is written."""
+    args = ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri, "--no-log", "--out", str(tmp_path)]
+    text = CliRunner().invoke(main, args)
+    assert text.exit_code == 0, text.output
+    found = findings(json.loads((tmp_path / "report.json").read_text()))
     assert len(found.related_gains) == len(found.control_gains) == 5
     assert smoke_failures(found) == [], found.gap_summary
-    assert "related languages gained more than controls" in found.gap_summary
-    text = CliRunner().invoke(main, [*args, "--out", str(tmp_path)])
-    assert text.exit_code == 0, text.output
-    assert found.gap_summary in text.output
-    assert (tmp_path / "language_gains_finetuned.png").stat().st_size > 0
+    low, high = (f"{100 * x:+.1f}" for x in found.gap_ci)
+    assert f"related languages gained {100 * found.gap_estimate:.1f} points more than controls (95% CI {low} to {high} points): " \
+        f"a finding: related languages gained more (exact permutation p = {found.gap_perm_p:.3f})" in found.gap_summary
+    assert " ".join(found.gap_summary.split()) in " ".join(text.output.split())  # printed, wrapped
+    assert (tmp_path / "family_gap_finetuned.png").stat().st_size > 0
 
 
 def test_rerun_with_nothing_to_do_adds_no_run(smoke_study, mlflow_server, relxfer_cache, tmp_path):

@@ -1,11 +1,14 @@
 """The science works end to end (issue 13): the smoke study plants a transfer effect that the
-pipeline finds, and its null twin plants none and the pipeline finds none.
+pipeline finds on another data and training seed than the README's main job, and its null twin
+plants none and the pipeline finds none.
 
-Each study runs for real (a QLoRA fine-tune of the built-in tiny model, baseline, fine-tuned and
-chain-of-thought scoring) against the real tracking server, and the criteria are read from
-`relxfer compare --format json` (tests/smoke_study.py). Seed 0 of specs/smoke.json is the
-README's main job, checked in tests/test_end_to_end.py; here two more data and training seeds
-of it, and specs/smoke-null.json. bench/smoke_seeds.py runs seeds 0 to 4 of both.
+Each study runs for real (a QLoRA fine-tune of the built-in tiny model, baseline and fine-tuned
+scoring of every language) against the real tracking server, and the criteria are read from
+`relxfer compare --format json` (tests/smoke_study.py). The criteria concern the fine-tuned
+condition only, so these variants leave out the chain-of-thought cells (their baseline and
+fine-tuned cells are the ones the full spec runs). Seed 0 of specs/smoke.json, CoT included, is
+the README's main job, checked in tests/test_end_to_end.py; bench/smoke_seeds.py runs seeds 0 to
+4 of both specs (results in bench/results/smoke_seeds.json).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .smoke_study import findings, null_failures, smoke_failures, write_seed_var
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "specs" / "smoke.json"
 NULL = REPO / "specs" / "smoke-null.json"
+CONDITIONS = ["baseline", "finetuned"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +35,7 @@ def study(mlflow_server, relxfer_cache, tmp_path_factory):
     specs = tmp_path_factory.mktemp("specs")
 
     def run(spec: Path, seed: int):
-        variant = write_seed_variant(spec, seed, specs)
+        variant = write_seed_variant(spec, seed, specs, CONDITIONS)
         done = CliRunner().invoke(
             main, ["run", str(variant), "--tracking-uri", mlflow_server.uri, "--cache-dir", str(relxfer_cache), "--no-progress"]
         )
@@ -46,9 +50,8 @@ def study(mlflow_server, relxfer_cache, tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_smoke_study_finds_the_planted_transfer(study, seed):
-    found = study(SMOKE, seed)
+def test_smoke_study_finds_the_planted_transfer_on_another_seed(study):
+    found = study(SMOKE, 1)
     assert len(found.related_gains) == len(found.control_gains) == 5
     assert smoke_failures(found) == [], found.gap_summary
 
@@ -57,7 +60,4 @@ def test_null_twin_finds_no_family_gap(study):
     found = study(NULL, 0)
     assert len(found.related_gains) == len(found.control_gains) == 5
     assert null_failures(found) == [], found.gap_summary
-    # Nothing the training taught is in any evaluation language: no gain survives Holm, and the
-    # two groups gain alike (well within the 15 points the smoke study must separate them by).
-    assert min(found.holm_p.values()) >= 0.05, found.holm_p
-    assert abs(found.mean_related_gain - found.mean_control_gain) < 0.15
+    assert found.gap_conclusion == "none", found.gap_summary
