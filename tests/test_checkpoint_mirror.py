@@ -22,15 +22,15 @@ def write_checkpoint(work: Path, step: int) -> Path:
     return directory
 
 
-def new_run(tracker: Tracker) -> str:
-    experiment = tracker.experiment_id("mirror-test")
-    return tracker.client.create_run(experiment).info.run_id
+def new_mirror(uri: str) -> tuple[Tracker, str, CheckpointMirror]:
+    """A fresh run on the server and the mirror of its checkpoints."""
+    tracker = Tracker(uri)
+    run_id = tracker.client.create_run(tracker.experiment_id("mirror-test")).info.run_id
+    return tracker, run_id, CheckpointMirror(tracker, run_id)
 
 
 def test_upload_supersede_skip_and_restore(mlflow_server, tmp_path):
-    tracker = Tracker(mlflow_server.uri)
-    run_id = new_run(tracker)
-    mirror = CheckpointMirror(tracker, run_id)
+    tracker, run_id, mirror = new_mirror(mlflow_server.uri)
     work = tmp_path / "work"
 
     mirror.upload(2, write_checkpoint(work, 2))
@@ -58,9 +58,7 @@ def test_upload_supersede_skip_and_restore(mlflow_server, tmp_path):
 
 def test_a_checkpoint_without_its_state_file_is_not_restored(mlflow_server, tmp_path):
     """state.json goes last: a checkpoint cut short before it counts as absent."""
-    tracker = Tracker(mlflow_server.uri)
-    run_id = new_run(tracker)
-    mirror = CheckpointMirror(tracker, run_id)
+    tracker, run_id, mirror = new_mirror(mlflow_server.uri)
     work = tmp_path / "work"
     mirror.upload(2, write_checkpoint(work, 2))
     partial = write_checkpoint(work, 4)
