@@ -18,7 +18,7 @@ What it does, as a user would from the README:
 Needs: `apt-get install -y chromium` and `pip install -e ".[ui]"` (Playwright's Python package;
 its own browser download is not used). Run from the repository root:
 
-    python bench/ui_screenshots.py --out bench/results/ui --readme docs/img
+    python bench/ui_screenshots.py --out /tmp/relxfer-ui --readme bench/results/ui
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "relxfer-out" / "ui", help="where the PNGs go")
     parser.add_argument("--store", type=Path, help="keep the server's store here (a study already in it is reused)")
     parser.add_argument("--screenshots-only", action="store_true", help="with --store: only take the screenshots")
-    parser.add_argument("--readme", type=Path, help="also write the README's cropped pictures here (docs/img)")
+    parser.add_argument("--readme", type=Path, help="also write the README's cropped pictures here (bench/results/ui)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="relxfer-ui-") as tmp:
         store = args.store or Path(tmp) / "store"
