@@ -24,6 +24,7 @@ import numpy as np
 from ..engines import EngineContext
 from ..spec import FINETUNE_CONDITIONS
 from .base import Adapter
+from .tokenization import TokenizerMethods
 from .tinker_client import TinkerError, call, check_base_model, check_environment, run_all, sdk, sdk_version, \
     service_client, supports
 
@@ -106,7 +107,7 @@ class TinkerEngine:
         self._client = None
 
 
-class TinkerBackend:
+class TinkerBackend(TokenizerMethods):
     """`relxfer.backends.base.Backend` over a Tinker sampling client."""
 
     def __init__(self, sampling_client, tokenizer, config: dict, name: str = "tinker", base_model: str | None = None):
@@ -121,29 +122,6 @@ class TinkerBackend:
         self.retries = int(config.get("max_retries", 3))
         self.max_in_flight = int(config.get("max_in_flight", 32))
         self.targeted = supports(type(sampling_client).sample, "target_prompt_logprobs")
-        self._last_context: tuple[str, list[int]] | None = None
-
-    # -- tokenization: the local backend's rules, the model's own tokenizer --------------------
-
-    def encode(self, text: str) -> list[int]:
-        from .local import tok_encode
-
-        return tok_encode(self.tokenizer, text, self.add_bos_token)
-
-    def split_continuation(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        from .local import encode_pair
-
-        return encode_pair(self.tokenizer, context, continuation, self.add_bos_token, self._encode_context)
-
-    def _encode_context(self, context: str) -> list[int]:
-        if self._last_context is None or self._last_context[0] != context:
-            self._last_context = (context, self.encode(context))
-        return list(self._last_context[1])
-
-    def chat(self, text: str) -> str:
-        from .local import render_chat
-
-        return render_chat(self.tokenizer, text, self.add_bos_token, self.name)
 
     # -- scoring ----------------------------------------------------------------------------------
 
