@@ -9,9 +9,9 @@ What it does:
    (7 models, 3 Semitic + 3 non-Semitic languages, baseline / finetuned / cot, 100 held-out
    questions) with as many fine-tuning seeds as it takes to reach --runs evaluation runs
    (46 seeds: 7 x 6 x (1 baseline + 1 cot + 46 finetuned) = 2,016 runs). Each cell is run by
-   `relxfer.cell_run.CellRunner.evaluate` (the per-cell code of every executor) on an engine
+   `relxfer.run.cell.CellRunner.evaluate` (the per-cell code of every executor) on an engine
    serving a scripted backend whose answers come from
-   `relxfer.compare.simulate.simulate_study`, so tags, params, data set inputs, metrics and the
+   `tests.support.simulate.simulate_study`, so tags, params, data set inputs, metrics and the
    `predictions.json` table are exactly what `relxfer run` logs; the parent run gets the
    runner's `cells.json` table, so `--parent` works too. Cells run in parallel client threads
    (population time is reported, not the target);
@@ -55,15 +55,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from relxfer.compare.simulate import simulate_study  # noqa: E402
 from relxfer.data.items import MCItem  # noqa: E402
-from relxfer.data.study import StudyData  # noqa: E402
-from relxfer.plan import COT_CONDITIONS, plan  # noqa: E402
-from relxfer.backends.base import Adapter  # noqa: E402
-from relxfer.cell_run import CellRunner, StudyContext  # noqa: E402
-from relxfer.runner import StudyRunner  # noqa: E402
-from relxfer.spec import load_spec  # noqa: E402
-from relxfer.tracking import CELLS_TABLE, PREDICTIONS_TABLE, TAG, Tracker  # noqa: E402
+from relxfer.evaluate.base import Adapter  # noqa: E402
+from relxfer.plan.cells import COT_CONDITIONS, plan  # noqa: E402
+from relxfer.plan.study_data import StudyData  # noqa: E402
+from relxfer.run.cell import CellRunner, StudyContext  # noqa: E402
+from relxfer.run.runner import StudyRunner  # noqa: E402
+from relxfer.spec.load import load_spec  # noqa: E402
+from relxfer.tracking.client import CELLS_TABLE, PREDICTIONS_TABLE, TAG, Tracker  # noqa: E402
+from tests.support.simulate import simulate_study  # noqa: E402
 
 FULL_SPEC = REPO / "specs" / "full.json"
 FIXED_CELLS = 2  # seedless evaluation cells per model x language: baseline and cot
@@ -71,6 +71,7 @@ QID = re.compile(r"\[\[(q\d+)\]\]")
 
 
 # --- the study ---------------------------------------------------------------------------------
+
 
 def seeds_for(runs: int, n_models: int, n_languages: int = 6) -> int:
     """Fine-tuning seeds that bring the evaluation cells of the design to at least `runs`."""
@@ -90,7 +91,7 @@ def write_spec(path: Path, experiment: str, n_models: int = 7, n_seeds: int = 1)
 
 
 class ScriptedEngine:
-    """An evaluation engine (relxfer.backends.base.EvaluationEngine) serving one scripted backend."""
+    """An evaluation engine (relxfer.evaluate.base.EvaluationEngine) serving one scripted backend."""
 
     kind = "scripted"
 
@@ -179,8 +180,17 @@ class _Recording(Tracker):
         super().log_table(run_id, records, artifact_file)
 
 
-def populate(uri: str, experiment: str, runs: int = 2000, n_models: int = 7, n_seeds: int | None = None,
-             n_questions: int = 100, workers: int = 8, workdir: Path | None = None, log=print) -> dict:
+def populate(
+    uri: str,
+    experiment: str,
+    runs: int = 2000,
+    n_models: int = 7,
+    n_seeds: int | None = None,
+    n_questions: int = 100,
+    workers: int = 8,
+    workdir: Path | None = None,
+    log=print,
+) -> dict:
     """Log a simulated study through the runner's code path. Returns parent_id, the planned
     evaluation cells, run_ids (cell key -> run id), tables (run id -> logged records),
     seconds, n_runs and n_seeds."""
@@ -192,8 +202,17 @@ def populate(uri: str, experiment: str, runs: int = 2000, n_models: int = 7, n_s
     cells = [c for c in plan(spec) if c.kind == "evaluate"]
     related = [lang for g in spec.groups if g.role == "related" for lang in g.languages]
     control = [lang for g in spec.groups if g.role == "control" for lang in g.languages]
-    sim = simulate_study(n_models=n_models, n_related=len(related), n_control=len(control), n_questions=n_questions,
-                         n_seeds=n_seeds, family_gap=0.0, finetune_gain=1.2, baseline_noise=0.3, seed=0)
+    sim = simulate_study(
+        n_models=n_models,
+        n_related=len(related),
+        n_control=len(control),
+        n_questions=n_questions,
+        n_seeds=n_seeds,
+        family_gap=0.0,
+        finetune_gain=1.2,
+        baseline_noise=0.3,
+        seed=0,
+    )
     model_names = {f"sim-m{i + 1}": m["name"] for i, m in enumerate(spec.models)}
     sim_langs = list(dict.fromkeys(sim["language"]))
     lang_names = dict(zip(sim_langs, related + control))
@@ -203,17 +222,36 @@ def populate(uri: str, experiment: str, runs: int = 2000, n_models: int = 7, n_s
 
     questions = by_cell[next(iter(by_cell))][["question_id", "passage_id", "gold"]].to_numpy().tolist()
     eval_items = {
-        lang: [MCItem(qid, pid, lang, f"Passage {pid} in {lang}.", f"[[{qid}]] What does the passage say?",
-                      ("one", "two", "three", "four"), int(gold)) for qid, pid, gold in questions]
+        lang: [
+            MCItem(
+                qid,
+                pid,
+                lang,
+                f"Passage {pid} in {lang}.",
+                f"[[{qid}]] What does the passage say?",
+                ("one", "two", "three", "four"),
+                int(gold),
+            )
+            for qid, pid, gold in questions
+        ]
         for lang in related + control
     }
-    data = StudyData(train_items=[], eval_items=eval_items, held_out_ids=[q[0] for q in questions],
-                     source="relxfer-bench://simulate_study", digest="bench", train_digest="bench",
-                     eval_digests={lang: f"bench-{lang}" for lang in eval_items})
+    data = StudyData(
+        train_items=[],
+        eval_items=eval_items,
+        held_out_ids=[q[0] for q in questions],
+        source="relxfer-bench://simulate_study",
+        digest="bench",
+        train_digest="bench",
+        eval_digests={lang: f"bench-{lang}" for lang in eval_items},
+    )
     tracker = _Recording(uri)
-    parent = tracker.start_parent(tracker.open_study(spec.experiment), run_name=spec.name,
-                                  tags={f"{TAG}kind": "study", f"{TAG}spec_hash": spec.hash, f"{TAG}spec_name": spec.name},
-                                  params={})
+    parent = tracker.start_parent(
+        tracker.open_study(spec.experiment),
+        run_name=spec.name,
+        tags={f"{TAG}kind": "study", f"{TAG}spec_hash": spec.hash, f"{TAG}spec_name": spec.name},
+        params={},
+    )
     runner = CellRunner(StudyContext(spec, tracker, parent, data, workdir / "cache", progress=False))
     labels = runner.builder.labels
     run_ids: dict[str, str] = {}
@@ -246,11 +284,19 @@ def populate(uri: str, experiment: str, runs: int = 2000, n_models: int = 7, n_s
     # As StudyRunner.run does at its end: the cells table, then the parent is FINISHED.
     tracker.log_table(parent.run_id, [StudyRunner.cell_row(o) for o in runner.outcomes], CELLS_TABLE)
     tracker.end(parent.run_id, "FINISHED")
-    return {"parent_id": parent.run_id, "cells": cells, "run_ids": run_ids, "tables": tracker.tables,
-            "seconds": time.perf_counter() - start, "n_runs": len(cells), "n_seeds": n_seeds}
+    return {
+        "parent_id": parent.run_id,
+        "cells": cells,
+        "run_ids": run_ids,
+        "tables": tracker.tables,
+        "seconds": time.perf_counter() - start,
+        "n_runs": len(cells),
+        "n_seeds": n_seeds,
+    }
 
 
 # --- measuring compare --------------------------------------------------------------------------
+
 
 def time_cli(uri: str, experiment: str) -> tuple[float, dict]:
     """Wall clock of the CLI as a user runs it; returns (seconds, parsed JSON report)."""
@@ -258,9 +304,23 @@ def time_cli(uri: str, experiment: str) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory(prefix="relxfer-compare-cwd-") as cwd:
         start = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-m", "relxfer.cli", "compare", "--experiment", experiment, "--tracking-uri", uri,
-             "--format", "json", "--no-log"],
-            cwd=cwd, env=env, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "relxfer.cli",
+                "compare",
+                "--experiment",
+                experiment,
+                "--tracking-uri",
+                uri,
+                "--format",
+                "json",
+                "--no-log",
+            ],
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         seconds = time.perf_counter() - start
     if result.returncode != 0:
@@ -291,10 +351,12 @@ def breakdown(uri: str, experiment: str) -> dict[str, float]:
     conditions = sorted(c for c in items["condition"].unique() if c != "baseline")
     steps = [("accuracy_table", lambda: stats.accuracy_table(items))]
     for c in conditions:
-        steps += [(f"paired_gains[{c}]", lambda c=c: stats.paired_gains(items, c)),
-                  (f"family_gap[{c}]", lambda c=c: stats.family_gap(items, c)),
-                  (f"baseline_gain[{c}]", lambda c=c: stats.baseline_gain(items, c)),
-                  (f"mixed_model[{c}]", lambda c=c: stats.mixed_model(items, c))]
+        steps += [
+            (f"paired_gains[{c}]", lambda c=c: stats.paired_gains(items, c)),
+            (f"family_gap[{c}]", lambda c=c: stats.family_gap(items, c)),
+            (f"baseline_gain[{c}]", lambda c=c: stats.baseline_gain(items, c)),
+            (f"mixed_model[{c}]", lambda c=c: stats.mixed_model(items, c)),
+        ]
     if {"finetuned", "cot"} <= set(conditions):
         steps.append(("task_alignment", lambda: stats.task_alignment(items)))
     for name, step in steps:
@@ -330,17 +392,26 @@ def main(argv=None) -> int:
             server = MlflowServer(root).start(timeout=300)  # a busy shared machine starts it slowly
             uri = server.uri
             print(f"mlflow server {uri} (store {root})", flush=True)
-            study = populate(uri, args.experiment, runs=args.runs, n_models=args.models, workers=args.workers,
-                             workdir=root)
-            print(f"populate: {study['n_runs']} evaluation runs x 100 items ({args.models} models x 6 languages, "
-                  f"{study['n_seeds']} seeds) in {study['seconds']:.1f} s with {args.workers} threads", flush=True)
+            study = populate(
+                uri, args.experiment, runs=args.runs, n_models=args.models, workers=args.workers, workdir=root
+            )
+            print(
+                f"populate: {study['n_runs']} evaluation runs x 100 items ({args.models} models x 6 languages, "
+                f"{study['n_seeds']} seeds) in {study['seconds']:.1f} s with {args.workers} threads",
+                flush=True,
+            )
         seconds, report = time_cli(uri, args.experiment)
         n_cells = len(report["accuracy"])
-        print(f"relxfer compare --format json --no-log: {seconds:.1f} s end to end "
-              f"({n_cells} accuracy rows, {len(report['gains'])} paired gains)", flush=True)
+        print(
+            f"relxfer compare --format json --no-log: {seconds:.1f} s end to end "
+            f"({n_cells} accuracy rows, {len(report['gains'])} paired gains)",
+            flush=True,
+        )
         if not args.no_breakdown:
             for name, value in breakdown(uri, args.experiment).items():
-                print(f"  {name:<40} {value:>8,}" if name == "item rows" else f"  {name:<40} {value:8.2f} s", flush=True)
+                print(
+                    f"  {name:<40} {value:>8,}" if name == "item rows" else f"  {name:<40} {value:8.2f} s", flush=True
+                )
         print(f"target: < 60 s -> {'met' if seconds < 60 else 'NOT met'}")
     finally:
         if server is not None:

@@ -3,8 +3,8 @@ after issue 12, with hundreds of studies per scenario.
 
     python bench/compare_simulations.py [--studies 300] [--out bench/results/compare_simulations.json]
 
-Each study is simulated in the runner's logged format (relxfer.compare.simulate: records as
-`relxfer.evaluate.make_records` writes them, tags as the runner sets them, assembled by
+Each study is simulated in the runner's logged format (tests.support.simulate: records as
+`relxfer.evaluate.loop.make_records` writes them, tags as the runner sets them, assembled by
 relxfer.compare.frame) and analysed by the same functions `relxfer compare` calls. Design
 (issue 12's audit): 2 models x 8 languages (4 related, 4 control), 100 questions as 20 passages
 x 5, each run's answers correlated within a passage (latent correlation 0.3), true gains
@@ -37,13 +37,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from relxfer.compare.simulate import simulate_points_study  # noqa: E402
 from relxfer.compare.stats import baseline_gain, family_gap, mcnemar_test, paired_gains  # noqa: E402
 from relxfer.compare.stats.common import conclusion  # noqa: E402
 from relxfer.compare.stats.data import cell_table, on_scale, paired_wide, validate_items  # noqa: E402
 from relxfer.compare.stats.family_fits import fit_corrected, fit_ols  # noqa: E402
 from relxfer.compare.stats.measurement import error_moments  # noqa: E402
 from relxfer.compare.stats.permutation import permutation_p  # noqa: E402
+from tests.support.simulate import simulate_points_study  # noqa: E402
 
 SIX_MODELS = dict(n_models=6, model_baselines=list(np.linspace(0.30, 0.70, 6)), gain=0.25)
 FAMILY = {
@@ -64,8 +64,12 @@ def family_methods(items) -> dict:
     cells["related"] = (cells["role"] == "related").astype(float)
     out = {
         "after: unadjusted": (after.estimate, after.ci_low, after.ci_high, after.perm_p_value),
-        "sensitivity: cross-fitted": (after.adjusted_estimate, after.adjusted_ci_low, after.adjusted_ci_high,
-                                      after.adjusted_perm_p_value),
+        "sensitivity: cross-fitted": (
+            after.adjusted_estimate,
+            after.adjusted_ci_low,
+            after.adjusted_ci_high,
+            after.adjusted_perm_p_value,
+        ),
     }
     for scale in ("raw", "logit"):
         base = on_scale(cells["k_baseline"], cells["n"], scale)
@@ -76,8 +80,12 @@ def family_methods(items) -> dict:
     v, w = error_moments(wide, cells, "baseline", "finetuned")
     base = on_scale(cells["k_baseline"], cells["n"], "raw")
     eiv = fit_corrected(cells, on_scale(cells["k_finetuned"], cells["n"], "raw") - base, base, v, w)
-    out["rejected: errors-in-variables"] = (eiv.estimate, eiv.ci_low, eiv.ci_high,
-                                            permutation_p(eiv.betas, eiv.estimate)["perm_p_value"])
+    out["rejected: errors-in-variables"] = (
+        eiv.estimate,
+        eiv.ci_low,
+        eiv.ci_high,
+        permutation_p(eiv.betas, eiv.estimate)["perm_p_value"],
+    )
     out["_reliability"] = after.baseline_reliability
     return out
 
@@ -92,7 +100,9 @@ def summarise_family(rows: list[dict], truth: float) -> dict:
         summary[method] = {
             "mean_points": 100 * float(np.mean(estimate)) if "logit" not in method else None,
             "sd_points": 100 * float(np.std(estimate)) if "logit" not in method else None,
-            "coverage": float(np.mean((low <= truth) & (truth <= high))) if "logit" not in method or truth == 0 else None,
+            "coverage": float(np.mean((low <= truth) & (truth <= high)))
+            if "logit" not in method or truth == 0
+            else None,
             "interval_rejects": float(np.mean(interval)),
             "permutation_rejects": float(np.mean(perm < 0.05)),
             "rule_finds": float(np.mean(rule)),
@@ -108,29 +118,52 @@ def run_family(name, planted, studies, first_seed):
 def run_cells(rho, studies, first_seed) -> dict:
     mcnemar, signflip, covered = [], [], []
     for i in range(studies):
-        gains = paired_gains(simulate_points_study(passage_correlation=rho, seed=first_seed + i, **NO_GAIN), "finetuned")
+        gains = paired_gains(
+            simulate_points_study(passage_correlation=rho, seed=first_seed + i, **NO_GAIN), "finetuned"
+        )
         mcnemar += [mcnemar_test(b, c)[0] < 0.05 for b, c in zip(gains["b"], gains["c"])]
         signflip += (gains["p_value"] < 0.05).tolist()
         covered += ((gains["ci_low"] <= 0) & (0 <= gains["ci_high"])).tolist()
-    return {"cells": len(mcnemar), "before: McNemar false positives": float(np.mean(mcnemar)),
-            "after: passage sign-flip false positives": float(np.mean(signflip)),
-            "interval coverage": float(np.mean(covered))}
+    return {
+        "cells": len(mcnemar),
+        "before: McNemar false positives": float(np.mean(mcnemar)),
+        "after: passage sign-flip false positives": float(np.mean(signflip)),
+        "interval coverage": float(np.mean(covered)),
+    }
 
 
 def run_slope(slope, studies, first_seed) -> dict:
     rows = []
     for i in range(studies):
         r = baseline_gain(simulate_points_study(gain_slope=slope, seed=first_seed + i, **SIX_MODELS), n_splits=50)
-        rows.append((r.corrected_slope, r.corrected_slope_ci_low, r.corrected_slope_ci_high, r.split_half_slope,
-                     r.split_half_slope_ci_low, r.split_half_slope_ci_high, r.naive_slope, r.naive_slope_ci_low,
-                     r.naive_slope_ci_high, r.detectable_slope, r.baseline_reliability))
+        rows.append(
+            (
+                r.corrected_slope,
+                r.corrected_slope_ci_low,
+                r.corrected_slope_ci_high,
+                r.split_half_slope,
+                r.split_half_slope_ci_low,
+                r.split_half_slope_ci_high,
+                r.naive_slope,
+                r.naive_slope_ci_low,
+                r.naive_slope_ci_high,
+                r.detectable_slope,
+                r.baseline_reliability,
+            )
+        )
     a = np.array(rows, dtype=float)
-    out = {"detectable_slope_median": float(np.median(a[:, 9])), "baseline_reliability_median": float(np.median(a[:, 10]))}
+    out = {
+        "detectable_slope_median": float(np.median(a[:, 9])),
+        "baseline_reliability_median": float(np.median(a[:, 10])),
+    }
     for j, method in enumerate(["after: corrected", "before: split-half", "naive"]):
         estimate, low, high = a[:, 3 * j], a[:, 3 * j + 1], a[:, 3 * j + 2]
-        out[method] = {"mean": float(np.mean(estimate)), "sd": float(np.std(estimate)),
-                       "coverage": float(np.mean((low <= slope) & (slope <= high))),
-                       "excludes_zero": float(np.mean((low > 0) | (high < 0)))}
+        out[method] = {
+            "mean": float(np.mean(estimate)),
+            "sd": float(np.std(estimate)),
+            "coverage": float(np.mean((low <= slope) & (slope <= high))),
+            "excludes_zero": float(np.mean((low > 0) | (high < 0))),
+        }
     return out
 
 

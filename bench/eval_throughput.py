@@ -55,14 +55,14 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relxfer.backends.local import DEFAULT_MIN_SHARED_PREFIX, LocalBackend  # noqa: E402
 from relxfer.data.belebele import load_belebele  # noqa: E402
-from relxfer.evaluate import evaluate_items  # noqa: E402
-from relxfer.lm_eval_tasks import write_belebele_tasks  # noqa: E402
+from relxfer.data.prompts import PromptBuilder  # noqa: E402
+from relxfer.evaluate.local_backend import DEFAULT_MIN_SHARED_PREFIX, LocalBackend  # noqa: E402
+from relxfer.evaluate.loop import evaluate_items  # noqa: E402
 from relxfer.models.loading import resolve_model, resolve_source  # noqa: E402
 from relxfer.models.packaged_gemma import BUILTIN_ID as GEMMA_ID  # noqa: E402
 from relxfer.models.tiny import BUILTIN_ID as TINY_ID  # noqa: E402
-from relxfer.prompts import PromptBuilder  # noqa: E402
+from tests.support.lm_eval_tasks import write_belebele_tasks  # noqa: E402
 
 DEFAULT_BELEBELE = Path(__file__).resolve().parents[2] / "shared" / "data" / "belebele"
 
@@ -117,7 +117,12 @@ def run_relxfer(backend: LocalBackend, belebele_dir: Path, languages: list[str],
     records = []
     for code in languages:
         items = data.items_by_language[code][:limit]
-        records += [(code, i, r) for i, r in enumerate(evaluate_items(backend, items, builder, batch_size=batch_size, progress=False).records)]
+        records += [
+            (code, i, r)
+            for i, r in enumerate(
+                evaluate_items(backend, items, builder, batch_size=batch_size, progress=False).records
+            )
+        ]
     seconds = time.perf_counter() - start
     del backend.split_continuation, backend.label_logprobs
     scores = {(code, i): [r[f"logprob_{label}"] for label in builder.labels] for code, i, r in records}
@@ -139,12 +144,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=Path(".relxfer-cache"))
     parser.add_argument(
-        "--model", default=TINY_ID,
+        "--model",
+        default=TINY_ID,
         help=f"a relxfer model source: {TINY_ID} (default), {GEMMA_ID} (pip install '.[gemma]') or a local transformers directory",
     )
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     parser.add_argument(
-        "--shared-prefix", type=int, default=DEFAULT_MIN_SHARED_PREFIX, metavar="N",
+        "--shared-prefix",
+        type=int,
+        default=DEFAULT_MIN_SHARED_PREFIX,
+        metavar="N",
         help=f"relxfer runs prompt prefixes of >= N shared tokens once (LocalBackend.min_shared_prefix, default {DEFAULT_MIN_SHARED_PREFIX}; 0: never)",
     )
     args = parser.parse_args()
@@ -152,16 +161,17 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
-    from lm_eval.models.huggingface import HFLM
-
     import lm_eval
+    from lm_eval.models.huggingface import HFLM
 
     model_dir = Path(resolve_source(resolve_model({"name": "bench", "source": args.model}), args.cache_dir))
     lm = HFLM(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=args.batch_size)
     # Both on their defaults: lm-eval 0.4.13 (PR #3347) encodes with the tokenizer's default
     # special tokens when add_bos_token is None, and so does relxfer's backend.
     backend = LocalBackend.load(
-        {"name": "bench", "source": str(model_dir), "dtype": "float32"}, None, args.cache_dir,
+        {"name": "bench", "source": str(model_dir), "dtype": "float32"},
+        None,
+        args.cache_dir,
         min_shared_prefix=args.shared_prefix or None,
     )
     add_bos = backend.add_bos_token
@@ -177,7 +187,9 @@ def main() -> None:
                 if name == "lm-eval":
                     total, inner, scores[name] = run_lm_eval(lm, task_dir, args.languages, args.limit)
                 else:
-                    total, inner, scores[name] = run_relxfer(backend, args.belebele_dir, args.languages, args.limit, args.batch_size)
+                    total, inner, scores[name] = run_relxfer(
+                        backend, args.belebele_dir, args.languages, args.limit, args.batch_size
+                    )
                 best[name] = min(best[name], (total, inner))
                 print(
                     f"round {round_ + 1} {name:8s} {total:7.2f} s end to end ({n_questions / total:6.1f} q/s), "

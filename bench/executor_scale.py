@@ -48,7 +48,7 @@ def log(line: str) -> None:
 
 def build_model(cache: Path) -> None:
     from relxfer.models.loading import load_tokenizer
-    from relxfer.spec import load_spec
+    from relxfer.spec.load import load_spec
 
     spec = load_spec(REPO / "specs" / "smoke.json")
     load_tokenizer(spec.models[0], cache)  # builds builtin:tiny-llama into the cache once
@@ -71,8 +71,19 @@ def run_study(name: str, workers: int, extra: list[str], spec: Path, uri: str, c
             env.pop("MLFLOW_RUN_ID", None)
             args = []
         env["PYTHONPATH"] = str(REPO)
-        command = [sys.executable, "-m", "relxfer.cli", "run", str(spec), "--tracking-uri", uri, "--cache-dir", str(cache),
-                   "--no-progress", *args]
+        command = [
+            sys.executable,
+            "-m",
+            "relxfer.cli",
+            "run",
+            str(spec),
+            "--tracking-uri",
+            uri,
+            "--cache-dir",
+            str(cache),
+            "--no-progress",
+            *args,
+        ]
         started_at = time.time()
         process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
         ended_at = time.time()
@@ -101,8 +112,9 @@ def breakdown(client: MlflowClient, experiment: str, started_at: float, ended_at
         "cells_makespan_s": last - first,
         "cell_time_sum_s": sum((r.info.end_time - r.info.start_time) / 1000 for r in cells),
         "finish_s": ended_at - last,
-        "finetune_s": sum((r.info.end_time - r.info.start_time) / 1000 for r in cells
-                          if r.data.tags["relxfer.kind"] == "finetune"),
+        "finetune_s": sum(
+            (r.info.end_time - r.info.start_time) / 1000 for r in cells if r.data.tags["relxfer.kind"] == "finetune"
+        ),
     }
 
 
@@ -127,8 +139,10 @@ def main() -> None:
             result = run_study(name, workers, extra, args.spec.resolve(), server.uri, cache, args.root)
             result["load_before"] = load
             results.append(result)
-            log(f"{name}: {result['wall_s']:.1f} s " + json.dumps({k: round(v, 1) for k, v in result.items()
-                                                                   if isinstance(v, float)}))
+            log(
+                f"{name}: {result['wall_s']:.1f} s "
+                + json.dumps({k: round(v, 1) for k, v in result.items() if isinstance(v, float)})
+            )
     finally:
         server.stop()
     local = next((r["wall_s"] for r in results if r["config"] == "local"), None)
@@ -140,8 +154,10 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'config':16} {'wall s':>8} {'vs local':>9} {'startup':>8} {'1st cell':>9} {'cells':>7} {'overlap':>8}")
     for r in results:
-        print(f"{r['config']:16} {r['wall_s']:8.1f} {r['speedup_vs_local'] or 0:9.2f} {r['startup_s']:8.1f} "
-              f"{r['first_cell_s']:9.1f} {r['cells_makespan_s']:7.1f} {r['cell_time_ratio']:8.2f}")
+        print(
+            f"{r['config']:16} {r['wall_s']:8.1f} {r['speedup_vs_local'] or 0:9.2f} {r['startup_s']:8.1f} "
+            f"{r['first_cell_s']:9.1f} {r['cells_makespan_s']:7.1f} {r['cell_time_ratio']:8.2f}"
+        )
 
 
 if __name__ == "__main__":

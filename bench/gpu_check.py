@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relxfer.backends.local import LocalBackend  # noqa: E402
 from relxfer.data.synthetic import SyntheticLanguage, generate  # noqa: E402
-from relxfer.finetune import train_lora  # noqa: E402
+from relxfer.evaluate.local_backend import LocalBackend  # noqa: E402
 from relxfer.models.tiny import BUILTIN_ID  # noqa: E402
+from relxfer.train import train_lora  # noqa: E402
 
 LABELS = [" 1", " 2", " 3", " 4"]
 
@@ -60,17 +60,19 @@ def fsdp_check(ranks, model, quant, finetune, examples, eval_items, single, sing
     predictions against the one-process GPU run."""
     from types import SimpleNamespace
 
-    from relxfer.engines import EngineContext
-    from relxfer.finetune import resolve_finetune
-    from relxfer.spec import section_defaults
-    from relxfer.trainers.base import TrainRequest
-    from relxfer.trainers.torchrun import TorchrunTrainer
+    from relxfer.spec.engines import EngineContext
+    from relxfer.spec.load import section_defaults
+    from relxfer.train import resolve_finetune
+    from relxfer.train.base import TrainRequest
+    from relxfer.train.torchrun_trainer import TorchrunTrainer
 
     config = section_defaults("torchrunFinetuneEngine", {"kind": "torchrun", "nproc_per_node": ranks})
     entry = {**model, "architecture": "dense", "engines": {"finetune": config}, "resources": {"gpus": ranks}}
     context = EngineContext(entry, SimpleNamespace(finetune=resolve_finetune(finetune)), cache)
     started = time.perf_counter()
-    result = TorchrunTrainer(config, context).train(TrainRequest(model, finetune, examples, work / "fsdp", 0, cache, False), lambda s, m: None)
+    result = TorchrunTrainer(config, context).train(
+        TrainRequest(model, finetune, examples, work / "fsdp", 0, cache, False), lambda s, m: None
+    )
     wall = time.perf_counter() - started
     backend = LocalBackend.load(model, quant, cache, adapter_dir=result.adapter_dir)
     lp, _, _ = score(backend, eval_items)
@@ -79,7 +81,9 @@ def fsdp_check(ranks, model, quant, finetune, examples, eval_items, single, sing
         "wall_s": round(wall, 1),
         "train_tokens_per_s": round(result.tokens_per_s),
         "peak_gpu_mib_largest_rank": round(result.peak_memory_mb, 1),
-        "max_loss_diff_vs_one_process": float(np.abs(np.array(result.loss_history) - np.array(single.loss_history)).max()),
+        "max_loss_diff_vs_one_process": float(
+            np.abs(np.array(result.loss_history) - np.array(single.loss_history)).max()
+        ),
         "predictions_equal": int((lp.argmax(1) == single_lp.argmax(1)).sum()),
         "predictions": len(eval_items),
     }
@@ -94,9 +98,13 @@ def main() -> int:
     parser.add_argument("--eval-items", type=int, default=600)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--min-agreement", type=float, default=0.95)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="model and 4-bit compute dtype")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="model and 4-bit compute dtype"
+    )
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: a temporary directory")
-    parser.add_argument("--fsdp-ranks", type=int, default=None, help="FSDP2 processes (default: 2 with 2 GPUs, else 1; 0 skips)")
+    parser.add_argument(
+        "--fsdp-ranks", type=int, default=None, help="FSDP2 processes (default: 2 with 2 GPUs, else 1; 0 skips)"
+    )
     args = parser.parse_args()
 
     if not torch.cuda.is_available():
@@ -116,7 +124,11 @@ def main() -> int:
     quant = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": args.dtype}
     gpu_model = {"name": "tiny", "source": BUILTIN_ID, "dtype": args.dtype, "device_map": "auto"}
     cpu_model = {**gpu_model, "device_map": "cpu"}
-    finetune = {"method": "qlora", "quantization": quant, "training": {"max_steps": args.steps, "batch_size": 8, "learning_rate": args.learning_rate}}
+    finetune = {
+        "method": "qlora",
+        "quantization": quant,
+        "training": {"max_steps": args.steps, "batch_size": 8, "learning_rate": args.learning_rate},
+    }
 
     started = time.perf_counter()
     result = train_lora(gpu_model, finetune, examples, work / "finetune", seed=0, cache_dir=cache, progress=False)
@@ -162,7 +174,9 @@ def main() -> int:
     }
     ranks = args.fsdp_ranks if args.fsdp_ranks is not None else min(2, torch.cuda.device_count())
     if ranks:
-        summary["fsdp"] = fsdp_check(ranks, gpu_model, quant, finetune, examples, eval_items, result, gpu_lp, cache, work)
+        summary["fsdp"] = fsdp_check(
+            ranks, gpu_model, quant, finetune, examples, eval_items, result, gpu_lp, cache, work
+        )
     print(json.dumps(summary, indent=2))
     if agreement < args.min_agreement:
         print(f"gpu_check: CPU/GPU agreement {agreement:.3f} is below {args.min_agreement}")

@@ -45,15 +45,15 @@ import numpy as np  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from relxfer.backends.openai_client import OpenAIClient  # noqa: E402
-from relxfer.backends.server_backend import ScoringState, ServerBackend  # noqa: E402
-from relxfer.backends.vllm_launch import VllmServer, free_port  # noqa: E402
 from relxfer.data.belebele import load_belebele  # noqa: E402
-from relxfer.evaluate import evaluate_items  # noqa: E402
-from relxfer.lm_eval_tasks import write_belebele_tasks  # noqa: E402
+from relxfer.data.prompts import PromptBuilder  # noqa: E402
+from relxfer.evaluate.loop import evaluate_items  # noqa: E402
+from relxfer.evaluate.server_backend import ScoringState, ServerBackend  # noqa: E402
 from relxfer.models.loading import load_tokenizer, resolve_model, resolve_source  # noqa: E402
 from relxfer.models.tiny import BUILTIN_ID as TINY_ID  # noqa: E402
-from relxfer.prompts import PromptBuilder  # noqa: E402
+from relxfer.services.openai_client import OpenAIClient  # noqa: E402
+from relxfer.services.vllm_launch import VllmServer, free_port  # noqa: E402
+from tests.support.lm_eval_tasks import write_belebele_tasks  # noqa: E402
 
 DEFAULT_BELEBELE = REPO.parent / "shared" / "data" / "belebele"
 SERVED = "bench"
@@ -69,8 +69,24 @@ def vllm_python() -> str:
 
 def start_server(model_dir: Path, log: Path) -> VllmServer:
     port = free_port()
-    argv = [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir), "--served-model-name", SERVED,
-            "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [
+        vllm_python(),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        SERVED,
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "2048",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     env = {"VLLM_SERVER_DEV_MODE": "1", "VLLM_CPU_KVCACHE_SPACE": "2"}
     return VllmServer(argv, port, log, startup_timeout_s=900, env=env).start(lambda line: print(line, flush=True))
 
@@ -86,13 +102,26 @@ def run_lm_eval(server: VllmServer, model_dir: Path, task_dir: Path, languages, 
     from lm_eval.models.openai_completions import LocalCompletionsAPI
     from lm_eval.tasks import TaskManager
 
-    lm = LocalCompletionsAPI(base_url=server.root_url + "/v1/completions", model=SERVED, tokenizer=str(model_dir),
-                             tokenizer_backend="huggingface", add_bos_token=True, num_concurrent=concurrency,
-                             batch_size=1, max_length=2048, max_retries=3)
+    lm = LocalCompletionsAPI(
+        base_url=server.root_url + "/v1/completions",
+        model=SERVED,
+        tokenizer=str(model_dir),
+        tokenizer_backend="huggingface",
+        add_bos_token=True,
+        num_concurrent=concurrency,
+        batch_size=1,
+        max_length=2048,
+        max_retries=3,
+    )
     start = time.perf_counter()
-    out = lm_eval.simple_evaluate(model=lm, tasks=[f"belebele_local_{code}" for code in languages],
-                                  task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-                                  limit=limit, log_samples=True, bootstrap_iters=0)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=[f"belebele_local_{code}" for code in languages],
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        limit=limit,
+        log_samples=True,
+        bootstrap_iters=0,
+    )
     seconds = time.perf_counter() - start
     scores = {}
     for code in languages:
@@ -142,11 +171,17 @@ def main() -> None:
                 for name in ("lm-eval", "relxfer"):
                     reset_prefix_cache(server)
                     if name == "lm-eval":
-                        seconds, scores[name] = run_lm_eval(server, model_dir, task_dir, args.languages, args.limit, args.concurrency)
+                        seconds, scores[name] = run_lm_eval(
+                            server, model_dir, task_dir, args.languages, args.limit, args.concurrency
+                        )
                     else:
-                        seconds, scores[name], mode = run_relxfer(server, tokenizer, args.belebele_dir, args.languages, args.limit, args.concurrency)
+                        seconds, scores[name], mode = run_relxfer(
+                            server, tokenizer, args.belebele_dir, args.languages, args.limit, args.concurrency
+                        )
                     best[name] = min(best[name], seconds)
-                    print(f"round {round_ + 1} {name:8s} {seconds:7.2f} s ({n_questions / seconds:6.2f} q/s)", flush=True)
+                    print(
+                        f"round {round_ + 1} {name:8s} {seconds:7.2f} s ({n_questions / seconds:6.2f} q/s)", flush=True
+                    )
         finally:
             server.stop()
             started = server.started_in_s

@@ -31,37 +31,57 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.smoke_study import findings, null_failures, smoke_failures, write_seed_variant  # noqa: E402
+from tests.smoke_study import (  # noqa: E402
+    findings,
+    null_failures,
+    smoke_failures,
+    write_seed_variant,
+)
 
 
 def relxfer(*args: str, env: dict, cwd: Path) -> subprocess.CompletedProcess:
     # cwd: a sqlite store keeps its artifacts in ./mlruns of the working directory
-    return subprocess.run([sys.executable, "-m", "relxfer.cli", *args], env=env, cwd=cwd, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "relxfer.cli", *args], env=env, cwd=cwd, capture_output=True, text=True
+    )
 
 
 def run_one(spec: Path, seed: int, uri: str, cache: Path, work: Path, env: dict, conditions: list[str] | None) -> dict:
     variant = write_seed_variant(spec, seed, work, conditions)
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    done = relxfer("run", str(variant), "--tracking-uri", uri, "--cache-dir", str(cache), "--no-progress", env=env, cwd=work)
+    done = relxfer(
+        "run", str(variant), "--tracking-uri", uri, "--cache-dir", str(cache), "--no-progress", env=env, cwd=work
+    )
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"relxfer run {variant} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
     name = json.loads(variant.read_text())["name"]
-    report = relxfer("compare", "--experiment", name, "--tracking-uri", uri, "--format", "json", "--no-log", env=env, cwd=work)
+    report = relxfer(
+        "compare", "--experiment", name, "--tracking-uri", uri, "--format", "json", "--no-log", env=env, cwd=work
+    )
     if report.returncode != 0:
         raise SystemExit(f"relxfer compare {name} failed:\n{report.stderr[-3000:]}")
     found = findings(json.loads(report.stdout))
     null = "null" in spec.stem
     failures = null_failures(found) if null else smoke_failures(found)
-    return {"spec": spec.name, "seed": seed, "wall_s": round(wall, 1), "load_before": load_before,
-            "load_after": os.getloadavg()[0], "criteria": "null" if null else "smoke", "failures": failures,
-            **asdict(found)}
+    return {
+        "spec": spec.name,
+        "seed": seed,
+        "wall_s": round(wall, 1),
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+        "criteria": "null" if null else "smoke",
+        "failures": failures,
+        **asdict(found),
+    }
 
 
-HEADER = ("| spec | seed | related gains (points) | mean | control gains (points) | mean | family gap, points [95% CI] "
-          "| permutation p | largest related Holm p | verdict | wall s | criteria |\n"
-          "|---|---:|---|---:|---|---:|---|---:|---:|---|---:|---|")
+HEADER = (
+    "| spec | seed | related gains (points) | mean | control gains (points) | mean | family gap, points [95% CI] "
+    "| permutation p | largest related Holm p | verdict | wall s | criteria |\n"
+    "|---|---:|---|---:|---|---:|---|---:|---:|---|---:|---|"
+)
 
 
 def row(r: dict) -> str:
@@ -73,16 +93,20 @@ def row(r: dict) -> str:
 
     holm = max((r["holm_p"][lang] for lang in r["related_gains"]), default=float("nan"))
     low, high = r["gap_ci"]
-    return (f"| {r['spec']} | {r['seed']} | {points(r['related_gains'])} | {mean(r['related_gains'])} | "
-            f"{points(r['control_gains'])} | {mean(r['control_gains'])} | "
-            f"{100 * r['gap_estimate']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | {r['gap_perm_p']:.3f} | "
-            f"{holm:.2g} | {r['gap_conclusion']} | {r['wall_s']:.0f} (load {r['load_before']:.1f}) | "
-            f"{'met' if not r['failures'] else '; '.join(r['failures'])} |")
+    return (
+        f"| {r['spec']} | {r['seed']} | {points(r['related_gains'])} | {mean(r['related_gains'])} | "
+        f"{points(r['control_gains'])} | {mean(r['control_gains'])} | "
+        f"{100 * r['gap_estimate']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | {r['gap_perm_p']:.3f} | "
+        f"{holm:.2g} | {r['gap_conclusion']} | {r['wall_s']:.0f} (load {r['load_before']:.1f}) | "
+        f"{'met' if not r['failures'] else '; '.join(r['failures'])} |"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--specs", nargs="+", type=Path, default=[REPO / "specs/smoke.json", REPO / "specs/smoke-null.json"])
+    parser.add_argument(
+        "--specs", nargs="+", type=Path, default=[REPO / "specs/smoke.json", REPO / "specs/smoke-null.json"]
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--conditions", nargs="+", help="run only these conditions (default: the spec's)")
     parser.add_argument("--tracking-uri")

@@ -11,7 +11,7 @@ Step time is the median over steps after a warmup; the two sides alternate for `
 and the best median of each side counts, which damps noise from other processes on the machine.
 Target: relxfer / bare <= 1.1.
 
-FSDP2 case: the same recipe through the `torchrun` engine (relxfer.trainers.torchrun), each rank
+FSDP2 case: the same recipe through the `torchrun` engine (relxfer.train.torchrun_trainer), each rank
 with `--threads` threads. Step time is taken inside the loop on both sides (the step's global
 tokens / the tokens/s that rank 0 reports), so process start-up and model loading are not in it;
 the launch's wall time is printed apart. On a CPU with gloo this measures what sharding and
@@ -35,10 +35,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from relxfer.data.synthetic import SyntheticLanguage, generate  # noqa: E402
-from relxfer.finetune import micro_batches, resolve_finetune, tokenize_examples, train_lora  # noqa: E402
-from relxfer.finetune.data import step_counts  # noqa: E402
 from relxfer.models.loading import bnb_config, keep_compute_dtype, quiet_transformers  # noqa: E402
 from relxfer.models.tiny import BUILTIN_ID, build_tiny_model  # noqa: E402
+from relxfer.train import micro_batches, resolve_finetune, tokenize_examples, train_lora  # noqa: E402
+from relxfer.train.data import step_counts  # noqa: E402
 
 TINY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
 
@@ -55,7 +55,16 @@ def examples(n: int) -> list[tuple[str, str]]:
 def relxfer_step_times(finetune: dict, data, cache: Path, seed: int) -> list[float]:
     stamps = []
     with tempfile.TemporaryDirectory() as out:
-        train_lora(TINY, finetune, data, Path(out), seed, cache, on_step=lambda s, m: stamps.append(time.perf_counter()), progress=False)
+        train_lora(
+            TINY,
+            finetune,
+            data,
+            Path(out),
+            seed,
+            cache,
+            on_step=lambda s, m: stamps.append(time.perf_counter()),
+            progress=False,
+        )
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
@@ -68,7 +77,11 @@ def step_tokens(finetune: dict, data, cache: Path, seed: int) -> list[int]:
     steps, total_micro = step_counts(len(rows), train)
     accum = train["grad_accum_steps"]
     return [
-        sum(len(rows[i][0]) for idx in micro_batches(len(rows), train["batch_size"], seed, (s - 1) * accum, min(s * accum, total_micro)) for i in idx)
+        sum(
+            len(rows[i][0])
+            for idx in micro_batches(len(rows), train["batch_size"], seed, (s - 1) * accum, min(s * accum, total_micro))
+            for i in idx
+        )
         for s in range(1, steps + 1)
     ]
 
@@ -78,16 +91,25 @@ def in_loop_step_times(finetune: dict, data, cache: Path, seed: int, world_size:
     (world_size 1) or FSDP2 over `world_size` torchrun processes."""
     from types import SimpleNamespace
 
-    from relxfer.engines import EngineContext
-    from relxfer.spec import section_defaults
-    from relxfer.trainers.base import TrainRequest
-    from relxfer.trainers.torchrun import TorchrunTrainer
+    from relxfer.spec.engines import EngineContext
+    from relxfer.spec.load import section_defaults
+    from relxfer.train.base import TrainRequest
+    from relxfer.train.torchrun_trainer import TorchrunTrainer
 
     rates = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         if world_size == 1:
-            train_lora(TINY, finetune, data, Path(out), seed, cache, on_step=lambda s, m: rates.append(m["tokens_per_s"]), progress=False)
+            train_lora(
+                TINY,
+                finetune,
+                data,
+                Path(out),
+                seed,
+                cache,
+                on_step=lambda s, m: rates.append(m["tokens_per_s"]),
+                progress=False,
+            )
         else:
             config = section_defaults("torchrunFinetuneEngine", {"kind": "torchrun", "nproc_per_node": world_size})
             model = {**TINY, "architecture": "dense", "engines": {"finetune": config}, "resources": {"gpus": 0}}
@@ -108,11 +130,19 @@ def bare_step_times(finetune: dict, data, cache: Path, seed: int) -> list[float]
     torch.manual_seed(seed)
     quant = bnb_config(cfg["quantization"])
     with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu", quantization_config=quant)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, device_map="cpu", quantization_config=quant
+        )
     keep_compute_dtype(model, quant.bnb_4bit_compute_dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"], task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"],
+        task_type="CAUSAL_LM",
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         model = get_peft_model(model, config)
@@ -159,7 +189,10 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # each torchrun rank
 
     data = examples(args.items)
-    finetune = {"method": "qlora", "training": {"max_steps": args.steps, "batch_size": args.batch_size, "learning_rate": 2e-4}}
+    finetune = {
+        "method": "qlora",
+        "training": {"max_steps": args.steps, "batch_size": args.batch_size, "learning_rate": 2e-4},
+    }
     best = {"relxfer": float("inf"), "bare": float("inf")}
     for round_ in range(args.rounds):
         for name, fn in (("relxfer", relxfer_step_times), ("bare", bare_step_times)):
@@ -185,8 +218,10 @@ def compare_fsdp(finetune: dict, data, args) -> None:
             times, wall = in_loop_step_times(finetune, data, args.cache_dir, 0, world)
             median = statistics.median(times[args.warmup :])
             best[world] = min(best.get(world, float("inf")), median)
-            print(f"round {round_ + 1} {world} process(es): median step {median * 1000:7.2f} ms, "
-                  f"{tokens / median:,.0f} tokens/s, wall {wall:.1f} s (with start-up and loading)")
+            print(
+                f"round {round_ + 1} {world} process(es): median step {median * 1000:7.2f} ms, "
+                f"{tokens / median:,.0f} tokens/s, wall {wall:.1f} s (with start-up and loading)"
+            )
     one, many = best[1], best[args.world_size]
     print(
         f"FSDP2 (gloo, CPU) x {args.world_size} processes, {args.threads} thread(s) each, global batch {args.batch_size}: "

@@ -35,12 +35,18 @@ from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from relxfer.study_view import RUNS_VIEW_QUERY  # noqa: E402
+from relxfer.tracking.study_view import RUNS_VIEW_QUERY  # noqa: E402
 from tests.conftest import MlflowServer  # noqa: E402  (the tests' real-server helper)
 
 EXPERIMENT = "smoke"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def run(command: list[str], env: dict, cwd: Path) -> str:
@@ -55,8 +61,19 @@ def make_study(uri: str, workdir: Path, fresh: bool) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"MLFLOW_TRACKING_URI": uri}
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}:{env.get('PATH', '')}"
-    mlflow_run = [sys.executable, "-m", "mlflow", "run", str(REPO), "-P", f"spec={REPO / 'specs' / 'smoke.json'}",
-                  "--env-manager", "local", "--experiment-name", EXPERIMENT]
+    mlflow_run = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO),
+        "-P",
+        f"spec={REPO / 'specs' / 'smoke.json'}",
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        EXPERIMENT,
+    ]
     if fresh:
         run(mlflow_run, env, workdir)
     output = run(mlflow_run, env, workdir)  # again: nothing to run
@@ -74,12 +91,18 @@ def study_runs(uri: str) -> dict:
     for r in runs:
         by_kind.setdefault(r.data.tags.get("relxfer.kind", "other"), []).append(r)
     top_level = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    print(f"active runs: {len(runs)}; top-level: {[r.info.run_name for r in top_level]}; "
-          f"comparison runs: {[r.info.run_name for r in by_kind.get('compare', [])]}")
+    print(
+        f"active runs: {len(runs)}; top-level: {[r.info.run_name for r in top_level]}; "
+        f"comparison runs: {[r.info.run_name for r in by_kind.get('compare', [])]}"
+    )
     parent = by_kind["study"][0]
     evaluations = [r for r in by_kind["evaluate"] if r.data.tags["relxfer.language"] == "syn_Rela"]
-    return {"experiment_id": experiment.experiment_id, "parent": parent.info.run_id,
-            "evaluation": evaluations[0].info.run_id, "compare": [r.info.run_id for r in evaluations]}
+    return {
+        "experiment_id": experiment.experiment_id,
+        "parent": parent.info.run_id,
+        "evaluation": evaluations[0].info.run_id,
+        "compare": [r.info.run_id for r in evaluations],
+    }
 
 
 def screenshots(uri: str, ids: dict, out: Path) -> None:
@@ -89,13 +112,18 @@ def screenshots(uri: str, ids: dict, out: Path) -> None:
     experiment = ids["experiment_id"]
     with sync_playwright() as pw, tempfile.TemporaryDirectory(prefix="relxfer-chromium-") as profile:
         browser = pw.chromium.launch_persistent_context(
-            profile, executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"), args=CHROMIUM_ARGS,
-            viewport={"width": 1500, "height": 1000}, headless=True,
+            profile,
+            executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1500, "height": 1000},
+            headless=True,
         )
         page = browser.new_page()
         # MLflow's assistant panel opens on a browser's first visit and takes a third of the page.
-        page.add_init_script("localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
-                             "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');")
+        page.add_init_script(
+            "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+            "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+        )
 
         def shot(url: str, name: str, wait_for: str, height: int = 1000, then=None) -> None:
             page.set_viewport_size({"width": 1500, "height": height})
@@ -122,25 +150,49 @@ def screenshots(uri: str, ids: dict, out: Path) -> None:
         def scroll_to(text: str):
             return lambda: page.get_by_text(text, exact=True).first.scroll_into_view_if_needed()
 
-        shot(f"experiments/{experiment}", "1-experiment-fresh-browser.png", "Open the runs list",
-             then=lambda: click("Got it"))
-        shot(f"experiments/{experiment}/runs?{RUNS_VIEW_QUERY}", "2-experiment-runs.png", "matching runs",
-             then=expand_parent)
+        shot(
+            f"experiments/{experiment}",
+            "1-experiment-fresh-browser.png",
+            "Open the runs list",
+            then=lambda: click("Got it"),
+        )
+        shot(
+            f"experiments/{experiment}/runs?{RUNS_VIEW_QUERY}",
+            "2-experiment-runs.png",
+            "matching runs",
+            then=expand_parent,
+        )
 
-        shot(f"experiments/{experiment}/runs/{ids['parent']}?{RUNS_VIEW_QUERY}", "3-parent-run.png",
-             "Result (compare)", height=2600, then=lambda: click("Show more"))
-        shot(f"experiments/{experiment}/runs/{ids['evaluation']}?{RUNS_VIEW_QUERY}", "4-evaluation-run.png",
-             "eval/tiny/", height=1700)
+        shot(
+            f"experiments/{experiment}/runs/{ids['parent']}?{RUNS_VIEW_QUERY}",
+            "3-parent-run.png",
+            "Result (compare)",
+            height=2600,
+            then=lambda: click("Show more"),
+        )
+        shot(
+            f"experiments/{experiment}/runs/{ids['evaluation']}?{RUNS_VIEW_QUERY}",
+            "4-evaluation-run.png",
+            "eval/tiny/",
+            height=1700,
+        )
         runs = json.dumps(ids["compare"])
-        shot(f"compare-runs?runs={runs}&experiments={json.dumps([experiment])}&{RUNS_VIEW_QUERY}",
-             "5-compare-runs.png", "Parallel Coordinates Plot", height=1900, then=scroll_to("Run details"))
+        shot(
+            f"compare-runs?runs={runs}&experiments={json.dumps([experiment])}&{RUNS_VIEW_QUERY}",
+            "5-compare-runs.png",
+            "Parallel Coordinates Plot",
+            height=1900,
+            then=scroll_to("Run details"),
+        )
         browser.close()
 
 
 # The README's pictures: (screenshot, README name, height kept of the 1500 px wide page).
-README_CROPS = [("2-experiment-runs.png", "mlflow-runs-list.png", 1000),
-                ("3-parent-run.png", "mlflow-parent-run.png", 1650),
-                ("5-compare-runs.png", "mlflow-compare-runs.png", 1580)]
+README_CROPS = [
+    ("2-experiment-runs.png", "mlflow-runs-list.png", 1000),
+    ("3-parent-run.png", "mlflow-parent-run.png", 1650),
+    ("5-compare-runs.png", "mlflow-compare-runs.png", 1580),
+]
 
 
 def readme_pictures(shots: Path, out: Path) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import RelxferError
+from relxfer import __version__
+from relxfer.errors import RelxferError
 
 DEFAULT_CACHE = Path(os.environ.get("RELXFER_CACHE", Path.home() / ".cache" / "relxfer"))
 
@@ -49,7 +49,7 @@ def validate(spec: Path) -> None:
 
     Example: relxfer validate specs/smoke.json
     """
-    from .spec import load_spec
+    from relxfer.spec.load import load_spec
 
     loaded = load_spec(spec)
     click.echo(f"{spec}: valid (spec hash {loaded.hash})")
@@ -62,12 +62,12 @@ def plan(spec: Path) -> None:
 
     Example: relxfer plan specs/full.json
     """
-    from .plan import count_by_kind, plan as expand
-    from .spec import load_spec
-
-    from .engines import describe
-    from .executors.resources import cell_request, describe_resources
-    from .memory import estimate
+    from relxfer.plan.cells import count_by_kind
+    from relxfer.plan.cells import plan as expand
+    from relxfer.spec.engines import describe
+    from relxfer.spec.load import load_spec
+    from relxfer.spec.memory import estimate
+    from relxfer.spec.resources import cell_request, describe_resources
 
     loaded = load_spec(spec)
     cells = expand(loaded)
@@ -84,11 +84,14 @@ def plan(spec: Path) -> None:
             click.echo(f"memory    {model['name']}: fine-tune needs {floor.describe()}")
     for cell in cells:
         needs = describe_resources(cell_request(loaded.model(cell.model), cell.kind))
-        click.echo(f"{cell.kind:9} {cell.key}  {cell.run_name}" + (f"  [{cell.group}/{cell.role}]" if cell.group else "")
-                   + f"  ({needs})")
+        click.echo(
+            f"{cell.kind:9} {cell.key}  {cell.run_name}"
+            + (f"  [{cell.group}/{cell.role}]" if cell.group else "")
+            + f"  ({needs})"
+        )
     counts = count_by_kind(cells)
     click.echo(f"cells: {counts['finetune']} finetune, {counts['evaluate']} evaluate, {len(cells)} total")
-    from .data.study import summarize_study_data
+    from relxfer.plan.study_data import summarize_study_data
 
     data = summarize_study_data(loaded)
     how = "loaded" if data.loaded else "expected"
@@ -103,7 +106,9 @@ def plan(spec: Path) -> None:
     click.echo(_table(("group", "role", "language", "items"), rows, right=("items",)))
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[str, ...] = (), indent: str = "  ") -> str:
+def _table(
+    header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[str, ...] = (), indent: str = "  "
+) -> str:
     """A plain-text table: columns as wide as their longest cell, `right` columns right-aligned."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     lines = []
@@ -116,42 +121,73 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[st
 @main.command()
 @_spec_arg()
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_CACHE, show_default=True,
-              help="Where built models, checkpoints and downloaded adapters live (with --executor ray: the driver's; "
-                   "each node uses its own $RELXFER_CACHE, default ~/.cache/relxfer).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_CACHE,
+    show_default=True,
+    help="Where built models, checkpoints and downloaded adapters live (with --executor ray: the driver's; "
+    "each node uses its own $RELXFER_CACHE, default ~/.cache/relxfer).",
+)
 # `mlflow run . -P cache_dir=DIR` passes an undeclared parameter on as `--cache_dir DIR`.
 @click.option("--cache_dir", "cache_dir_param", type=click.Path(file_okay=False, path_type=Path), hidden=True)
 @click.option("--force", is_flag=True, help="Re-run every cell, even those with a FINISHED run of the same key.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: cells one after another in this process; ray: cells as tasks on a Ray cluster, each with "
-                   "its model's resources (pip install 'relxfer[ray]').")
-@click.option("--ray-address", help="With --executor ray: the cluster's HOST:PORT (default: $RAY_ADDRESS, else the "
-                                    "cluster started on this machine with `ray start --head`).")
-@click.option("--cells-per-task", type=click.IntRange(min=1),
-              help="With --executor ray: evaluation cells per task (default: all cells of one model and adapter, so "
-                   "each evaluation engine starts once per model and adapter).")
-def run(spec: Path, tracking_uri: str | None, cache_dir: Path, cache_dir_param: Path | None, force: bool,
-        no_progress: bool, executor: str, ray_address: str | None, cells_per_task: int | None) -> None:
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: cells one after another in this process; ray: cells as tasks on a Ray cluster, each with "
+    "its model's resources (pip install 'relxfer[ray]').",
+)
+@click.option(
+    "--ray-address",
+    help="With --executor ray: the cluster's HOST:PORT (default: $RAY_ADDRESS, else the "
+    "cluster started on this machine with `ray start --head`).",
+)
+@click.option(
+    "--cells-per-task",
+    type=click.IntRange(min=1),
+    help="With --executor ray: evaluation cells per task (default: all cells of one model and adapter, so "
+    "each evaluation engine starts once per model and adapter).",
+)
+def run(
+    spec: Path,
+    tracking_uri: str | None,
+    cache_dir: Path,
+    cache_dir_param: Path | None,
+    force: bool,
+    no_progress: bool,
+    executor: str,
+    ray_address: str | None,
+    cells_per_task: int | None,
+) -> None:
     """Run SPEC: fine-tune and evaluate every cell not yet finished, one MLflow run per cell.
 
     Example: relxfer run specs/smoke.json --tracking-uri http://127.0.0.1:5000
 
     On a Ray cluster: relxfer run specs/full.json --executor ray --ray-address HEAD:6379 --tracking-uri http://HOST:5000
     """
-    from .executors import make_executor
-    from .runner import StudyRunner
-    from .spec import load_spec
-    from .study_view import runs_link
-    from .tracking import Tracker
+    from relxfer.run.executors import make_executor
+    from relxfer.run.runner import StudyRunner
+    from relxfer.spec.load import load_spec
+    from relxfer.tracking.client import Tracker
+    from relxfer.tracking.study_view import runs_link
 
     loaded = load_spec(spec)
     # `mlflow run` quotes parameters for the shell: a `~` reaches relxfer unexpanded.
     cache_dir = (cache_dir_param or cache_dir).expanduser().absolute()
     options = {"address": ray_address, "cells_per_task": cells_per_task} if executor == "ray" else {}
     tracker = Tracker(tracking_uri)
-    runner = StudyRunner(loaded, tracker, cache_dir, report=lambda line: click.echo(line, err=True),
-                         progress=not no_progress, executor=make_executor(executor, **options))
+    runner = StudyRunner(
+        loaded,
+        tracker,
+        cache_dir,
+        report=lambda line: click.echo(line, err=True),
+        progress=not no_progress,
+        executor=make_executor(executor, **options),
+    )
     outcomes = runner.run(force=force)
     parent = runner.parent
     _summary(spec, outcomes, tracker.uri, parent and runs_link(tracker.uri, parent.experiment_id, parent.run_id))
@@ -161,8 +197,10 @@ def _summary(spec: Path, outcomes, uri: str, link: str | None) -> None:
     from collections import Counter
 
     counts = Counter(o.status for o in outcomes)
-    click.echo(f"{spec}: {counts['FINISHED']} cells run, {counts['SKIPPED']} already finished, {counts['FAILED']} failed; "
-               f"tracking URI {uri}")
+    click.echo(
+        f"{spec}: {counts['FINISHED']} cells run, {counts['SKIPPED']} already finished, {counts['FAILED']} failed; "
+        f"tracking URI {uri}"
+    )
     where = Counter(o.where for o in outcomes if o.status != "SKIPPED" and o.where)
     if where:
         click.echo("ran on: " + "; ".join(f"{w}: {n} cells" for w, n in sorted(where.items())))
@@ -180,31 +218,51 @@ def _summary(spec: Path, outcomes, uri: str, link: str | None) -> None:
 @click.option("--parent", "parent_id", help="A spec's parent run id: compare the cells of that run.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).")
 @click.option("--reference", default="baseline", show_default=True, help="Condition gains are measured against.")
-@click.option("--scale", type=click.Choice(["raw", "logit"]), default="raw", show_default=True,
-              help="Scale of the family gap and the baseline-gain slope: raw accuracy points, or logits "
-                   "(for studies near the 25% floor or the ceiling).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
-              help="table: readable report; json: everything as JSON; csv: the accuracy table.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write CSV tables, report.json and PNG plots into this directory.")
-@click.option("--no-log", is_flag=True,
-              help="Log nothing to MLflow (by default: one comparison run under the study's parent run, replaced "
-                   "when compared again, and the plots and summary on the parent run).")
+@click.option(
+    "--scale",
+    type=click.Choice(["raw", "logit"]),
+    default="raw",
+    show_default=True,
+    help="Scale of the family gap and the baseline-gain slope: raw accuracy points, or logits "
+    "(for studies near the 25% floor or the ceiling).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table: readable report; json: everything as JSON; csv: the accuracy table.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write CSV tables, report.json and PNG plots into this directory.",
+)
+@click.option(
+    "--no-log",
+    is_flag=True,
+    help="Log nothing to MLflow (by default: one comparison run under the study's parent run, replaced "
+    "when compared again, and the plots and summary on the parent run).",
+)
 def compare(experiment, parent_id, tracking_uri, reference, scale, fmt, out_dir, no_log) -> None:
     """Read a study's runs back from the tracking server and answer its question with statistics.
 
     Example: relxfer compare --experiment smoke --tracking-uri http://127.0.0.1:5000 --out report/
     """
-    from .compare.frame import load_items
-    from .compare.report import build_report, render_text, to_json
-    from .tracking import Tracker
+    from relxfer.compare.frame import load_items
+    from relxfer.compare.report import build_report, render_text, to_json
+    from relxfer.tracking.client import Tracker
 
     if (experiment is None) == (parent_id is None):
         raise click.UsageError("give exactly one of --experiment or --parent")
     tracker = Tracker(tracking_uri)
     runs, items = load_items(tracker, experiment=experiment, parent=parent_id)
     if items.empty:
-        raise RelxferError(f"no finished evaluation runs in {'experiment ' + experiment if experiment else 'run ' + parent_id}")
+        raise RelxferError(
+            f"no finished evaluation runs in {'experiment ' + experiment if experiment else 'run ' + parent_id}"
+        )
     report = build_report(items, reference=reference, scale=scale)
     if fmt == "json":
         click.echo(to_json(report))
@@ -213,16 +271,29 @@ def compare(experiment, parent_id, tracking_uri, reference, scale, fmt, out_dir,
     else:
         click.echo(render_text(report))
     if out_dir is not None or not no_log:
-        _write_and_log(report, tracker, runs, out_dir, experiment, parent_id, {"reference": reference, "scale": scale},
-                       no_log)
+        _write_and_log(
+            report, tracker, runs, out_dir, experiment, parent_id, {"reference": reference, "scale": scale}, no_log
+        )
 
 
-def _write_and_log(report, tracker, runs, out_dir: Path | None, experiment: str | None, parent_id: str | None,
-                   settings: dict, no_log: bool) -> None:
+def _write_and_log(
+    report,
+    tracker,
+    runs,
+    out_dir: Path | None,
+    experiment: str | None,
+    parent_id: str | None,
+    settings: dict,
+    no_log: bool,
+) -> None:
     import tempfile
 
-    from .compare.report import headline_metrics, write_outputs
-    from .study_view import latest_study_run, publish_comparison, runs_link
+    from relxfer.compare.report import headline_metrics, write_outputs
+    from relxfer.tracking.study_view import (
+        latest_study_run,
+        publish_comparison,
+        runs_link,
+    )
 
     with tempfile.TemporaryDirectory(prefix="relxfer-compare-") as tmp:
         target = out_dir or Path(tmp)
@@ -234,8 +305,15 @@ def _write_and_log(report, tracker, runs, out_dir: Path | None, experiment: str 
         experiment_id = runs["experiment_id"].iloc[0]
         parent_id = parent_id or latest_study_run(tracker, experiment_id)
         published = publish_comparison(
-            tracker, experiment_id, parent_id, experiment or parent_id, settings, list(runs["run_id"]),
-            headline_metrics(report), target, [*report.warnings(), *(s["summary"] for s in report.summaries())],
+            tracker,
+            experiment_id,
+            parent_id,
+            experiment or parent_id,
+            settings,
+            list(runs["run_id"]),
+            headline_metrics(report),
+            target,
+            [*report.warnings(), *(s["summary"] for s in report.summaries())],
         )
         where = f" under study run {parent_id}" if parent_id else ""
         if published.kept:

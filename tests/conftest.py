@@ -40,14 +40,30 @@ class MlflowServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 300) -> "MlflowServer":
+    def start(self, timeout: float = 300) -> MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "server.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, preexec_fn=die_with_parent,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            preexec_fn=die_with_parent,
             # MLflow 3's job runner starts seven Huey consumer processes per server that relxfer
             # never uses; off, a server starts faster, weighs a third, and leaves nothing behind.
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
@@ -98,7 +114,7 @@ def belebele_dir() -> Path:
 def vllm_server(relxfer_cache, tmp_path_factory):
     """One real vLLM server (tiny model, float32, LoRA at run time) for the session; its
     environment is built on first use (tests/servers/vllm_env.py)."""
-    from .servers.vllm_server import start_test_server
+    from tests.servers.vllm_server import start_test_server
 
     server = start_test_server(relxfer_cache, tmp_path_factory.mktemp("vllm-server"))
     yield server

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from relxfer.backends.local import LocalBackend
 from relxfer.data.synthetic import _syllables
-from relxfer.engines import EngineContext
-from relxfer.finetune import resolve_finetune
+from relxfer.evaluate.local_backend import LocalBackend
 from relxfer.models.tiny import BUILTIN_ID
-from relxfer.spec import section_defaults
-from relxfer.trainers.base import TrainRequest
+from relxfer.spec.engines import EngineContext
+from relxfer.spec.load import section_defaults
+from relxfer.train import resolve_finetune
+from relxfer.train.base import TrainRequest
 
 TINY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
 NF4 = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
@@ -39,11 +39,21 @@ def recipe(method: str) -> dict:
     """6 steps of 2 micro-batches of 8, a checkpoint every 2 steps. Dropout 0: each rank draws
     its own dropout masks, so only without dropout are the curves of one and of two processes the
     same function of the data."""
-    return resolve_finetune({
-        "method": method, "quantization": NF4, "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "training": {"max_steps": 6, "learning_rate": 1e-2, "batch_size": 8, "grad_accum_steps": 2,
-                     "warmup_ratio": 0.0, "checkpoint_every": 2},
-    })
+    return resolve_finetune(
+        {
+            "method": method,
+            "quantization": NF4,
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+            "training": {
+                "max_steps": 6,
+                "learning_rate": 1e-2,
+                "batch_size": 8,
+                "grad_accum_steps": 2,
+                "warmup_ratio": 0.0,
+                "checkpoint_every": 2,
+            },
+        }
+    )
 
 
 def engine(kind: str, **settings) -> dict:
@@ -57,7 +67,9 @@ def context(config: dict, finetune: dict, cache: Path) -> EngineContext:
 
 
 def request(finetune: dict, examples, out: Path, cache: Path, on_checkpoint=None) -> TrainRequest:
-    return TrainRequest(TINY, finetune, examples, out, seed=3, cache_dir=cache, progress=False, on_checkpoint=on_checkpoint)
+    return TrainRequest(
+        TINY, finetune, examples, out, seed=3, cache_dir=cache, progress=False, on_checkpoint=on_checkpoint
+    )
 
 
 def predictions(adapter_dir: Path, quantization: dict | None, examples, cache: Path) -> np.ndarray:

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .conftest import die_with_parent, free_port
+from tests.conftest import die_with_parent, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -52,7 +52,7 @@ class RayCluster:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env | {"RAY_USAGE_STATS_ENABLED": "0"} | extra
 
-    def start(self, timeout: float = 180, tries: int = 3) -> "RayCluster":
+    def start(self, timeout: float = 180, tries: int = 3) -> RayCluster:
         """Start the node; one that gives up during start-up is retried from scratch (a raylet
         waits 15 s for its dashboard agent, a Python process, and `ray start` 30 s for the
         raylet: a heavily loaded machine can exceed both)."""
@@ -67,21 +67,52 @@ class RayCluster:
                 self.address = f"{NODE_IP}:{self.port}"
         return self
 
-    def _start(self, timeout: float) -> "RayCluster":
+    def _start(self, timeout: float) -> RayCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         log_path = self.root / "ray-start.log"
         log_path.write_bytes(b"")
-        ports = [arg for name in ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-                                  "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port",
-                                  "--ray-client-server-port")
-                 for arg in (name, str(free_port()))]
+        ports = [
+            arg
+            for name in (
+                "--node-manager-port",
+                "--object-manager-port",
+                "--dashboard-agent-listen-port",
+                "--dashboard-agent-grpc-port",
+                "--metrics-export-port",
+                "--runtime-env-agent-port",
+                "--ray-client-server-port",
+            )
+            for arg in (name, str(free_port()))
+        ]
         self.process = subprocess.Popen(
-            [RAY, "start", "--head", "--block", "--port", str(self.port), "--node-ip-address", NODE_IP,
-             "--num-cpus", str(self.num_cpus), "--num-gpus", str(self.num_gpus), "--include-dashboard", "false",
-             "--object-store-memory", str(self.object_store_mb * 2**20), "--temp-dir", str(self.temp_dir),
-             "--disable-usage-stats", *ports],
-            env=self.env(RELXFER_CACHE=str(self.node_cache), OMP_NUM_THREADS="1"), stdout=log_path.open("ab"),
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent, cwd=self.root,
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                "--port",
+                str(self.port),
+                "--node-ip-address",
+                NODE_IP,
+                "--num-cpus",
+                str(self.num_cpus),
+                "--num-gpus",
+                str(self.num_gpus),
+                "--include-dashboard",
+                "false",
+                "--object-store-memory",
+                str(self.object_store_mb * 2**20),
+                "--temp-dir",
+                str(self.temp_dir),
+                "--disable-usage-stats",
+                *ports,
+            ],
+            env=self.env(RELXFER_CACHE=str(self.node_cache), OMP_NUM_THREADS="1"),
+            stdout=log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+            cwd=self.root,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:

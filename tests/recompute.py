@@ -25,8 +25,9 @@ from statsmodels.stats.proportion import proportion_confint
 def logged_items(client: MlflowClient, experiment: str, tmp: Path) -> pd.DataFrame:
     """Every FINISHED evaluation run's predictions.json with the run's tags; seed -1 when seedless."""
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    runs = client.search_runs([experiment_id], "tags.`relxfer.kind` = 'evaluate' and attributes.status = 'FINISHED'",
-                              max_results=5000)
+    runs = client.search_runs(
+        [experiment_id], "tags.`relxfer.kind` = 'evaluate' and attributes.status = 'FINISHED'", max_results=5000
+    )
     frames = []
     for run in runs:
         path = client.download_artifacts(run.info.run_id, "predictions.json", str(tmp / run.info.run_id))
@@ -34,8 +35,14 @@ def logged_items(client: MlflowClient, experiment: str, tmp: Path) -> pd.DataFra
         frame = pd.DataFrame(table["data"], columns=table["columns"])
         tags = run.data.tags
         seed = tags["relxfer.seed"]
-        frames.append(frame.assign(model=tags["relxfer.model"], condition=tags["relxfer.condition"],
-                                   role=tags["relxfer.role"], seed=int(seed) if seed else -1))
+        frames.append(
+            frame.assign(
+                model=tags["relxfer.model"],
+                condition=tags["relxfer.condition"],
+                role=tags["relxfer.role"],
+                seed=int(seed) if seed else -1,
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -53,8 +60,18 @@ def accuracy_rows(items: pd.DataFrame) -> pd.DataFrame:
         n_eff = n / deff * (z / stats.t.ppf(0.975, g - 1)) ** 2
         low, high = proportion_confint(p * n_eff, n_eff, method="wilson")
         failure = (run["extracted"] == -1).mean() if condition == "cot" else None
-        rows.append(dict(model=model, seed=seed, language=language, condition=condition, accuracy=p,
-                         ci_low=0.0 if p == 0 else low, ci_high=1.0 if p == 1 else high, parse_failure_rate=failure))
+        rows.append(
+            dict(
+                model=model,
+                seed=seed,
+                language=language,
+                condition=condition,
+                accuracy=p,
+                ci_low=0.0 if p == 0 else low,
+                ci_high=1.0 if p == 1 else high,
+                parse_failure_rate=failure,
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -76,7 +93,9 @@ def rule(low, high, p, holm) -> str:
 def gain_rows(items: pd.DataFrame, condition: str) -> pd.DataFrame:
     """Per model x seed x language (seed -1 when the condition is seedless): paired gain, its
     passage-clustered t interval, b/c, the exact passage sign-flip p, Holm across languages."""
-    base = items[items["condition"] == "baseline"].set_index(["model", "language", "question_id"])["correct"].sort_index()
+    base = (
+        items[items["condition"] == "baseline"].set_index(["model", "language", "question_id"])["correct"].sort_index()
+    )
     rows = []
     for (model, seed, language), run in items[items["condition"] == condition].groupby(["model", "seed", "language"]):
         before = base.loc[(model, language)].reindex(run["question_id"]).to_numpy(float)
@@ -85,19 +104,36 @@ def gain_rows(items: pd.DataFrame, condition: str) -> pd.DataFrame:
         fit = sm.OLS(d, np.ones(len(d))).fit(cov_type="cluster", use_t=True, cov_kwds={"groups": groups})
         low, high = fit.conf_int()[0]
         sums = pd.Series(d).groupby(groups).sum()
-        rows.append(dict(model=model, seed=seed, language=language, gain=d.mean(), ci_low=max(-1, low),
-                         ci_high=min(1, high), b=int((d < 0).sum()), c=int((d > 0).sum()),
-                         p_value=signflip_by_enumeration(sums)))
+        rows.append(
+            dict(
+                model=model,
+                seed=seed,
+                language=language,
+                gain=d.mean(),
+                ci_low=max(-1, low),
+                ci_high=min(1, high),
+                b=int((d < 0).sum()),
+                c=int((d > 0).sum()),
+                p_value=signflip_by_enumeration(sums),
+            )
+        )
     frame = pd.DataFrame(rows)
-    frame["p_holm"] = frame.groupby(["model", "seed"])["p_value"].transform(lambda p: multipletests(p, method="holm")[1])
+    frame["p_holm"] = frame.groupby(["model", "seed"])["p_value"].transform(
+        lambda p: multipletests(p, method="holm")[1]
+    )
     frame["verdict"] = [rule(r.ci_low, r.ci_high, r.p_value, r.p_holm) for r in frame.itertuples()]
     return frame
 
 
 def cells(items: pd.DataFrame, condition: str) -> pd.DataFrame:
     """Model x language: baseline accuracy, the condition's accuracy averaged over seeds, gain."""
-    acc = items.groupby(["model", "language", "condition", "seed"])["correct"].mean().groupby(
-        ["model", "language", "condition"]).mean().unstack("condition")
+    acc = (
+        items.groupby(["model", "language", "condition", "seed"])["correct"]
+        .mean()
+        .groupby(["model", "language", "condition"])
+        .mean()
+        .unstack("condition")
+    )
     out = pd.DataFrame({"baseline": acc["baseline"], "after": acc[condition]}).reset_index()
     out["gain"] = out["after"] - out["baseline"]
     roles = items.drop_duplicates("language").set_index("language")["role"]
@@ -111,7 +147,8 @@ def family_gap(items: pd.DataFrame, condition: str) -> dict:
     every assignment."""
     c = cells(items, condition)
     fit = sm.OLS.from_formula("gain ~ related + C(model)", c).fit(
-        cov_type="cluster", cov_kwds={"groups": pd.factorize(c["language"])[0]}, use_t=True)
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(c["language"])[0]}, use_t=True
+    )
     means = c.groupby("language").agg(gain=("gain", "mean"), related=("related", "first"))
     related, control = means.loc[means["related"] == 1, "gain"], means.loc[means["related"] == 0, "gain"]
     estimate = related.mean() - control.mean()
@@ -124,23 +161,38 @@ def family_gap(items: pd.DataFrame, condition: str) -> dict:
         betas.append(sm.OLS.from_formula("gain ~ related + C(model)", c).fit().params["related"])
     perm = float(np.mean(np.abs(betas) >= abs(estimate) - 1e-9))
     low, high = estimate - q * se, estimate + q * se
-    return dict(estimate=estimate, fit_estimate=fit.params["related"], cr1_se=fit.bse["related"], se=se, df=df,
-                ci_low=low, ci_high=high, p_value=2 * stats.t.sf(abs(estimate / se), df), perm_p_value=perm,
-                conclusion=rule(low, high, perm, perm), raw_gap=estimate)
+    return dict(
+        estimate=estimate,
+        fit_estimate=fit.params["related"],
+        cr1_se=fit.bse["related"],
+        se=se,
+        df=df,
+        ci_low=low,
+        ci_high=high,
+        p_value=2 * stats.t.sf(abs(estimate / se), df),
+        perm_p_value=perm,
+        conclusion=rule(low, high, perm, perm),
+        raw_gap=estimate,
+    )
 
 
 def moments(items: pd.DataFrame, condition: str) -> pd.DataFrame:
     """Per cell: the passage-clustered variance of the baseline accuracy (v) and its covariance
     with the condition's accuracy (w), each question's condition answer averaged over seeds."""
     before = items[items["condition"] == "baseline"]
-    after = items[items["condition"] == condition].groupby(["model", "language", "question_id"])["correct"].mean().sort_index()
+    after = (
+        items[items["condition"] == condition]
+        .groupby(["model", "language", "question_id"])["correct"]
+        .mean()
+        .sort_index()
+    )
     rows = []
     for (model, language), run in before.groupby(["model", "language"]):
         y0 = run["correct"].to_numpy(float)
         y1 = after.loc[(model, language)].reindex(run["question_id"]).to_numpy()
         groups = pd.factorize(run["passage_id"])[0]
 
-        def var(y):
+        def var(y, groups=groups):
             return sm.OLS(y, np.ones(len(y))).fit(cov_type="cluster", cov_kwds={"groups": groups}).bse[0] ** 2
 
         rows.append(dict(model=model, language=language, v=var(y0), w=(var(y0 + y1) - var(y0) - var(y1)) / 2))
@@ -164,13 +216,23 @@ def corrected_slope(items: pd.DataFrame, condition: str) -> dict:
     se = np.sqrt((G - 1) / G * np.sum((replicates - replicates.mean()) ** 2))
     estimate = slope(np.ones(len(b), bool))
     q = stats.t.ppf(0.975, G - 1)
-    return dict(corrected_slope=estimate, corrected_slope_se=se, corrected_slope_ci_low=estimate - q * se,
-                corrected_slope_ci_high=estimate + q * se, detectable_slope=(q + stats.t.ppf(0.8, G - 1)) * se,
-                baseline_reliability=1 - v.mean() / np.var(b, ddof=1), naive_slope=stats.linregress(b, g).slope)
+    return dict(
+        corrected_slope=estimate,
+        corrected_slope_se=se,
+        corrected_slope_ci_low=estimate - q * se,
+        corrected_slope_ci_high=estimate + q * se,
+        detectable_slope=(q + stats.t.ppf(0.8, G - 1)) * se,
+        baseline_reliability=1 - v.mean() / np.var(b, ddof=1),
+        naive_slope=stats.linregress(b, g).slope,
+    )
 
 
 def alignment(items: pd.DataFrame) -> dict:
     ft, cot = cells(items, "finetuned"), cells(items, "cot")
     x, y = ft["gain"].to_numpy(), cot["gain"].to_numpy()
-    return dict(pearson_r=stats.pearsonr(x, y).statistic, pearson_p=stats.pearsonr(x, y).pvalue,
-                spearman_rho=stats.spearmanr(x, y).statistic, spearman_p=stats.spearmanr(x, y).pvalue)
+    return dict(
+        pearson_r=stats.pearsonr(x, y).statistic,
+        pearson_p=stats.pearsonr(x, y).pvalue,
+        spearman_rho=stats.spearmanr(x, y).statistic,
+        spearman_p=stats.spearmanr(x, y).pvalue,
+    )

@@ -110,7 +110,9 @@ def smoke_failures(f: Findings) -> list[str]:
         if not (gain >= MIN_RELATED_GAIN and f.holm_p[lang] < ALPHA)
     ]
     if f.mean_related_gain - f.mean_control_gain < MIN_GAIN_DIFFERENCE:
-        failures.append(f"mean gains: related {100 * f.mean_related_gain:+.1f}, control {100 * f.mean_control_gain:+.1f} points")
+        failures.append(
+            f"mean gains: related {100 * f.mean_related_gain:+.1f}, control {100 * f.mean_control_gain:+.1f} points"
+        )
     if not (f.gap_ci[0] > 0):
         failures.append(f"family-gap interval {f.gap_ci} does not lie above 0")
     if not f.gap_perm_p < ALPHA:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from relxfer.backends.local import CPU_PASS_OVERHEAD_TOKENS, LocalBackend, cut_at_stop
 from relxfer.data.synthetic import SyntheticLanguage, generate
+from relxfer.evaluate.local_backend import CPU_PASS_OVERHEAD_TOKENS, LocalBackend
 from relxfer.models.tiny import BUILTIN_ID
+from relxfer.models.tokenization import cut_at_stop
 
 # One intra-op thread: the tiny model gains nothing from more, and on a shared 2-core machine
 # two OpenMP threads can run 50x slower when another process holds a core.
@@ -65,7 +66,9 @@ def test_split_continuation_follows_lm_eval(backend):
     # tokenizer prepends BOS; a text that already starts with BOS gets no second one.
     bos, tokenizer = backend.tokenizer.bos_token_id, backend.tokenizer
     assert backend.add_bos_token is True
-    assert backend.encode("mabo") == tokenizer.encode("mabo") == [bos] + tokenizer.encode("mabo", add_special_tokens=False)
+    assert (
+        backend.encode("mabo") == tokenizer.encode("mabo") == [bos] + tokenizer.encode("mabo", add_special_tokens=False)
+    )
     assert backend.encode(tokenizer.bos_token + "mabo") == backend.encode("mabo")
     no_bos = LocalBackend(backend.model, tokenizer, add_bos_token=False)
     assert no_bos.encode("mabo") == tokenizer.encode("mabo", add_special_tokens=False)
@@ -80,8 +83,12 @@ def test_single_token_labels_one_pass_equals_bruteforce(backend, texts):
     assert all(len(c) == 1 for cs in conts for c in cs)
     rows, kept, masks = [], [], []
     hooks = [
-        backend.model.model.register_forward_hook(lambda m, args, kw, out: rows.append(kw["input_ids"].shape[0]), with_kwargs=True),
-        backend.model.model.register_forward_hook(lambda m, args, kw, out: masks.append(kw.get("attention_mask")), with_kwargs=True),
+        backend.model.model.register_forward_hook(
+            lambda m, args, kw, out: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+        ),
+        backend.model.model.register_forward_hook(
+            lambda m, args, kw, out: masks.append(kw.get("attention_mask")), with_kwargs=True
+        ),
         backend.model.lm_head.register_forward_hook(lambda m, args, out: kept.append(args[0].shape[1])),
     ]
     try:
@@ -112,7 +119,9 @@ def test_batched_equals_unbatched(backend, texts):
         prompts, conts = encode_requests(backend, texts, labels)
         one = backend.label_logprobs(prompts, conts, batch_size=1)
         for batch_size in (5, 64, None):
-            np.testing.assert_allclose(backend.label_logprobs(prompts, conts, batch_size=batch_size), one, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(
+                backend.label_logprobs(prompts, conts, batch_size=batch_size), one, atol=1e-5, rtol=0
+            )
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +138,14 @@ def shared_texts() -> list[str]:
 
 def test_shared_prefixes_run_once_and_score_the_same(backend, shared_texts):
     # The CPU batch policy on any device: the token count below assumes little padding.
-    sharing = LocalBackend(backend.model, backend.tokenizer, min_shared_prefix=8, pass_overhead_tokens=CPU_PASS_OVERHEAD_TOKENS)
+    sharing = LocalBackend(
+        backend.model, backend.tokenizer, min_shared_prefix=8, pass_overhead_tokens=CPU_PASS_OVERHEAD_TOKENS
+    )
     prompts, conts = encode_requests(sharing, shared_texts, DIGITS)
     tokens = []
-    hook = sharing.model.model.register_forward_hook(lambda m, a, kw, out: tokens.append(kw["input_ids"].numel()), with_kwargs=True)
+    hook = sharing.model.model.register_forward_hook(
+        lambda m, a, kw, out: tokens.append(kw["input_ids"].numel()), with_kwargs=True
+    )
     try:
         fast = sharing.label_logprobs(prompts, conts, batch_size=16)
     finally:
@@ -141,14 +154,18 @@ def test_shared_prefixes_run_once_and_score_the_same(backend, shared_texts):
     np.testing.assert_allclose(fast, backend.label_logprobs_bruteforce(prompts, conts), atol=TOL, rtol=0)
     plain = backend.label_logprobs(prompts, conts)
     for batch_size in (1, 5, None):
-        np.testing.assert_allclose(sharing.label_logprobs(prompts, conts, batch_size=batch_size), plain, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(
+            sharing.label_logprobs(prompts, conts, batch_size=batch_size), plain, atol=1e-5, rtol=0
+        )
 
 
 def test_automatic_batches_respect_the_token_budget(relxfer_cache, texts):
     small = LocalBackend.load(TINY, None, relxfer_cache, max_batch_tokens=300)
     prompts, conts = encode_requests(small, texts, DIGITS)
     widths = []
-    hook = small.model.model.register_forward_hook(lambda m, a, kw, out: widths.append(kw["input_ids"].numel()), with_kwargs=True)
+    hook = small.model.model.register_forward_hook(
+        lambda m, a, kw, out: widths.append(kw["input_ids"].numel()), with_kwargs=True
+    )
     try:
         small.label_logprobs(prompts, conts, progress=True)
     finally:
@@ -223,10 +240,18 @@ def sliding_backend(backend) -> LocalBackend:
 
     tokenizer = backend.tokenizer
     config = Gemma3TextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, sliding_window=24,
-        layer_types=["sliding_attention", "full_attention"], pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=24,
+        layer_types=["sliding_attention", "full_attention"],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

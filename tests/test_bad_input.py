@@ -12,8 +12,7 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from relxfer.cli import main
-
-from .conftest import free_port
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,7 +148,10 @@ def test_label_set_not_matching_the_options(tmp_path):
     raw = load("smoke.json")
     raw["prompt"]["labels"] = ["A", "B", "C", "D", "E"]
     spec = write(tmp_path, raw)
-    assert run_cli(tmp_path, ["run", str(spec)]) == f"{spec}: /prompt/labels: 5 labels for 4 answer options; give exactly 4"
+    assert (
+        run_cli(tmp_path, ["run", str(spec)])
+        == f"{spec}: /prompt/labels: 5 labels for 4 answer options; give exactly 4"
+    )
 
 
 def test_condition_that_needs_a_finetune(tmp_path):
@@ -167,8 +169,14 @@ def test_cache_directory_not_writable(tmp_path):
     blocker.write_text("not a directory")
     result = CliRunner().invoke(
         main,
-        ["run", str(REPO / "specs" / "smoke.json"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-         "--cache-dir", str(blocker / "cache")],
+        [
+            "run",
+            str(REPO / "specs" / "smoke.json"),
+            "--tracking-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--cache-dir",
+            str(blocker / "cache"),
+        ],
     )
     assert result.exit_code == 2
     assert result.output.strip() == (

@@ -56,9 +56,19 @@ _DROP = object()  # _row(field=_DROP) leaves the field out
 
 def _row(**overrides) -> str:
     """One JSON line of the hub schema, with some fields changed."""
-    row = {"link": "https://example.org/p", "question_number": 1, "flores_passage": "P.", "question": "Q?",
-           "mc_answer1": "a", "mc_answer2": "b", "mc_answer3": "c", "mc_answer4": "d",
-           "correct_answer_num": "2", "dialect": "eng_Latn", "ds": None}
+    row = {
+        "link": "https://example.org/p",
+        "question_number": 1,
+        "flores_passage": "P.",
+        "question": "Q?",
+        "mc_answer1": "a",
+        "mc_answer2": "b",
+        "mc_answer3": "c",
+        "mc_answer4": "d",
+        "correct_answer_num": "2",
+        "dialect": "eng_Latn",
+        "ds": None,
+    }
     row.update(overrides)
     return json.dumps({k: v for k, v in row.items() if v is not _DROP})
 
@@ -280,11 +290,15 @@ def test_hub_loads_one_config_per_language_at_the_pinned_revision(monkeypatch):
     calls: list = []
     _fake_datasets(monkeypatch, calls)
     data = load_belebele(["heb_Hebr", "amh_Ethi"], revision="0123abc")
-    assert calls == [("facebook/belebele", "heb_Hebr", "test", "0123abc"),
-                     ("facebook/belebele", "amh_Ethi", "test", "0123abc")]
+    assert calls == [
+        ("facebook/belebele", "heb_Hebr", "test", "0123abc"),
+        ("facebook/belebele", "amh_Ethi", "test", "0123abc"),
+    ]
     assert data.source == "hf://datasets/facebook/belebele@0123abc"
     assert [item.question_id for item in data.items_by_language["amh_Ethi"]] == [
-        "https://example.org/p#1", "https://example.org/p#2"]
+        "https://example.org/p#1",
+        "https://example.org/p#2",
+    ]
     assert load_belebele(["heb_Hebr"], hub_id="me/belebele-copy").source == "hf://datasets/me/belebele-copy"
 
 

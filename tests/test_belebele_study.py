@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from relxfer.cli import main
-from relxfer.plan import plan
-from relxfer.spec import load_spec
+from relxfer.plan.cells import plan
+from relxfer.spec.load import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "specs" / "belebele-local.json"
@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 def test_belebele_local_spec_runs_end_to_end(belebele_dir, relxfer_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("BELEBELE_DIR", str(belebele_dir))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = CliRunner().invoke(main, ["run", str(SPEC), "--tracking-uri", uri, "--cache-dir", str(relxfer_cache), "--no-progress"])
+    result = CliRunner().invoke(
+        main, ["run", str(SPEC), "--tracking-uri", uri, "--cache-dir", str(relxfer_cache), "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     cells = plan(load_spec(SPEC))
     client = MlflowClient(uri)
@@ -35,7 +37,9 @@ def test_belebele_local_spec_runs_end_to_end(belebele_dir, relxfer_cache, tmp_pa
     assert {r.info.status for r in children} == {"FINISHED"}
 
     parent = next(r for r in runs if r.data.tags.get("relxfer.kind") == "study")
-    held_out = json.loads(Path(client.download_artifacts(parent.info.run_id, "data/held_out_ids.json", str(tmp_path))).read_text())
+    held_out = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "data/held_out_ids.json", str(tmp_path))).read_text()
+    )
     held_out = set(held_out["held_out_ids"])
     assert len(held_out) == 100 and parent.data.metrics["n_train_items"] == 200
     inputs = {d.dataset.name: d for d in parent.inputs.dataset_inputs}

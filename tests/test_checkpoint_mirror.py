@@ -10,8 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
-from relxfer.checkpoint_mirror import CheckpointMirror
-from relxfer.tracking import Tracker
+from relxfer.tracking.checkpoint_mirror import CheckpointMirror
+from relxfer.tracking.client import Tracker
 
 
 def write_checkpoint(work: Path, step: int) -> Path:

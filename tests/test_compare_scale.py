@@ -23,10 +23,10 @@ from mlflow import MlflowClient
 
 from bench.compare_scale import populate
 from relxfer.cli import main
-from tests import recompute
 from relxfer.compare.frame import ITEM_COLUMNS, load_items
 from relxfer.errors import TrackingError
-from relxfer.tracking import TAG, Tracker
+from relxfer.tracking.client import TAG, Tracker
+from tests import recompute
 
 EXPERIMENT = "compare-scale-test"
 N_MODELS, N_SEEDS, N_QUESTIONS = 2, 2, 40
@@ -36,8 +36,16 @@ PAGE = 7
 
 @pytest.fixture(scope="module")
 def study(mlflow_server, tmp_path_factory):
-    return populate(mlflow_server.uri, EXPERIMENT, n_models=N_MODELS, n_seeds=N_SEEDS, n_questions=N_QUESTIONS,
-                    workers=8, workdir=tmp_path_factory.mktemp("compare-scale"), log=lambda _: None)
+    return populate(
+        mlflow_server.uri,
+        EXPERIMENT,
+        n_models=N_MODELS,
+        n_seeds=N_SEEDS,
+        n_questions=N_QUESTIONS,
+        workers=8,
+        workdir=tmp_path_factory.mktemp("compare-scale"),
+        log=lambda _: None,
+    )
 
 
 def expected_items(study) -> pd.DataFrame:
@@ -47,8 +55,16 @@ def expected_items(study) -> pd.DataFrame:
     for cell in study["cells"]:
         run_id = study["run_ids"][cell.key]
         seeds = range(N_SEEDS) if cell.seed is None else [cell.seed]
-        factors = {"model": cell.model, "condition": cell.condition, "language": cell.language, "group": cell.group,
-                   "role": cell.role, "family": cell.family, "run_id": run_id, "seedless": cell.seed is None}
+        factors = {
+            "model": cell.model,
+            "condition": cell.condition,
+            "language": cell.language,
+            "group": cell.group,
+            "role": cell.role,
+            "family": cell.family,
+            "run_id": run_id,
+            "seedless": cell.seed is None,
+        }
         rows += [{**record, **factors, "seed": seed} for seed in seeds for record in study["tables"][run_id]]
     return pd.DataFrame(rows)
 
@@ -100,7 +116,12 @@ def test_run_metadata_matches_tags_and_logged_accuracy(study, mlflow_server):
     for cell in study["cells"]:
         run_id = study["run_ids"][cell.key]
         row = by_run.loc[run_id]
-        assert (row["model"], row["condition"], row["language"], row["role"]) == (cell.model, cell.condition, cell.language, cell.role)
+        assert (row["model"], row["condition"], row["language"], row["role"]) == (
+            cell.model,
+            cell.condition,
+            cell.language,
+            cell.role,
+        )
         assert row["seed"] == ("" if cell.seed is None else str(cell.seed))
         correct = [r["correct"] for r in study["tables"][run_id]]
         assert row["logged_accuracy"] == pytest.approx(sum(correct) / len(correct))
@@ -110,16 +131,19 @@ def test_cli_compare_reads_only_the_given_tracking_uri(study, mlflow_server, tmp
     # No MLFLOW_TRACKING_URI and an empty working directory: only --tracking-uri can answer.
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri,
-                                       "--format", "csv", "--no-log"])
+    result = CliRunner().invoke(
+        main,
+        ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri, "--format", "csv", "--no-log"],
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(pd.io.common.StringIO(result.stdout))
     assert len(table) == N_RUNS  # one row per run: seedless runs (baseline, cot) once, seed -1
     logged = {}
     for cell in study["cells"]:
         correct = [r["correct"] for r in study["tables"][study["run_ids"][cell.key]]]
-        logged[(cell.model, -1 if cell.seed is None else cell.seed, cell.language, cell.condition)] = (
-            sum(correct) / len(correct))
+        logged[(cell.model, -1 if cell.seed is None else cell.seed, cell.language, cell.condition)] = sum(
+            correct
+        ) / len(correct)
     for row in table.itertuples():
         assert math.isclose(row.accuracy, logged[(row.model, row.seed, row.language, row.condition)])
     assert not list(tmp_path.iterdir())  # nothing written locally (no mlflow.db, no mlruns)
@@ -128,15 +152,19 @@ def test_cli_compare_reads_only_the_given_tracking_uri(study, mlflow_server, tmp
 def test_a_finished_run_without_its_table_is_named(mlflow_server):
     tracker = Tracker(mlflow_server.uri)
     experiment_id = tracker.experiment_id("compare-scale-missing-table")
-    run_id = tracker.client.create_run(experiment_id, tags={f"{TAG}kind": "evaluate", f"{TAG}cell_key": "k"}).info.run_id
+    run_id = tracker.client.create_run(
+        experiment_id, tags={f"{TAG}kind": "evaluate", f"{TAG}cell_key": "k"}
+    ).info.run_id
     tracker.end(run_id)
-    with pytest.raises(TrackingError, match=f"cannot read table 'predictions.json' of run {run_id} from {mlflow_server.uri}"):
+    with pytest.raises(
+        TrackingError, match=f"cannot read table 'predictions.json' of run {run_id} from {mlflow_server.uri}"
+    ):
         load_items(tracker, experiment="compare-scale-missing-table")
 
 
 def test_mixed_model_fits_whole_seeds_under_its_row_cap():
-    from relxfer.compare.simulate import simulate_study
     from relxfer.compare.stats import mixed_model
+    from tests.support.simulate import simulate_study
 
     items = simulate_study(n_models=2, n_questions=20, n_seeds=3, conditions=("baseline", "finetuned"), seed=3)
     per_seed = 2 * 6 * 20 * 2  # models x languages x questions x (baseline, finetuned)
@@ -152,8 +180,10 @@ def test_mixed_model_fits_whole_seeds_under_its_row_cap():
 
 @pytest.fixture(scope="module")
 def report_and_items(study, mlflow_server, tmp_path_factory):
-    result = CliRunner().invoke(main, ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri,
-                                       "--format", "json", "--no-log"])
+    result = CliRunner().invoke(
+        main,
+        ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri, "--format", "json", "--no-log"],
+    )
     assert result.exit_code == 0, result.output
     items = recompute.logged_items(MlflowClient(mlflow_server.uri), EXPERIMENT, tmp_path_factory.mktemp("tables"))
     return json.loads(result.stdout), items
@@ -193,9 +223,22 @@ def test_every_family_gap_and_slope_is_recomputed_from_the_logged_tables(report_
         _close(gap, want, ["estimate", "cr1_se", "se", "df", "ci_low", "ci_high", "p_value", "perm_p_value", "raw_gap"])
         assert gap["conclusion"] == want["conclusion"] and gap["scale"] == "raw" and gap["condition"] == condition
         slope, want = analyses[f"baseline_gain[{condition}]"], recompute.corrected_slope(items, condition)
-        _close(slope, want, ["corrected_slope", "corrected_slope_se", "corrected_slope_ci_low",
-                             "corrected_slope_ci_high", "detectable_slope", "baseline_reliability", "naive_slope"])
-    _close(analyses["task_alignment"], recompute.alignment(items), ["pearson_r", "pearson_p", "spearman_rho", "spearman_p"])
+        _close(
+            slope,
+            want,
+            [
+                "corrected_slope",
+                "corrected_slope_se",
+                "corrected_slope_ci_low",
+                "corrected_slope_ci_high",
+                "detectable_slope",
+                "baseline_reliability",
+                "naive_slope",
+            ],
+        )
+    _close(
+        analyses["task_alignment"], recompute.alignment(items), ["pearson_r", "pearson_p", "spearman_rho", "spearman_p"]
+    )
     # Every summary names its analysis, condition, reference and scale.
     for summary in report["summaries"]:
         assert {"analysis", "condition", "reference", "scale", "summary"} <= summary.keys()

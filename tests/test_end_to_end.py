@@ -16,10 +16,9 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from relxfer.cli import main
-from relxfer.plan import count_by_kind, plan
-from relxfer.spec import load_spec
-
-from .smoke_study import findings, smoke_failures
+from relxfer.plan.cells import count_by_kind, plan
+from relxfer.spec.load import load_spec
+from tests.smoke_study import findings, smoke_failures
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "specs" / "smoke.json"
@@ -32,9 +31,25 @@ def mlflow_run(server, workdir: Path, env: dict, *params: str) -> subprocess.Com
     env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, **env}
     env.pop("MLFLOW_RUN_ID", None)
     result = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(REPO), "-P", f"spec={SMOKE}", *params,
-         "--env-manager", "local", "--experiment-name", EXPERIMENT],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(REPO),
+            "-P",
+            f"spec={SMOKE}",
+            *params,
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            EXPERIMENT,
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
@@ -101,14 +116,16 @@ def _table_accuracy(client: MlflowClient, run_id: str, tmp_path: Path) -> tuple[
 def test_compare_accuracies_equal_the_per_item_tables(smoke_study, mlflow_server, tmp_path):
     client, runs, _ = smoke_study
     result = CliRunner().invoke(
-        main, ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri, "--format", "json", "--no-log"]
+        main,
+        ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri, "--format", "json", "--no-log"],
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     rows = report["accuracy"]
     evaluations = {
         (r.data.tags["relxfer.model"], r.data.tags["relxfer.condition"], r.data.tags["relxfer.language"]): r
-        for r in runs if r.data.tags.get("relxfer.kind") == "evaluate"
+        for r in runs
+        if r.data.tags.get("relxfer.kind") == "evaluate"
     }
     assert len(rows) == len(evaluations)
     for row in rows:
@@ -120,12 +137,17 @@ def test_compare_accuracies_equal_the_per_item_tables(smoke_study, mlflow_server
     # Gains are differences of the printed accuracies of the same model x language.
     by_cell = {(r["model"], r["language"], r["condition"]): r["accuracy"] for r in rows}
     for gain in report["gains"]:
-        expected = by_cell[(gain["model"], gain["language"], gain["condition"])] - by_cell[(gain["model"], gain["language"], "baseline")]
+        expected = (
+            by_cell[(gain["model"], gain["language"], gain["condition"])]
+            - by_cell[(gain["model"], gain["language"], "baseline")]
+        )
         assert gain["gain"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_compare_prints_a_readable_table(smoke_study, mlflow_server):
-    result = CliRunner().invoke(main, ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri, "--no-log"])
+    result = CliRunner().invoke(
+        main, ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri, "--no-log"]
+    )
     assert result.exit_code == 0, result.output
     assert "syn_Rela" in result.output and "finetuned" in result.output
     assert "family gap" in result.output.lower()
@@ -143,9 +165,14 @@ def test_experiment_is_marked_for_model_training_and_described_by_the_spec(smoke
     note = experiment.tags["mlflow.note.content"]
     # MLflow 3.17 opens an experiment on its GenAI overview unless the browser chose otherwise:
     # the description's first words lead to the runs list.
-    assert note.startswith(f"[Open the runs list](#/experiments/{experiment.experiment_id}/runs?workflowType="
-                           f"machine_learning) · **smoke**: {load_spec(SMOKE).raw['description']}")
-    assert "- evaluated on: Synthetic-A (related): syn_Rela, syn_Relb, syn_Relc, syn_Reld, syn_Rele; Synthetic-B (control): " in note
+    assert note.startswith(
+        f"[Open the runs list](#/experiments/{experiment.experiment_id}/runs?workflowType="
+        f"machine_learning) · **smoke**: {load_spec(SMOKE).raw['description']}"
+    )
+    assert (
+        "- evaluated on: Synthetic-A (related): syn_Rela, syn_Relb, syn_Relc, syn_Reld, syn_Rele; Synthetic-B (control): "
+        in note
+    )
 
 
 def test_parent_run_is_named_after_the_spec_under_mlflow_run(smoke_study, relxfer_cache):
@@ -177,15 +204,26 @@ def test_the_main_job_finds_the_planted_transfer(smoke_study, mlflow_server, tmp
     points (Holm p < 0.05), controls gain at least 15 points less on average, and the family gap's
     interval lies above 0 with a permutation p below 0.05; the printed report says so in words
     and the family-gap plot is written."""
-    args = ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.uri, "--no-log", "--out", str(tmp_path)]
+    args = [
+        "compare",
+        "--experiment",
+        EXPERIMENT,
+        "--tracking-uri",
+        mlflow_server.uri,
+        "--no-log",
+        "--out",
+        str(tmp_path),
+    ]
     text = CliRunner().invoke(main, args)
     assert text.exit_code == 0, text.output
     found = findings(json.loads((tmp_path / "report.json").read_text()))
     assert len(found.related_gains) == len(found.control_gains) == 5
     assert smoke_failures(found) == [], found.gap_summary
     low, high = (f"{100 * x:+.1f}" for x in found.gap_ci)
-    assert f"related languages gained {100 * found.gap_estimate:.1f} points more than controls (95% CI {low} to {high} points): " \
+    assert (
+        f"related languages gained {100 * found.gap_estimate:.1f} points more than controls (95% CI {low} to {high} points): "
         f"a finding: related languages gained more (exact permutation p = {found.gap_perm_p:.3f})" in found.gap_summary
+    )
     assert " ".join(found.gap_summary.split()) in " ".join(text.output.split())  # printed, wrapped
     assert (tmp_path / "family_gap_finetuned.png").stat().st_size > 0
 
@@ -194,7 +232,8 @@ def test_rerun_with_nothing_to_do_adds_no_run(smoke_study, mlflow_server, relxfe
     client, runs, _ = smoke_study
     before = {r.info.run_id for r in active_runs(client) if r.data.tags.get("relxfer.kind") != "compare"}
     result = CliRunner().invoke(
-        main, ["run", str(SMOKE), "--tracking-uri", mlflow_server.uri, "--cache-dir", str(relxfer_cache), "--no-progress"],
+        main,
+        ["run", str(SMOKE), "--tracking-uri", mlflow_server.uri, "--cache-dir", str(relxfer_cache), "--no-progress"],
         env={"MLFLOW_EXPERIMENT_NAME": EXPERIMENT},
     )
     assert result.exit_code == 0, result.output
@@ -208,7 +247,11 @@ def test_rerun_with_nothing_to_do_adds_no_run(smoke_study, mlflow_server, relxfe
     parent = next(r for r in runs if r.data.tags.get("relxfer.kind") == "study")
     after = [r for r in active_runs(client) if r.data.tags.get("relxfer.kind") != "compare"]
     [rerun] = [r for r in after if r.info.run_id not in before]
-    assert (rerun.info.run_name, rerun.info.status, rerun.data.tags["relxfer.kind"]) == ("smoke (nothing to run)", "FINISHED", "rerun")
+    assert (rerun.info.run_name, rerun.info.status, rerun.data.tags["relxfer.kind"]) == (
+        "smoke (nothing to run)",
+        "FINISHED",
+        "rerun",
+    )
     assert rerun.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert rerun.data.params["cache_dir"] == str(relxfer_cache)  # `-P cache_dir=DIR` reached relxfer
     assert not [r for r in after if r.data.tags.get("mlflow.parentRunId") == rerun.info.run_id]
@@ -241,7 +284,9 @@ def test_repeated_compare_keeps_one_comparison_run_under_the_parent(smoke_study,
     assert f"(get-artifact?path=plots%2Flanguage_gains_finetuned.png&run_uuid={parent})" in note
     assert "**smoke**: " in note
     # ... the report's warnings, then each analysis's plain sentence, as in the comparison's report.json
-    report = json.loads(Path(client.download_artifacts(first.info.run_id, "report/report.json", str(tmp_path))).read_text())
+    report = json.loads(
+        Path(client.download_artifacts(first.info.run_id, "report/report.json", str(tmp_path))).read_text()
+    )
     answer = [*report["warnings"], *(s["summary"] for s in report["summaries"])]
     assert answer and all(s["summary"] for s in report["summaries"])
     assert note.split("\n\n")[1] == "\n".join(f"- {line}" for line in answer)

@@ -10,15 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from relxfer.backends.local import LocalBackend
 from relxfer.data.belebele import load_belebele
+from relxfer.data.prompts import EXTRACTOR_VERSION, PromptBuilder
 from relxfer.data.synthetic import SyntheticLanguage, generate
-from relxfer.evaluate import encode_requests, evaluate_items, make_records, run_metrics
+from relxfer.evaluate.local_backend import LocalBackend
+from relxfer.evaluate.loop import (
+    encode_requests,
+    evaluate_items,
+    make_records,
+    run_metrics,
+)
 from relxfer.models.tiny import BUILTIN_ID
-from relxfer.lm_eval_tasks import write_belebele_tasks
-from relxfer.prompts import EXTRACTOR_VERSION, PromptBuilder
-
-from .test_prompts import BELEBELE, lm_eval_requests
+from tests.support.lm_eval_tasks import write_belebele_tasks
+from tests.test_prompts import BELEBELE, lm_eval_requests
 
 # One intra-op thread: on a shared 2-core machine two threads can run 50x slower.
 torch.set_num_threads(1)
@@ -47,11 +51,23 @@ def test_records_and_metrics(backend, items):
     assert len(result.records) == len(items)
     for record, item in zip(result.records, items):
         assert set(record) == {
-            "question_id", "passage_id", "language", "gold", "predicted", "correct",
-            "logprob_1", "logprob_2", "logprob_3", "logprob_4", "prompt_template",
+            "question_id",
+            "passage_id",
+            "language",
+            "gold",
+            "predicted",
+            "correct",
+            "logprob_1",
+            "logprob_2",
+            "logprob_3",
+            "logprob_4",
+            "prompt_template",
         }
         assert (record["question_id"], record["passage_id"], record["language"], record["gold"]) == (
-            item.question_id, item.passage_id, item.language, item.gold,
+            item.question_id,
+            item.passage_id,
+            item.language,
+            item.gold,
         )
         logprobs = [record[f"logprob_{label}"] for label in builder.labels]
         assert all(lp < 0 for lp in logprobs)
@@ -175,8 +191,14 @@ def harness_loglikelihoods(lm, task_dir, code: str, limit: int, chat: bool) -> n
     from lm_eval.tasks import TaskManager
 
     out = lm_eval.simple_evaluate(
-        model=lm, tasks=[f"belebele_local_{code}"], task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
-        limit=limit, log_samples=True, bootstrap_iters=0, apply_chat_template=chat, verbosity="ERROR",
+        model=lm,
+        tasks=[f"belebele_local_{code}"],
+        task_manager=TaskManager(include_path=str(task_dir), include_defaults=False),
+        limit=limit,
+        log_samples=True,
+        bootstrap_iters=0,
+        apply_chat_template=chat,
+        verbosity="ERROR",
     )
     samples = sorted(out["samples"][f"belebele_local_{code}"], key=lambda s: s["doc_id"])
     return np.array([[float(r[0]) for r in s["filtered_resps"]] for s in samples])
@@ -191,9 +213,10 @@ def test_predictions_equal_lm_eval_harness(harness, code, limit, chat):
     if chat:  # the chat-templated requests are byte-identical too
         requests = lm_eval_requests(task_dir, code, limit=limit, chat_template=lm.apply_chat_template)
         bound = builder.bind(ours.chat)
-        assert [[(bound.direct(i), c) for c in bound.continuations()] for i in items] == [requests[d] for d in range(limit)]
+        assert [[(bound.direct(i), c) for c in bound.continuations()] for i in items] == [
+            requests[d] for d in range(limit)
+        ]
     result = evaluate_items(ours, items, builder, batch_size=None, progress=False)
     mine = np.array([[r[f"logprob_{label}"] for label in builder.labels] for r in result.records])
     assert np.abs(mine - theirs).max() < TOL
     assert [r["predicted"] for r in result.records] == [int(np.argmax(row)) for row in theirs]
-

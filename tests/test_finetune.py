@@ -20,12 +20,17 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from relxfer.backends.local import LocalBackend
 from relxfer.data.synthetic import _syllables
 from relxfer.errors import ModelError
-from relxfer.finetune import KEEP_CHECKPOINTS, completion_loss, tokenize_examples, train_lora
+from relxfer.evaluate.local_backend import LocalBackend
 from relxfer.models.loading import load_causal_lm
 from relxfer.models.tiny import BUILTIN_ID
+from relxfer.train import (
+    KEEP_CHECKPOINTS,
+    completion_loss,
+    tokenize_examples,
+    train_lora,
+)
 
 # One intra-op thread: fast for the tiny model, robust on a shared 2-core machine, and the same
 # in the subprocess of the resume test (results are compared bit for bit).
@@ -58,7 +63,16 @@ def toy() -> list[tuple[str, str]]:
 def trained(toy, relxfer_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft") / "run"
     calls = []
-    result = train_lora(TINY, qlora(max_steps=30), toy, out, seed=0, cache_dir=relxfer_cache, on_step=lambda s, m: calls.append((s, m)), progress=False)
+    result = train_lora(
+        TINY,
+        qlora(max_steps=30),
+        toy,
+        out,
+        seed=0,
+        cache_dir=relxfer_cache,
+        on_step=lambda s, m: calls.append((s, m)),
+        progress=False,
+    )
     return result, calls, out
 
 
@@ -94,7 +108,10 @@ def test_saved_adapter_reproduces_the_trained_model(trained, toy, relxfer_cache)
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "relxfer_finetune.json"} <= names
     record = json.loads((adapter / "relxfer_finetune.json").read_text())
     assert record["base_model"] == {"name": "tiny", "source": BUILTIN_ID, "revision": None, "dtype": "float32"}
-    assert record["finetune"]["lora"]["target_modules"] == "all-linear" and record["finetune"]["training"]["max_steps"] == 30
+    assert (
+        record["finetune"]["lora"]["target_modules"] == "all-linear"
+        and record["finetune"]["training"]["max_steps"] == 30
+    )
     assert record["seed"] == 0 and record["result"]["steps"] == 30 and "bitsandbytes" in record["versions"]
     assert not (out / "checkpoints").exists()
 
@@ -124,7 +141,7 @@ KILLED_RUN = textwrap.dedent(
     import json, sys, time, torch
     from pathlib import Path
     torch.set_num_threads(1)
-    from relxfer.finetune import train_lora
+    from relxfer.train import train_lora
     args = json.loads(sys.argv[1])
     def slow_after_checkpoint(step, metrics):
         if step >= 4:
@@ -142,7 +159,9 @@ def test_killed_run_resumes_from_its_checkpoint(toy, relxfer_cache, tmp_path):
     out = tmp_path / "killed"
     args = {"model": TINY, "finetune": finetune, "examples": toy, "out": str(out), "cache": str(relxfer_cache)}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, json.dumps(args)], cwd=REPO, env=env, stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, json.dumps(args)], cwd=REPO, env=env, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 60
     while not (out / "checkpoints" / "step-4" / "state.json").exists():
         assert child.poll() is None, child.stderr.read().decode()[-2000:]
@@ -170,8 +189,19 @@ def test_gradient_accumulation_equals_one_big_batch(toy, relxfer_cache, tmp_path
     lora = {"method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
     runs = {}
     for batch, accum in ((8, 1), (4, 2)):
-        cfg = {**lora, "training": {"learning_rate": 1e-2, "max_steps": 3, "batch_size": batch, "grad_accum_steps": accum, "lr_scheduler": "constant"}}
-        runs[accum] = train_lora(TINY, cfg, toy, tmp_path / f"accum{accum}", seed=2, cache_dir=relxfer_cache, progress=False)
+        cfg = {
+            **lora,
+            "training": {
+                "learning_rate": 1e-2,
+                "max_steps": 3,
+                "batch_size": batch,
+                "grad_accum_steps": accum,
+                "lr_scheduler": "constant",
+            },
+        }
+        runs[accum] = train_lora(
+            TINY, cfg, toy, tmp_path / f"accum{accum}", seed=2, cache_dir=relxfer_cache, progress=False
+        )
     np.testing.assert_allclose(runs[1].loss_history, runs[2].loss_history, atol=1e-5, rtol=0)
     a = load_file(tmp_path / "accum1" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "accum2" / "adapter" / "adapter_model.safetensors")
@@ -182,7 +212,11 @@ def test_gradient_accumulation_equals_one_big_batch(toy, relxfer_cache, tmp_path
 def test_completion_tokens_only_and_padding_does_not_change_the_loss(relxfer_cache):
     model, tokenizer = load_causal_lm(TINY, None, relxfer_cache)
     backend = LocalBackend(model, tokenizer, add_bos_token=False)
-    examples = [("Item: mabo\nAnswer:", " 3"), ("Passage: a much longer prompt here.\nAnswer: ", "teka lupi"), ("Q:", " 1 2")]
+    examples = [
+        ("Item: mabo\nAnswer:", " 3"),
+        ("Passage: a much longer prompt here.\nAnswer: ", "teka lupi"),
+        ("Q:", " 1 2"),
+    ]
     rows = tokenize_examples(tokenizer, examples, add_bos_token=False, max_seq_len=512)
     for (prompt, completion), (ids, n) in zip(examples, rows):
         context_ids, completion_ids = backend.split_continuation(prompt, completion)
@@ -194,14 +228,29 @@ def test_completion_tokens_only_and_padding_does_not_change_the_loss(relxfer_cac
     assert n_batched == sum(n for _, n in singles) == sum(n for _, n in rows)
     assert batched.item() == pytest.approx(sum(loss.item() for loss, _ in singles), abs=1e-4)
     # The summed loss is minus the log-likelihood that scoring computes for the same split.
-    scored = backend.label_logprobs_bruteforce([backend.split_continuation(*examples[0])[0]], [[backend.split_continuation(*examples[0])[1]]])
+    scored = backend.label_logprobs_bruteforce(
+        [backend.split_continuation(*examples[0])[0]], [[backend.split_continuation(*examples[0])[1]]]
+    )
     assert singles[0][0].item() == pytest.approx(-scored[0, 0], abs=1e-4)
 
 
 def test_epochs_set_the_number_of_steps_and_bad_settings_are_refused(toy, relxfer_cache, tmp_path):
-    cfg = {"method": "lora", "lora": {"dropout": 0.0}, "training": {"epochs": 1.5, "batch_size": 8, "warmup_ratio": 0.5, "lr_scheduler": "cosine"}}
+    cfg = {
+        "method": "lora",
+        "lora": {"dropout": 0.0},
+        "training": {"epochs": 1.5, "batch_size": 8, "warmup_ratio": 0.5, "lr_scheduler": "cosine"},
+    }
     rates = []
-    result = train_lora(TINY, cfg, toy, tmp_path / "epochs", seed=0, cache_dir=relxfer_cache, on_step=lambda s, m: rates.append(m["learning_rate"]), progress=False)
+    result = train_lora(
+        TINY,
+        cfg,
+        toy,
+        tmp_path / "epochs",
+        seed=0,
+        cache_dir=relxfer_cache,
+        on_step=lambda s, m: rates.append(m["learning_rate"]),
+        progress=False,
+    )
     assert result.steps == 6  # 32 examples / 8 per batch = 4 steps per epoch, x 1.5
     assert rates[0] == 0.0 and max(rates) == pytest.approx(2e-4)  # linear warmup over 3 steps, then cosine
     for bad, message in (

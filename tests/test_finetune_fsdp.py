@@ -11,10 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from relxfer.finetune import train_lora
-from relxfer.trainers.torchrun import TorchrunTrainer
-
-from .fsdp_helpers import LOSS_TOLERANCE, NF4, TINY, context, engine, predictions, recipe, request, toy
+from relxfer.train import train_lora
+from relxfer.train.torchrun_trainer import TorchrunTrainer
+from tests.fsdp_helpers import LOSS_TOLERANCE, NF4, TINY, context, engine, predictions, recipe, request, toy
 
 torch.set_num_threads(1)
 
@@ -33,7 +32,9 @@ def test_two_torchrun_processes_train_what_one_process_trains(single, relxfer_ca
     trainer = TorchrunTrainer(config, context(config, finetune, relxfer_cache))
     trainer.check()
     result = trainer.train(
-        request(finetune, toy(), tmp_path / "fsdp", relxfer_cache, on_checkpoint=lambda s, p: checkpoints.append((s, p))),
+        request(
+            finetune, toy(), tmp_path / "fsdp", relxfer_cache, on_checkpoint=lambda s, p: checkpoints.append((s, p))
+        ),
         lambda step, metrics: steps.append((step, metrics)),
     )
 
@@ -50,7 +51,10 @@ def test_two_torchrun_processes_train_what_one_process_trains(single, relxfer_ca
     adapter = tmp_path / "fsdp" / "adapter"
     record = json.loads((adapter / "relxfer_finetune.json").read_text())
     assert record["parallel"] == {"world_size": 2, "mixed_precision": {"param_dtype": None, "reduce_dtype": "float32"}}
-    a, b = load_file(adapter / "adapter_model.safetensors"), load_file(reference.adapter_dir / "adapter_model.safetensors")
+    a, b = (
+        load_file(adapter / "adapter_model.safetensors"),
+        load_file(reference.adapter_dir / "adapter_model.safetensors"),
+    )
     assert a.keys() == b.keys() and len(a) == 28
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=0)

@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 from mlflow import MlflowClient
 
-from relxfer.data.study import load_study_data
-from relxfer.finetune import train_lora
+from relxfer.data.prompts import PromptBuilder
 from relxfer.models.tiny import build_tiny_model
-from relxfer.plan import plan
-from relxfer.prompts import PromptBuilder
-from relxfer.spec import load_spec
-
-from .fsdp_helpers import LOSS_TOLERANCE
+from relxfer.plan.cells import plan
+from relxfer.plan.study_data import load_study_data
+from relxfer.spec.load import load_spec
+from relxfer.train import train_lora
+from tests.fsdp_helpers import LOSS_TOLERANCE
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -37,8 +36,13 @@ def write_spec(tmp_path: Path) -> Path:
     raw["eval"]["groups"][0]["languages"] = ["syn_Rela"]
     raw["eval"]["groups"][1]["languages"] = ["syn_Ctla"]
     raw["models"][0]["engines"] = {"finetune": {"kind": "torchrun", "nproc_per_node": 2}}
-    raw["finetune"]["training"] = {"max_steps": STEPS, "learning_rate": 0.003, "batch_size": 8, "checkpoint_every": 2,
-                                   "max_seq_len": 256}
+    raw["finetune"]["training"] = {
+        "max_steps": STEPS,
+        "learning_rate": 0.003,
+        "batch_size": 8,
+        "checkpoint_every": 2,
+        "max_seq_len": 256,
+    }
     raw["conditions"] = ["finetuned"]
     path = tmp_path / "fsdp-resume.json"
     path.write_text(json.dumps(raw))
@@ -46,12 +50,29 @@ def write_spec(tmp_path: Path) -> Path:
 
 
 def start(spec: Path, uri: str, cache: Path, log: Path, tag: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RELXFER_TEST_TAG": tag,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "RELXFER_TEST_TAG": tag,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     env.pop("MLFLOW_RUN_ID", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "relxfer.cli", "run", str(spec), "--tracking-uri", uri, "--cache-dir", str(cache), "--no-progress"],
-        env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "relxfer.cli",
+            "run",
+            str(spec),
+            "--tracking-uri",
+            uri,
+            "--cache-dir",
+            str(cache),
+            "--no-progress",
+        ],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -66,7 +87,7 @@ def ranks(tag: str) -> dict[int, int]:
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"relxfer.finetune.worker" in cmdline and f"RELXFER_TEST_TAG={tag}".encode() in environ:
+        if b"relxfer.train.worker" in cmdline and f"RELXFER_TEST_TAG={tag}".encode() in environ:
             rank = next((int(e.split(b"=", 1)[1]) for e in environ if e.startswith(b"LOCAL_RANK=")), None)
             if rank is not None:
                 found[rank] = int(proc.name)
@@ -107,7 +128,11 @@ def test_sigkill_of_one_rank_then_rerun_resumes_in_the_same_run(mlflow_server, r
     run = finetunes[0]
     tags, metrics = run.data.tags, run.data.metrics
     assert run.info.status == "FINISHED" and tags["relxfer.resumed"] == "true"
-    assert tags["relxfer.engine"] == "torchrun" and tags["relxfer.world_size"] == "2" and tags["relxfer.finetune_method"] == "qlora"
+    assert (
+        tags["relxfer.engine"] == "torchrun"
+        and tags["relxfer.world_size"] == "2"
+        and tags["relxfer.finetune_method"] == "qlora"
+    )
     assert 4 <= metrics["resumed_from_step"] < STEPS and metrics["resumed_from_step"] % 2 == 0
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert sorted(m.step for m in history) == list(range(1, STEPS + 1))  # each step exactly once
@@ -118,7 +143,9 @@ def test_sigkill_of_one_rank_then_rerun_resumes_in_the_same_run(mlflow_server, r
     data = load_study_data(spec)
     builder = PromptBuilder.from_spec(spec.prompt)
     examples = [builder.training_example(item) for item in data.train_items]
-    single = train_lora(spec.models[0], spec.finetune, examples, tmp_path / "single", seed=0, cache_dir=relxfer_cache, progress=False)
+    single = train_lora(
+        spec.models[0], spec.finetune, examples, tmp_path / "single", seed=0, cache_dir=relxfer_cache, progress=False
+    )
     logged = [m.value for m in sorted(history, key=lambda m: m.step)]
     difference = np.abs(np.array(logged) - np.array(single.loss_history)).max()
     print(f"resumed FSDP2 run vs one process: max loss difference {difference:.2e}")

@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from relxfer.finetune import train_lora
+from relxfer.train import train_lora
+from tests.fsdp_helpers import LOSS_TOLERANCE, TINY, context, engine, predictions, recipe, request, toy
+from tests.ray_cluster import RayCluster
 
-from .fsdp_helpers import LOSS_TOLERANCE, TINY, context, engine, predictions, recipe, request, toy
-from .ray_cluster import RayCluster
-
-pytest.importorskip("ray.train.torch", reason="pip install \"relxfer[ray]\"")
+pytest.importorskip("ray.train.torch", reason='pip install "relxfer[ray]"')
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +21,17 @@ def ray_cluster():
 
 
 def test_two_ray_train_workers_train_what_one_process_trains(ray_cluster, relxfer_cache, tmp_path):
-    from relxfer.trainers.ray_train import RayTrainer
+    from relxfer.train.ray_trainer import RayTrainer
 
     finetune = recipe("lora")
     reference = train_lora(TINY, finetune, toy(), tmp_path / "single", seed=3, cache_dir=relxfer_cache, progress=False)
-    config = engine("ray", num_workers=2, resources_per_worker={"CPU": 1}, address=ray_cluster.address,
-                    fsdp={"gradient_checkpointing": True})
+    config = engine(
+        "ray",
+        num_workers=2,
+        resources_per_worker={"CPU": 1},
+        address=ray_cluster.address,
+        fsdp={"gradient_checkpointing": True},
+    )
     trainer = RayTrainer(config, context(config, finetune, relxfer_cache))
     trainer.check()
     steps = []

@@ -9,7 +9,11 @@ import statsmodels.api as sm
 from statsmodels.stats.proportion import proportion_confint
 
 from relxfer.compare.stats import accuracy_table
-from relxfer.intervals import cluster_mean_var, clustered_accuracy_interval, design_effect
+from relxfer.evaluate.intervals import (
+    cluster_mean_var,
+    clustered_accuracy_interval,
+    design_effect,
+)
 
 
 def clustered_outcomes(seed=0, n_passages=40, per_passage=2):
@@ -55,10 +59,20 @@ def test_interval_stays_in_range_at_the_floor_and_ceiling():
 
 def test_run_metric_equals_compare_accuracy_table():
     y, clusters = clustered_outcomes(seed=3)
-    items = pd.DataFrame({
-        "model": "m", "seed": 0, "condition": "baseline", "language": "xxx_Latn", "group": "g", "role": "related",
-        "question_id": [f"q{i}" for i in range(y.size)], "passage_id": [f"p{c}" for c in clusters],
-        "gold": 0, "predicted": np.where(y == 1, 0, 1), "correct": y.astype(int),
-    })
+    items = pd.DataFrame(
+        {
+            "model": "m",
+            "seed": 0,
+            "condition": "baseline",
+            "language": "xxx_Latn",
+            "group": "g",
+            "role": "related",
+            "question_id": [f"q{i}" for i in range(y.size)],
+            "passage_id": [f"p{c}" for c in clusters],
+            "gold": 0,
+            "predicted": np.where(y == 1, 0, 1),
+            "correct": y.astype(int),
+        }
+    )
     row = accuracy_table(items).iloc[0]
     assert (row["ci_low"], row["ci_high"]) == clustered_accuracy_interval(y, clusters)

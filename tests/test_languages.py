@@ -26,8 +26,14 @@ urd_Arab urd_Latn uzn_Latn vie_Latn war_Latn wol_Latn xho_Latn yor_Latn zho_Hans
 zul_Latn
 """.split()
 
-ROMANIZED = {"arb_Latn": "arb_Arab", "ben_Latn": "ben_Beng", "hin_Latn": "hin_Deva",
-             "npi_Latn": "npi_Deva", "sin_Latn": "sin_Sinh", "urd_Latn": "urd_Arab"}
+ROMANIZED = {
+    "arb_Latn": "arb_Arab",
+    "ben_Latn": "ben_Beng",
+    "hin_Latn": "hin_Deva",
+    "npi_Latn": "npi_Deva",
+    "sin_Latn": "sin_Sinh",
+    "urd_Latn": "urd_Arab",
+}
 
 
 def test_table_has_exactly_the_122_belebele_variants():
@@ -52,8 +58,17 @@ def test_table_version_comes_from_the_data_file():
 
 def test_semitic_is_the_arabic_varieties_hebrew_amharic_maltese_tigrinya():
     assert languages_in("Semitic") == [
-        "acm_Arab", "amh_Ethi", "apc_Arab", "arb_Arab", "arb_Latn", "ars_Arab", "ary_Arab", "arz_Arab",
-        "heb_Hebr", "mlt_Latn", "tir_Ethi",
+        "acm_Arab",
+        "amh_Ethi",
+        "apc_Arab",
+        "arb_Arab",
+        "arb_Latn",
+        "ars_Arab",
+        "ary_Arab",
+        "arz_Arab",
+        "heb_Hebr",
+        "mlt_Latn",
+        "tir_Ethi",
     ]
     assert all(lang.family == "Afro-Asiatic" for lang in map(language, languages_in("Semitic")))
 
@@ -83,25 +98,31 @@ def test_romanized_variants_share_family_and_genus_with_their_language():
         assert not n.romanized
 
 
-@pytest.mark.parametrize("code, message", [
-    ("hbe_Hebr", "unknown language code 'hbe_Hebr'; did you mean heb_Hebr?"),
-    ("Hebrew", "unknown language code 'Hebrew'; did you mean heb_Hebr?"),
-    ("arb_arab", "unknown language code 'arb_arab'; did you mean arb_Arab?"),
-    ("hin", "unknown language code 'hin'; did you mean hin_Deva or hin_Latn?"),
-    ("zho_Hanz", "unknown language code 'zho_Hanz'; did you mean zho_Hans or zho_Hant?"),
-    ("xyz_Qqqq", "unknown language code 'xyz_Qqqq'"),
-])
+@pytest.mark.parametrize(
+    "code, message",
+    [
+        ("hbe_Hebr", "unknown language code 'hbe_Hebr'; did you mean heb_Hebr?"),
+        ("Hebrew", "unknown language code 'Hebrew'; did you mean heb_Hebr?"),
+        ("arb_arab", "unknown language code 'arb_arab'; did you mean arb_Arab?"),
+        ("hin", "unknown language code 'hin'; did you mean hin_Deva or hin_Latn?"),
+        ("zho_Hanz", "unknown language code 'zho_Hanz'; did you mean zho_Hans or zho_Hant?"),
+        ("xyz_Qqqq", "unknown language code 'xyz_Qqqq'"),
+    ],
+)
 def test_unknown_code_suggests_close_codes(code, message):
     with pytest.raises(SpecError) as error:
         language(code)
     assert str(error.value) == message
 
 
-@pytest.mark.parametrize("group, message", [
-    ("Semetic", "unknown language family or genus 'Semetic'; did you mean Semitic?"),
-    ("Indo European", "unknown language family or genus 'Indo European'; did you mean Indo-European?"),
-    ("Klingon", "unknown language family or genus 'Klingon'"),
-])
+@pytest.mark.parametrize(
+    "group, message",
+    [
+        ("Semetic", "unknown language family or genus 'Semetic'; did you mean Semitic?"),
+        ("Indo European", "unknown language family or genus 'Indo European'; did you mean Indo-European?"),
+        ("Klingon", "unknown language family or genus 'Klingon'"),
+    ],
+)
 def test_unknown_group_suggests_close_names(group, message):
     with pytest.raises(SpecError) as error:
         languages_in(group)

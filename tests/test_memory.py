@@ -14,23 +14,43 @@ import torch
 from click.testing import CliRunner
 
 from relxfer.cli import main
-from relxfer.memory import estimate, finetune_tags, misfit
-from relxfer.plan import plan
-from relxfer.spec import load_spec
+from relxfer.plan.cells import plan
+from relxfer.spec.load import load_spec
+from relxfer.spec.memory import estimate, finetune_tags, misfit
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = REPO / "specs" / "full.json"
 
 
 def tiny_moe(kind: str):
-    from transformers import GptOssConfig, GptOssForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from transformers import (
+        GptOssConfig,
+        GptOssForCausalLM,
+        Qwen3MoeConfig,
+        Qwen3MoeForCausalLM,
+    )
 
-    common = {"vocab_size": 256, "hidden_size": 128, "intermediate_size": 128, "num_hidden_layers": 2,
-              "num_attention_heads": 4, "num_key_value_heads": 2}
+    common = {
+        "vocab_size": 256,
+        "hidden_size": 128,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    }
     if kind == "qwen3-moe":
-        return Qwen3MoeForCausalLM(Qwen3MoeConfig(**common, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64))
-    return GptOssForCausalLM(GptOssConfig(**common, num_local_experts=4, num_experts_per_tok=2, head_dim=32,
-                                          layer_types=["full_attention", "sliding_attention"]))
+        return Qwen3MoeForCausalLM(
+            Qwen3MoeConfig(**common, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64)
+        )
+    return GptOssForCausalLM(
+        GptOssConfig(
+            **common,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            head_dim=32,
+            layer_types=["full_attention", "sliding_attention"],
+        )
+    )
 
 
 @pytest.mark.parametrize("kind", ["qwen3-moe", "gpt-oss"])
@@ -40,17 +60,24 @@ def test_bitsandbytes_leaves_fused_moe_experts_in_the_compute_dtype(kind, tmp_pa
 
     torch.manual_seed(0)
     tiny_moe(kind).save_pretrained(tmp_path)
-    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16)
+    config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16, device_map="cpu", quantization_config=config)
+        model = AutoModelForCausalLM.from_pretrained(
+            tmp_path, dtype=torch.bfloat16, device_map="cpu", quantization_config=config
+        )
     four_bit = {n for n, p in model.named_parameters() if isinstance(p, bnb.nn.Params4bit)}
     experts = {n: p for n, p in model.named_parameters() if ".experts." in n and p.dim() == 3}
     assert experts and not four_bit & set(experts)
     assert all(p.dtype == torch.bfloat16 for p in experts.values())
     assert "model.layers.0.self_attn.q_proj.weight" in four_bit  # nn.Linear layers are 4-bit
     # The experts are most of a MoE model's weights, as in the real ones.
-    assert sum(p.numel() for p in experts.values()) > sum(p.numel() for n, p in model.named_parameters() if n not in experts) / 2
+    assert (
+        sum(p.numel() for p in experts.values())
+        > sum(p.numel() for n, p in model.named_parameters() if n not in experts) / 2
+    )
 
 
 def test_plan_shows_each_fine_tune_memory_floor_and_engine():
@@ -59,7 +86,9 @@ def test_plan_shows_each_fine_tune_memory_floor_and_engine():
     lines = {line.split(":")[0]: line for line in result.output.splitlines() if line.startswith("memory")}
     assert len(lines) == 7
     gpt = lines["memory    gpt-oss-120b"]
-    assert "4-bit NF4: 5.1B weights, 2.6 GB; bfloat16 (fused MoE experts, not quantized): 111.9B weights, 223.8 GB" in gpt
+    assert (
+        "4-bit NF4: 5.1B weights, 2.6 GB; bfloat16 (fused MoE experts, not quantized): 111.9B weights, 223.8 GB" in gpt
+    )
     assert ">= 28.3 GB on each of 8 GPUs on torchrun" in gpt
     assert ">= 80.4 GB on each of 16 GPUs on ray" in lines["memory    deepseek-v3.1"]
     assert "fused MoE" not in lines["memory    qwen3-32b"]  # dense: all 4-bit

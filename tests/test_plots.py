@@ -7,9 +7,19 @@ import struct
 import numpy as np
 import pytest
 
-from relxfer.compare.plots import plot_family_gap, plot_ft_vs_cot, plot_gain_vs_baseline, plot_language_gains
-from relxfer.compare.simulate import simulate_points_study, simulate_study
-from relxfer.compare.stats import baseline_gain, family_gap, paired_gains, task_alignment
+from relxfer.compare.plots import (
+    plot_family_gap,
+    plot_ft_vs_cot,
+    plot_gain_vs_baseline,
+    plot_language_gains,
+)
+from relxfer.compare.stats import (
+    baseline_gain,
+    family_gap,
+    paired_gains,
+    task_alignment,
+)
+from tests.support.simulate import simulate_points_study, simulate_study
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -9,9 +9,9 @@ import pytest
 
 from relxfer.data.belebele import load_belebele
 from relxfer.data.items import MCItem
+from relxfer.data.prompts import INSTRUCTIONS, PromptBuilder, extract_answer
 from relxfer.errors import SpecError
-from relxfer.prompts import INSTRUCTIONS, PromptBuilder, extract_answer
-from relxfer.lm_eval_tasks import write_belebele_tasks
+from tests.support.lm_eval_tasks import write_belebele_tasks
 
 ITEM = MCItem("q#1", "q", "eng_Latn", "The cat sat.", " Where did the cat sit? ", ("mat", "sofa", "roof", "tree"), 0)
 V1 = {"preset": "relxfer-v1", "labels": ["1", "2", "3", "4"]}
@@ -31,7 +31,9 @@ def test_relxfer_v1_text():
 
 def test_lm_eval_belebele_text_is_the_harness_prompt():
     builder = PromptBuilder.from_spec(LM_EVAL)
-    assert builder.direct(ITEM) == "P: The cat sat.\nQ: Where did the cat sit?\nA: mat\nB: sofa\nC: roof\nD: tree\nAnswer:"
+    assert (
+        builder.direct(ITEM) == "P: The cat sat.\nQ: Where did the cat sit?\nA: mat\nB: sofa\nC: roof\nD: tree\nAnswer:"
+    )
     assert builder.continuations() == [" A", " B", " C", " D"]
     assert builder.labels == ("A", "B", "C", "D")  # the preset's letters, whatever the spec says
 
@@ -40,7 +42,10 @@ def test_spec_defaults_for_missing_options():
     builder = PromptBuilder.from_spec({"preset": "relxfer-v1"})
     assert builder.labels == ("1", "2", "3", "4")
     assert (builder.instruction_language, builder.chat_template) == ("en", False)
-    assert builder.template_id == PromptBuilder.from_spec(V1 | {"instruction_language": "en", "chat_template": False}).template_id
+    assert (
+        builder.template_id
+        == PromptBuilder.from_spec(V1 | {"instruction_language": "en", "chat_template": False}).template_id
+    )
 
 
 def test_template_id_names_preset_version_and_hash():
@@ -82,7 +87,9 @@ def test_instruction_in_the_target_language():
 
 def test_instruction_language_errors_say_how_to_fix():
     builder = PromptBuilder.from_spec(V1 | {"instruction_language": "target"})
-    with pytest.raises(SpecError, match=r"no relxfer-v1@1 instruction for language 'xxx_Zzzz'.*set prompt.instruction_language to 'en'"):
+    with pytest.raises(
+        SpecError, match=r"no relxfer-v1@1 instruction for language 'xxx_Zzzz'.*set prompt.instruction_language to 'en'"
+    ):
         builder.direct(MCItem("q#1", "q", "xxx_Zzzz", "p", "q", ("a", "b", "c", "d"), 0))
     with pytest.raises(SpecError, match="lm-eval-belebele@1 has none"):
         PromptBuilder.from_spec(LM_EVAL | {"instruction_language": "target"})
@@ -178,7 +185,9 @@ def test_lm_eval_belebele_preset_is_byte_identical_to_the_harness(belebele_codes
         assert len(requests) == len(items) == (limit or 900)
         for doc_id, item in enumerate(items):
             ours = [(builder.direct(item), c) for c in builder.continuations()]
-            assert [(c.encode(), t.encode()) for c, t in requests[doc_id]] == [(c.encode(), t.encode()) for c, t in ours], (code, doc_id)
+            assert [(c.encode(), t.encode()) for c, t in requests[doc_id]] == [
+                (c.encode(), t.encode()) for c, t in ours
+            ], (code, doc_id)
             checked += 1
     # English has questions with stray whitespace and options with trailing spaces: covered.
     english = data.items_by_language["eng_Latn"]

@@ -19,12 +19,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from relxfer.plan import plan
-from relxfer.runner import StudyRunner
-from relxfer.spec import load_spec
-from relxfer.tracking import Tracker
-
-from .ray_cluster import RayCluster
+from relxfer.plan.cells import plan
+from relxfer.run.runner import StudyRunner
+from relxfer.spec.load import load_spec
+from relxfer.tracking.client import Tracker
+from tests.ray_cluster import RayCluster
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +38,10 @@ def small_spec(path: Path, **resources) -> Path:
     source["languages"] = [
         {"code": "syn_Base", "family": "Synthetic-A"},
         *({"code": code, "family": "Synthetic-A", "overlap": 0.85} for code in ("syn_Rela", "syn_Relb")),
-        *({"code": code, "family": "Synthetic-B", "overlap": 0.0, "alphabet": "disjoint"} for code in ("syn_Ctla", "syn_Ctlb")),
+        *(
+            {"code": code, "family": "Synthetic-B", "overlap": 0.0, "alphabet": "disjoint"}
+            for code in ("syn_Ctla", "syn_Ctlb")
+        ),
     ]
     raw["train"]["languages"] = ["syn_Base"]
     raw["data"]["split"]["held_out"] = 8
@@ -66,10 +68,26 @@ def spec_path(tmp_path_factory) -> Path:
 
 def driver(cluster, spec: Path, uri: str, experiment: str, log: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "relxfer.cli", "run", str(spec), "--executor", "ray", "--ray-address", cluster.address,
-         "--tracking-uri", uri, "--cache-dir", str(log.parent / "driver-cache"), "--no-progress", *extra],
+        [
+            sys.executable,
+            "-m",
+            "relxfer.cli",
+            "run",
+            str(spec),
+            "--executor",
+            "ray",
+            "--ray-address",
+            cluster.address,
+            "--tracking-uri",
+            uri,
+            "--cache-dir",
+            str(log.parent / "driver-cache"),
+            "--no-progress",
+            *extra,
+        ],
         env=cluster.env(MLFLOW_EXPERIMENT_NAME=experiment, OMP_NUM_THREADS="1"),
-        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
         # A shell without job control starts background jobs with SIGINT ignored, and children
         # inherit that: give the driver the default, so Ctrl-C (SIGINT) reaches it as a user's would.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -94,13 +112,19 @@ def finished_results(client: MlflowClient, experiment: str, spec: Path) -> dict[
     finished = Counter(r.data.tags["relxfer.cell_key"] for r in runs if r.info.status == "FINISHED")
     assert set(finished) == keys and set(finished.values()) == {1}, finished
     assert all(r.info.status in ("FINISHED", "KILLED", "FAILED") for r in runs)
-    return {r.data.tags["relxfer.cell_key"]: r.data.metrics.get("accuracy", r.data.metrics.get("final_loss"))
-            for r in runs if r.info.status == "FINISHED"}
+    return {
+        r.data.tags["relxfer.cell_key"]: r.data.metrics.get("accuracy", r.data.metrics.get("final_loss"))
+        for r in runs
+        if r.info.status == "FINISHED"
+    }
 
 
 def assert_loss_steps_once(client: MlflowClient, experiment: str):
-    finetune = next(r for r in cell_runs(client, experiment)
-                    if r.data.tags["relxfer.kind"] == "finetune" and r.info.status == "FINISHED")
+    finetune = next(
+        r
+        for r in cell_runs(client, experiment)
+        if r.data.tags["relxfer.kind"] == "finetune" and r.info.status == "FINISHED"
+    )
     steps = [m.step for m in client.get_metric_history(finetune.info.run_id, "train_loss")]
     assert sorted(steps) == list(range(1, int(finetune.data.metrics["steps"]) + 1))
     return finetune
@@ -122,11 +146,30 @@ def reference(cluster, mlflow_server, spec_path, tmp_path_factory) -> dict[str, 
     (MLflow's project run is the parent): the accuracies every disturbed run must match."""
     root = tmp_path_factory.mktemp("reference")
     result = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(REPO), "-P", f"spec={spec_path}", "-P", "executor=ray",
-         "-P", f"ray_address={cluster.address}", "-P", f"cache_dir={root / 'driver-cache'}", "--env-manager", "local",
-         "--experiment-name", "ray-reference"],
-        cwd=root, env=cluster.env(MLFLOW_TRACKING_URI=mlflow_server.uri, OMP_NUM_THREADS="1"), capture_output=True,
-        text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(REPO),
+            "-P",
+            f"spec={spec_path}",
+            "-P",
+            "executor=ray",
+            "-P",
+            f"ray_address={cluster.address}",
+            "-P",
+            f"cache_dir={root / 'driver-cache'}",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "ray-reference",
+        ],
+        cwd=root,
+        env=cluster.env(MLFLOW_TRACKING_URI=mlflow_server.uri, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
@@ -147,23 +190,28 @@ def test_plan_shows_each_cell_s_resources(spec_path):
 def test_tasks_whose_engine_works_elsewhere_only_coordinate():
     """A Ray Train or Tinker fine-tune, and evaluation on a server that is already running or
     hosted, hold one CPU and no GPU: the GPUs belong to the workers or the server they wait for."""
-    from relxfer.executors.resources import cell_request
-    from relxfer.spec import load_spec
+    from relxfer.spec.load import load_spec
+    from relxfer.spec.resources import cell_request
 
     full = load_spec(REPO / "specs" / "full.json")
     deepseek, qwen = full.model("deepseek-v3.1"), full.model("qwen3-4b")
     assert deepseek["engines"]["finetune"]["kind"] == "ray"
     assert cell_request(deepseek, "finetune") == {"CPU": 1.0, "GPU": 0.0}
     assert cell_request(deepseek, "evaluate")["GPU"] == 8  # relxfer launches its vLLM server on the node
-    assert cell_request(qwen, "finetune") == cell_request(qwen, "evaluate") == {"CPU": 8.0, "GPU": 1.0, "memory": 64 * 2**30}
+    assert (
+        cell_request(qwen, "finetune")
+        == cell_request(qwen, "evaluate")
+        == {"CPU": 8.0, "GPU": 1.0, "memory": 64 * 2**30}
+    )
     hosted = load_spec(REPO / "specs" / "full-tinker.json").model("deepseek-v3.1")
     assert cell_request(hosted, "finetune") == cell_request(hosted, "evaluate") == {"CPU": 1.0, "GPU": 0.0}
     remote = {**qwen, "engines": {**qwen["engines"], "evaluate": {"kind": "openai", "base_url": "http://h:8000/v1"}}}
     assert cell_request(remote, "evaluate") == {"CPU": 1.0, "GPU": 0.0}
 
 
-def test_same_cells_keys_accuracies_and_layout_as_the_local_executor(mlflow_server, spec_path, reference, relxfer_cache,
-                                                                     monkeypatch):
+def test_same_cells_keys_accuracies_and_layout_as_the_local_executor(
+    mlflow_server, spec_path, reference, relxfer_cache, monkeypatch
+):
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "ray-local-twin")
     StudyRunner(load_spec(spec_path), Tracker(mlflow_server.uri), relxfer_cache, progress=False).run()
     client = MlflowClient(mlflow_server.uri)
@@ -178,15 +226,21 @@ def test_same_cells_keys_accuracies_and_layout_as_the_local_executor(mlflow_serv
             assert parent.data.tags["relxfer.kind"] == "study" and parent.info.status == "FINISHED"
             relxfer_tags = {k: v for k, v in run.data.tags.items() if k.startswith("relxfer.")}
             artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
-            out[run.data.tags["relxfer.cell_key"]] = (run.info.run_name, relxfer_tags, run.data.params,
-                                                      sorted(run.data.metrics), artifacts)
+            out[run.data.tags["relxfer.cell_key"]] = (
+                run.info.run_name,
+                relxfer_tags,
+                run.data.params,
+                sorted(run.data.metrics),
+                artifacts,
+            )
         return out
 
     assert layout("ray-local-twin") == layout("ray-reference")
 
 
-def test_worker_killed_mid_finetune_resumes_from_its_uploaded_checkpoint(cluster, mlflow_server, spec_path, reference,
-                                                                         tmp_path):
+def test_worker_killed_mid_finetune_resumes_from_its_uploaded_checkpoint(
+    cluster, mlflow_server, spec_path, reference, tmp_path
+):
     client = MlflowClient(mlflow_server.uri)
     log = tmp_path / "log.txt"
     process = driver(cluster, spec_path, mlflow_server.uri, "ray-worker-kill", log)
@@ -214,8 +268,9 @@ def test_worker_killed_mid_finetune_resumes_from_its_uploaded_checkpoint(cluster
     assert not client.list_artifacts(run_id, "checkpoints")  # removed once the adapter is logged
 
 
-def test_driver_interrupted_then_killed_then_rerun_finishes_every_cell_once(cluster, mlflow_server, spec_path,
-                                                                           reference, tmp_path):
+def test_driver_interrupted_then_killed_then_rerun_finishes_every_cell_once(
+    cluster, mlflow_server, spec_path, reference, tmp_path
+):
     client = MlflowClient(mlflow_server.uri)
     log = tmp_path / "log.txt"
 
@@ -261,8 +316,10 @@ def test_a_cell_no_node_can_hold_is_refused_before_anything_runs(cluster, mlflow
     log = tmp_path / "log.txt"
     assert driver(cluster, spec, mlflow_server.uri, "ray-too-big", log).wait(timeout=300) == 2
     output = log.read_text()
-    assert (f"Error: {spec}: /models/0/resources: model 'tiny' asks for 3 GPU, 1 CPU a cell, but no node of the Ray "
-            f"cluster has that much (nodes: 127.0.0.2: 2 GPU, 2 CPU") in output, output
+    assert (
+        f"Error: {spec}: /models/0/resources: model 'tiny' asks for 3 GPU, 1 CPU a cell, but no node of the Ray "
+        f"cluster has that much (nodes: 127.0.0.2: 2 GPU, 2 CPU"
+    ) in output, output
     assert "Traceback" not in output
     assert MlflowClient(mlflow_server.uri).get_experiment_by_name("ray-too-big") is None
 
@@ -271,14 +328,20 @@ def test_a_tracking_store_other_nodes_cannot_reach_is_refused():
     """The rule on node records as `ray.nodes()` returns them (a cluster of several machines
     cannot be started here)."""
     from relxfer.errors import TrackingError
-    from relxfer.executors.ray import check_tracking_uri
+    from relxfer.run.executors.ray import check_tracking_uri
 
     here, there = {"NodeManagerAddress": "127.0.0.2"}, {"NodeManagerAddress": "10.1.2.3"}
-    with pytest.raises(TrackingError, match=r"^tracking URI sqlite:////x/mlflow.db is a file on this machine, but the "
-                                            r"Ray cluster has 2 nodes .* run a tracking server that every node can reach"):
+    with pytest.raises(
+        TrackingError,
+        match=r"^tracking URI sqlite:////x/mlflow.db is a file on this machine, but the "
+        r"Ray cluster has 2 nodes .* run a tracking server that every node can reach",
+    ):
         check_tracking_uri("sqlite:////x/mlflow.db", [here, there])
     with pytest.raises(TrackingError, match="is this machine's loopback address, which node 10.1.2.3"):
         check_tracking_uri("http://127.0.0.1:5000", [here, there])
-    assert check_tracking_uri("http://127.0.0.1:5000", [here, {"NodeManagerAddress": "127.0.0.3"}]) == "http://127.0.0.1:5000"
+    assert (
+        check_tracking_uri("http://127.0.0.1:5000", [here, {"NodeManagerAddress": "127.0.0.3"}])
+        == "http://127.0.0.1:5000"
+    )
     assert check_tracking_uri("http://mlflow.example.org:5000", [here, there]) == "http://mlflow.example.org:5000"
     assert check_tracking_uri("sqlite:///rel/mlflow.db", [here]) == f"sqlite:///{Path('rel/mlflow.db').resolve()}"

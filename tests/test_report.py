@@ -8,9 +8,15 @@ import re
 
 import pytest
 
-from relxfer.compare.report import build_report, headline_metrics, render_text, to_dict, write_outputs
-from relxfer.compare.simulate import simulate_study
+from relxfer.compare.report import (
+    build_report,
+    headline_metrics,
+    render_text,
+    to_dict,
+    write_outputs,
+)
 from relxfer.compare.stats import RULE
+from tests.support.simulate import simulate_study
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +66,8 @@ def test_every_analysis_leads_with_one_plain_sentence(report, text):
     family = text.split("Family gap: do related languages gain more than controls?\n")[1].split("\n\n")[0]
     first = family.splitlines()[0]
     assert first.startswith("  cot vs baseline: related languages gained") or first.startswith(
-        "  cot vs baseline: related languages gained about as much")
+        "  cot vs baseline: related languages gained about as much"
+    )
     assert "CR2" not in first and "logits" not in first and "points" in first
     for summary in to_dict(report)["summaries"]:
         sentence = summary["summary"].split(". ")[0]
@@ -74,7 +81,9 @@ def test_the_rule_is_stated_once_at_the_end(text):
 
 
 def test_a_refused_family_conclusion_has_no_inference(report):
-    items = simulate_study(n_models=2, n_related=2, n_control=3, n_questions=20, conditions=("baseline", "finetuned"), seed=1)
+    items = simulate_study(
+        n_models=2, n_related=2, n_control=3, n_questions=20, conditions=("baseline", "finetuned"), seed=1
+    )
     refused = build_report(items, mixed=False)
     record = to_dict(refused)["analyses"]["family_gap[finetuned]"]
     assert record["conclusion"] == "refused"
@@ -86,7 +95,15 @@ def test_a_refused_family_conclusion_has_no_inference(report):
 
 def test_outputs_include_the_text_report_json_and_the_family_gap_plot(report, tmp_path):
     written = {p.name for p in write_outputs(report, tmp_path)}
-    assert {"report.txt", "report.json", "accuracy.csv", "gains.csv", "family_gap_finetuned.png",
-            "family_gap_cot.png", "gain_vs_baseline_finetuned.png", "language_gains_finetuned.png"} <= written
+    assert {
+        "report.txt",
+        "report.json",
+        "accuracy.csv",
+        "gains.csv",
+        "family_gap_finetuned.png",
+        "family_gap_cot.png",
+        "gain_vs_baseline_finetuned.png",
+        "language_gains_finetuned.png",
+    } <= written
     assert json.loads((tmp_path / "report.json").read_text())["scale"] == "raw"
     assert (tmp_path / "report.txt").read_text().startswith("Accuracy (95% interval clustered by passage")

@@ -20,18 +20,19 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from relxfer.plan import plan
-from relxfer.spec import load_spec
-
-from .conftest import MlflowServer
-from .smoke_study import plumbing_variant, write_variant
+from relxfer.plan.cells import plan
+from relxfer.spec.load import load_spec
+from tests.conftest import MlflowServer
+from tests.smoke_study import plumbing_variant, write_variant
 
 REPO = Path(__file__).resolve().parents[1]
 # The smoke study with 2 + 2 languages and 45 training steps: these tests need real cells and
 # checkpoints, not the planted effect (tests/test_smoke_science.py checks that).
 SPEC_DIR = Path(tempfile.mkdtemp(prefix="relxfer-resilience-"))
 atexit.register(shutil.rmtree, SPEC_DIR, ignore_errors=True)
-SPEC = write_variant(plumbing_variant(json.loads((REPO / "specs" / "smoke.json").read_text())), SPEC_DIR / "smoke-plumbing.json")
+SPEC = write_variant(
+    plumbing_variant(json.loads((REPO / "specs" / "smoke.json").read_text())), SPEC_DIR / "smoke-plumbing.json"
+)
 CELLS = {cell.key: cell for cell in plan(load_spec(SPEC))}
 SECRETS = {
     "HF_TOKEN": "hf_relxferTestSecret0001",
@@ -47,8 +48,21 @@ def start_run(uri: str, experiment: str, cache: Path, log: Path) -> subprocess.P
     env = {**os.environ, **SECRETS, "MLFLOW_EXPERIMENT_NAME": experiment, "OMP_NUM_THREADS": "1"}
     env.pop("MLFLOW_RUN_ID", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "relxfer.cli", "run", str(SPEC), "--tracking-uri", uri, "--cache-dir", str(cache), "--no-progress"],
-        env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "relxfer.cli",
+            "run",
+            str(SPEC),
+            "--tracking-uri",
+            uri,
+            "--cache-dir",
+            str(cache),
+            "--no-progress",
+        ],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -71,17 +85,23 @@ def finished_accuracy(client: MlflowClient, experiment: str) -> dict[str, float]
     assert set(finished) == set(CELLS), set(CELLS) ^ set(finished)
     assert set(finished.values()) == {1}, finished
     assert all(r.info.status in ("FINISHED", "KILLED", "FAILED") for r in runs)
-    return {r.data.tags["relxfer.cell_key"]: r.data.metrics.get("accuracy", r.data.metrics.get("final_loss"))
-            for r in runs if r.info.status == "FINISHED"}
+    return {
+        r.data.tags["relxfer.cell_key"]: r.data.metrics.get("accuracy", r.data.metrics.get("final_loss"))
+        for r in runs
+        if r.info.status == "FINISHED"
+    }
 
 
 def uploaded_checkpoint(client: MlflowClient, experiment: str) -> bool:
     """Whether the experiment's fine-tune run holds a complete checkpoint (its state.json)."""
     found = client.get_experiment_by_name(experiment)
     runs = found and client.search_runs([found.experiment_id], "tags.`relxfer.kind` = 'finetune'")
-    return any(f.path.endswith("/state.json")
-               for run in runs or [] for step in client.list_artifacts(run.info.run_id, "checkpoints")
-               for f in client.list_artifacts(run.info.run_id, step.path))
+    return any(
+        f.path.endswith("/state.json")
+        for run in runs or []
+        for step in client.list_artifacts(run.info.run_id, "checkpoints")
+        for f in client.list_artifacts(run.info.run_id, step.path)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +130,11 @@ def test_sigkill_three_times_then_rerun_loses_and_duplicates_nothing(mlflow_serv
     run_to_completion(mlflow_server.uri, "resilience-kill", tmp_path / "cache", log)
     assert finished_accuracy(client, "resilience-kill") == pytest.approx(reference, abs=1e-9)
     # The fine-tune's loss curve has every step exactly once, even if it was killed mid-training.
-    finetune = next(r for r in cell_runs(client, "resilience-kill")
-                    if r.data.tags["relxfer.kind"] == "finetune" and r.info.status == "FINISHED")
+    finetune = next(
+        r
+        for r in cell_runs(client, "resilience-kill")
+        if r.data.tags["relxfer.kind"] == "finetune" and r.info.status == "FINISHED"
+    )
     steps = [m.step for m in client.get_metric_history(finetune.info.run_id, "train_loss")]
     assert sorted(steps) == list(range(1, int(finetune.data.metrics["steps"]) + 1))
 
@@ -125,7 +148,10 @@ def test_tracking_server_restart_mid_study(reference, tmp_path):
         deadline = time.time() + 300
         while time.time() < deadline:  # wait until part of the study is done
             experiment = client.get_experiment_by_name("resilience-restart")
-            if experiment and sum(r.info.status == "FINISHED" for r in client.search_runs([experiment.experiment_id])) >= 3:
+            if (
+                experiment
+                and sum(r.info.status == "FINISHED" for r in client.search_runs([experiment.experiment_id])) >= 3
+            ):
                 break
             time.sleep(0.5)
         server.stop()

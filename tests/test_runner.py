@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from relxfer.plan import plan
-from relxfer.prompts import PromptBuilder
-from relxfer.runner import StudyRunner
-from relxfer.spec import load_spec
-from relxfer.tracking import Tracker
-
-from .smoke_study import plumbing_variant
+from relxfer.data.prompts import PromptBuilder
+from relxfer.plan.cells import plan
+from relxfer.run.runner import StudyRunner
+from relxfer.spec.load import load_spec
+from relxfer.tracking.client import Tracker
+from tests.smoke_study import plumbing_variant
 
 REPO = Path(__file__).resolve().parents[1]
 

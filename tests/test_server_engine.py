@@ -14,28 +14,29 @@ import numpy as np
 import pytest
 import torch
 
-from relxfer.backends import scoring_modes
-from relxfer.backends.base import Adapter
-from relxfer.backends.local import LocalBackend
-from relxfer.backends.openai_client import OpenAIClient, ServerError
-from relxfer.backends.scoring_probe import ScoringRefused
 from relxfer.data.belebele import load_belebele
+from relxfer.data.prompts import PromptBuilder
 from relxfer.data.synthetic import SyntheticLanguage, generate
-from relxfer.engines import EngineContext, evaluation_engine
 from relxfer.errors import RelxferError
-from relxfer.evaluate import evaluate_items
-from relxfer.finetune import train_lora
-from relxfer.prompts import PromptBuilder
-from relxfer.spec import load_spec
-
-from .servers.vllm_server import MAX_LORA_RANK, SERVED_NAME
+from relxfer.evaluate.base import Adapter
+from relxfer.evaluate.local_backend import LocalBackend
+from relxfer.evaluate.loop import evaluate_items, scoring_modes
+from relxfer.evaluate.scoring_probe import ScoringRefused
+from relxfer.services.openai_client import OpenAIClient, ServerError
+from relxfer.spec.engines import EngineContext, evaluation_engine
+from relxfer.spec.load import load_spec
+from relxfer.train import train_lora
+from tests.servers.vllm_server import MAX_LORA_RANK, SERVED_NAME
 
 torch.set_num_threads(1)
 
 TINY = {"name": "tiny", "source": "builtin:tiny-llama", "dtype": "float32"}
 V1 = PromptBuilder.from_spec({"preset": "relxfer-v1", "labels": ["1", "2", "3", "4"]})
-LORA = {"method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "training": {"max_steps": 24, "learning_rate": 0.003, "batch_size": 16, "max_seq_len": 256, "warmup_ratio": 0.0}}
+LORA = {
+    "method": "lora",
+    "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+    "training": {"max_steps": 24, "learning_rate": 0.003, "batch_size": 16, "max_seq_len": 256, "warmup_ratio": 0.0},
+}
 TOL = 1e-4
 # The session server is vLLM on a CPU with LoRA enabled: prompt-log-prob requests one at a time.
 SERIAL = {"requests": {"serial_prompt_logprobs": True}}
@@ -53,8 +54,10 @@ def make_engine(tmp_path: Path, cache: Path, engine: dict, finetune: dict | None
     """A `vllm` engine as the runner builds it, from a spec file naming `engine`."""
     spec = {
         "name": "server-engine-test",
-        "data": {"source": {"kind": "synthetic", "n_passages": 20, "languages": [{"code": "syn_Base", "family": "A"}]},
-                 "split": {"held_out": 10}},
+        "data": {
+            "source": {"kind": "synthetic", "n_passages": 20, "languages": [{"code": "syn_Base", "family": "A"}]},
+            "split": {"held_out": 10},
+        },
         "train": {"languages": ["syn_Base"]},
         "eval": {"groups": [{"name": "A", "role": "related", "languages": ["syn_Base"]}]},
         "models": [TINY | {"engines": {"evaluate": engine}}],
@@ -75,8 +78,11 @@ def server_url(vllm_server) -> str:
 
 @pytest.fixture(scope="module")
 def engine(vllm_server, server_url, relxfer_cache, tmp_path_factory):
-    engine = make_engine(tmp_path_factory.mktemp("spec"), relxfer_cache,
-                         {"kind": "vllm", "base_url": server_url, "dtype": "float32", "max_lora_rank": MAX_LORA_RANK})
+    engine = make_engine(
+        tmp_path_factory.mktemp("spec"),
+        relxfer_cache,
+        {"kind": "vllm", "base_url": server_url, "dtype": "float32", "max_lora_rank": MAX_LORA_RANK},
+    )
     yield engine
     engine.close()
 
@@ -103,13 +109,23 @@ def test_belebele_label_logprobs_and_predictions_equal_local(engine, local, bele
     local engine's, every prediction identical; the probe chose one request per question."""
     server = engine.backend(None)
     for code, items in belebele.items():
-        ours, theirs = evaluate_items(local, items, V1, progress=False), evaluate_items(server, items, V1, progress=False)
+        ours, theirs = (
+            evaluate_items(local, items, V1, progress=False),
+            evaluate_items(server, items, V1, progress=False),
+        )
         difference = np.abs(logprobs(ours.records) - logprobs(theirs.records)).max()
         same = sum(a["predicted"] == b["predicted"] for a, b in zip(ours.records, theirs.records))
-        print(f"{code}: {len(items)} questions, max |log-prob difference| {difference:.2e}, identical predictions {same}/{len(items)}")
+        print(
+            f"{code}: {len(items)} questions, max |log-prob difference| {difference:.2e}, identical predictions {same}/{len(items)}"
+        )
         assert len(items) == 100 and difference < TOL and same == len(items)
     tags = engine.run_tags()
-    assert tags == {"engine": "vllm", "server_version": "0.32.0", "dtype": "float32", "scoring_mode": "label_ids+prompt_logprobs"}
+    assert tags == {
+        "engine": "vllm",
+        "server_version": "0.32.0",
+        "dtype": "float32",
+        "scoring_mode": "label_ids+prompt_logprobs",
+    }
 
 
 def test_cot_text_equals_local_greedy_generation(engine, local, belebele):
@@ -136,7 +152,9 @@ def adapter(synthetic, relxfer_cache, tmp_path_factory) -> Adapter:
     return Adapter("lora-test", Path(result.adapter_dir), "no-run")
 
 
-def test_lora_adapter_in_the_server_gives_the_local_fine_tuned_predictions(engine, local, adapter, synthetic, relxfer_cache):
+def test_lora_adapter_in_the_server_gives_the_local_fine_tuned_predictions(
+    engine, local, adapter, synthetic, relxfer_cache
+):
     items = synthetic["syn_Base"][64:] + synthetic["syn_Ctla"][64:]
     tuned_local = LocalBackend.load(TINY, None, relxfer_cache, adapter_dir=adapter.path)
     ours = evaluate_items(tuned_local, items, V1, progress=False).records
@@ -168,10 +186,14 @@ def test_adapter_rank_is_checked_before_any_request_and_server_errors_are_one_li
     assert message.startswith(f"{engine.client.base_url} could not load the adapter {broken}") and "\n" not in message
 
 
-def test_multi_token_labels_use_an_exact_continuation_mode(vllm_server, server_url, local, synthetic, relxfer_cache, tmp_path):
+def test_multi_token_labels_use_an_exact_continuation_mode(
+    vllm_server, server_url, local, synthetic, relxfer_cache, tmp_path
+):
     builder = PromptBuilder.from_spec({"preset": "relxfer-v1", "labels": ["alpha", "beta", "gamma", "delta"]})
     items = synthetic["syn_Base"][:12]
-    engine = make_engine(tmp_path, relxfer_cache, {"kind": "openai", "base_url": server_url, "dtype": "float32", **SERIAL})
+    engine = make_engine(
+        tmp_path, relxfer_cache, {"kind": "openai", "base_url": server_url, "dtype": "float32", **SERIAL}
+    )
     try:
         backend = engine.backend(None)
         assert any(len(backend.split_continuation(builder.direct(items[0]), c)[1]) > 1 for c in builder.continuations())
@@ -184,14 +206,18 @@ def test_multi_token_labels_use_an_exact_continuation_mode(vllm_server, server_u
         engine.close()
 
 
-def test_probe_refuses_a_server_that_returns_only_its_top_k(vllm_server, server_url, local, synthetic, relxfer_cache, tmp_path, monkeypatch):
+def test_probe_refuses_a_server_that_returns_only_its_top_k(
+    vllm_server, server_url, local, synthetic, relxfer_cache, tmp_path, monkeypatch
+):
     """An older vLLM ignores `logprob_token_ids` and answers with its top-k. The real server does
     exactly that with a field it does not know, so the label ids go under such a name here: the
     answers (real) lack the labels. Allowed only the label-id mode, the probe refuses with one
     line; on `auto` it falls back to a continuation mode that agrees with the local engine."""
     monkeypatch.setattr(scoring_modes, "LABEL_IDS_FIELD", "logprob_token_ids_unknown_to_this_server")
     items = synthetic["syn_Base"][:8]
-    strict = make_engine(tmp_path, relxfer_cache, {"kind": "vllm", "base_url": server_url, "scoring": "label_ids"}, None)
+    strict = make_engine(
+        tmp_path, relxfer_cache, {"kind": "vllm", "base_url": server_url, "scoring": "label_ids"}, None
+    )
     try:
         with pytest.raises(ScoringRefused) as refused:
             evaluate_items(strict.backend(None), items, V1, progress=False)
@@ -214,7 +240,7 @@ def test_probe_refuses_a_server_that_returns_only_its_top_k(vllm_server, server_
 
 
 def test_unreachable_server_and_missing_key_fail_with_one_line(relxfer_cache, tmp_path, monkeypatch):
-    from .conftest import free_port
+    from tests.conftest import free_port
 
     url = f"http://127.0.0.1:{free_port()}/v1"
     monkeypatch.setenv("RELXFER_TEST_KEY", "sk-relxferSecret0001")
@@ -222,13 +248,22 @@ def test_unreachable_server_and_missing_key_fail_with_one_line(relxfer_cache, tm
     with pytest.raises(ServerError) as failed:
         client.post("/completions", {"model": SERVED_NAME, "prompt": [1, 2]})
     message = str(failed.value)
-    assert message.startswith(f"model server {url}: POST /completions: cannot connect") and message.endswith("after 3 tries")
+    assert message.startswith(f"model server {url}: POST /completions: cannot connect") and message.endswith(
+        "after 3 tries"
+    )
     assert "sk-relxfer" not in message + repr(client)
 
-    engine = make_engine(tmp_path, relxfer_cache, {"kind": "openai", "base_url": url, "api_key_env": "RELXFER_TEST_KEY_UNSET"}, None)
-    with pytest.raises(RelxferError, match=r"^model 'tiny': environment variable RELXFER_TEST_KEY_UNSET \(engines.evaluate.api_key_env\) is not set$"):
+    engine = make_engine(
+        tmp_path, relxfer_cache, {"kind": "openai", "base_url": url, "api_key_env": "RELXFER_TEST_KEY_UNSET"}, None
+    )
+    with pytest.raises(
+        RelxferError,
+        match=r"^model 'tiny': environment variable RELXFER_TEST_KEY_UNSET \(engines.evaluate.api_key_env\) is not set$",
+    ):
         engine.check()
-    engine = make_engine(tmp_path, relxfer_cache, {"kind": "openai", "base_url": url, "api_key_env": "RELXFER_TEST_KEY"}, None)
+    engine = make_engine(
+        tmp_path, relxfer_cache, {"kind": "openai", "base_url": url, "api_key_env": "RELXFER_TEST_KEY"}, None
+    )
     with pytest.raises(RelxferError, match=r"cannot connect") as failed:
         engine.check()
     assert "sk-relxfer" not in str(failed.value)

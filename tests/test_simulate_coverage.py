@@ -20,17 +20,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relxfer.compare.simulate import simulate_points_study, simulate_study
-from relxfer.compare.simulate.runs import Questions, SimRun, runs_to_items
 from relxfer.compare.stats import baseline_gain, family_gap, mcnemar_test, paired_gains
 from relxfer.compare.stats.data import COLUMNS, on_scale
 from relxfer.compare.stats.family_fits import fit_ols
+from tests.support.simulate import simulate_points_study, simulate_study
+from tests.support.simulate.runs import Questions, SimRun, runs_to_items
 
 TWO_CONDITIONS = ("baseline", "finetuned")
 SIX_MODELS = dict(n_models=6, model_baselines=np.linspace(0.30, 0.70, 6), gain=0.25)
 
 
 # ---------------------------------------------------------------- simulator contract
+
 
 @pytest.fixture(scope="module")
 def items() -> pd.DataFrame:
@@ -69,27 +70,52 @@ def test_baseline_and_cot_are_seedless_like_the_runners(items):
     assert set(seedless["condition"]) == {"baseline", "cot"}
     for condition in ("baseline", "cot"):
         runs = items[items["condition"] == condition].pivot_table(
-            index=["model", "language", "question_id"], columns="seed", values="correct")
+            index=["model", "language", "question_id"], columns="seed", values="correct"
+        )
         assert (runs[0] == runs[1]).all()
     finetuned = items[items["condition"] == "finetuned"].pivot_table(
-        index=["model", "language", "question_id"], columns="seed", values="correct")
+        index=["model", "language", "question_id"], columns="seed", values="correct"
+    )
     assert (finetuned[0] != finetuned[1]).any()
 
 
 def test_fast_tables_equal_the_runners_make_records():
     rng = np.random.default_rng(0)
     questions = Questions.make(rng, 12, 3)
-    runs = [SimRun("m", c, "heb_Hebr", "Semitic", "related", None, rng.integers(0, 2, 12),
-                   rng.random(12) < 0.3 if c == "cot" else None) for c in ("baseline", "cot")]
+    runs = [
+        SimRun(
+            "m",
+            c,
+            "heb_Hebr",
+            "Semitic",
+            "related",
+            None,
+            rng.integers(0, 2, 12),
+            rng.random(12) < 0.3 if c == "cot" else None,
+        )
+        for c in ("baseline", "cot")
+    ]
     fast = runs_to_items(np.random.default_rng(5), runs, questions)
     slow = runs_to_items(np.random.default_rng(5), runs, questions, via_records=True)
     pd.testing.assert_frame_equal(fast, slow)
 
 
 def test_points_simulator_plants_accuracies_in_points():
-    big = simulate_points_study(n_models=2, n_questions=2000, model_baselines=[0.4, 0.6], family_baseline_gap=0.07,
-                                language_sd=0, cell_sd=0, gain=0.1, family_gap=0.12, model_gain_sd=0,
-                                language_gain_sd=0, cell_gain_sd=0, seed_sd=0, seed=2)
+    big = simulate_points_study(
+        n_models=2,
+        n_questions=2000,
+        model_baselines=[0.4, 0.6],
+        family_baseline_gap=0.07,
+        language_sd=0,
+        cell_sd=0,
+        gain=0.1,
+        family_gap=0.12,
+        model_gain_sd=0,
+        language_gain_sd=0,
+        cell_gain_sd=0,
+        seed_sd=0,
+        seed=2,
+    )
     acc = big.groupby(["model", "role", "condition"])["correct"].mean().unstack("condition")
     assert acc.loc[("sim-m1", "control"), "baseline"] == pytest.approx(0.40, abs=0.02)
     assert acc.loc[("sim-m1", "related"), "baseline"] == pytest.approx(0.47, abs=0.02)
@@ -108,6 +134,7 @@ def test_simulator_rejects_bad_arguments():
 
 
 # ---------------------------------------------------------------- family gap
+
 
 def _gaps(n_studies: int, first_seed: int, **planted):
     """(new result, old baseline-adjusted estimate) per simulated study, raw points."""
@@ -144,12 +171,20 @@ def test_family_gap_estimates_a_planted_12_point_gap():
 
 # ---------------------------------------------------------------- per-language gains
 
+
 @pytest.mark.parametrize("rho", [0.3, 0.6])
 def test_passage_signflip_keeps_its_level_where_mcnemar_does_not(rho):
     signflip, mcnemar = [], []
     for i in range(30):
-        items = simulate_points_study(gain=0.0, model_gain_sd=0, language_gain_sd=0, cell_gain_sd=0, seed_sd=0,
-                                      passage_correlation=rho, seed=40_000 + i)
+        items = simulate_points_study(
+            gain=0.0,
+            model_gain_sd=0,
+            language_gain_sd=0,
+            cell_gain_sd=0,
+            seed_sd=0,
+            passage_correlation=rho,
+            seed=40_000 + i,
+        )
         gains = paired_gains(items, "finetuned")
         signflip += (gains["p_value"] < 0.05).tolist()
         mcnemar += [mcnemar_test(b, c)[0] < 0.05 for b, c in zip(gains["b"], gains["c"])]
@@ -159,9 +194,12 @@ def test_passage_signflip_keeps_its_level_where_mcnemar_does_not(rho):
 
 # ---------------------------------------------------------------- baseline-gain slope
 
+
 def _slopes(n_studies, first_seed, slope):
-    return [baseline_gain(simulate_points_study(gain_slope=slope, seed=first_seed + i, **SIX_MODELS), n_splits=10)
-            for i in range(n_studies)]
+    return [
+        baseline_gain(simulate_points_study(gain_slope=slope, seed=first_seed + i, **SIX_MODELS), n_splits=10)
+        for i in range(n_studies)
+    ]
 
 
 def test_corrected_slope_covers_a_true_slope_and_finds_it_more_often_than_split_half():

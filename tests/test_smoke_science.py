@@ -20,8 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from relxfer.cli import main
-
-from .smoke_study import findings, null_failures, smoke_failures, write_seed_variant
+from tests.smoke_study import findings, null_failures, smoke_failures, write_seed_variant
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "specs" / "smoke.json"
@@ -37,7 +36,16 @@ def study(mlflow_server, relxfer_cache, tmp_path_factory):
     def run(spec: Path, seed: int):
         variant = write_seed_variant(spec, seed, specs, CONDITIONS)
         done = CliRunner().invoke(
-            main, ["run", str(variant), "--tracking-uri", mlflow_server.uri, "--cache-dir", str(relxfer_cache), "--no-progress"]
+            main,
+            [
+                "run",
+                str(variant),
+                "--tracking-uri",
+                mlflow_server.uri,
+                "--cache-dir",
+                str(relxfer_cache),
+                "--no-progress",
+            ],
         )
         assert done.exit_code == 0, done.output[-3000:]
         name = json.loads(variant.read_text())["name"]

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from relxfer.cli import main
 from relxfer.errors import SpecError
-from relxfer.spec import fill_defaults, load_schema, load_spec
+from relxfer.spec.load import fill_defaults, load_schema, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "specs" / "smoke.json"
@@ -85,7 +85,9 @@ def test_unknown_key(tmp_path):
     raw = smoke_raw()
     raw["finetune"]["training"]["learning_rat"] = 0.1
     path = write(tmp_path, raw)
-    assert cli_error(path) == f"Error: {path}: /finetune/training: unknown key 'learning_rat'; did you mean learning_rate?"
+    assert (
+        cli_error(path) == f"Error: {path}: /finetune/training: unknown key 'learning_rat'; did you mean learning_rate?"
+    )
 
 
 def test_missing_required_field(tmp_path):
@@ -200,4 +202,6 @@ def test_prompt_options_are_checked_at_validate_time(tmp_path):
     raw["prompt"] = {"preset": "lm-eval-belebele", "instruction_language": "target"}
     path = write(tmp_path, raw)
     message = cli_error(path)
-    assert message.startswith(f"Error: {path}: /prompt: prompt.instruction_language 'target' needs a preset with an instruction")
+    assert message.startswith(
+        f"Error: {path}: /prompt: prompt.instruction_language 'target' needs a preset with an instruction"
+    )

@@ -9,7 +9,12 @@ import pytest
 
 from relxfer.data.belebele import load_belebele
 from relxfer.data.items import MCItem
-from relxfer.data.split import assert_no_leakage, evaluation_items, held_out_split, training_items
+from relxfer.data.split import (
+    assert_no_leakage,
+    evaluation_items,
+    held_out_split,
+    training_items,
+)
 from relxfer.errors import DataError, SpecError
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "belebele"
@@ -25,8 +30,15 @@ def real():
 
 def _item(qid: str, lang: str) -> MCItem:
     """A tiny item; question ids look like Belebele's, "<passage>#<n>"."""
-    return MCItem(question_id=qid, passage_id=qid.split("#")[0], language=lang, passage="P", question="Q",
-                  options=("a", "b", "c", "d"), gold=0)
+    return MCItem(
+        question_id=qid,
+        passage_id=qid.split("#")[0],
+        language=lang,
+        passage="P",
+        question="Q",
+        options=("a", "b", "c", "d"),
+        gold=0,
+    )
 
 
 def _built(ids_by_language: dict[str, list[str]]) -> dict[str, list[MCItem]]:
@@ -77,7 +89,8 @@ def test_passage_unit_holds_out_whole_passages(real):
     assert not {item.passage_id for item in train} & set(split.held_out_passages)
     split.assert_no_leakage(train)
     assert {lang: len(items) for lang, items in split.evaluation_items(real, LANGUAGES).items()} == dict.fromkeys(
-        LANGUAGES, 100)
+        LANGUAGES, 100
+    )
 
 
 def test_planted_leak_is_caught_and_named(real):
@@ -121,24 +134,28 @@ def test_passage_unit_uses_only_passages_complete_in_every_language():
     assert split.n_available == 3
     with pytest.raises(DataError) as error:
         held_out_split(data, 4, seed=0, unit="passage")
-    assert str(error.value) == ("cannot hold out 4 question ids as whole passages: only 3 (in 2 passages) "
-                                "are present in every language (arb_Arab, heb_Hebr)")
+    assert str(error.value) == (
+        "cannot hold out 4 question ids as whole passages: only 3 (in 2 passages) "
+        "are present in every language (arb_Arab, heb_Hebr)"
+    )
 
 
 def test_passage_unit_cannot_always_hit_an_exact_size():
     data = _built({"eng_Latn": ["p1#1", "p1#2", "p2#1", "p2#2"]})
     with pytest.raises(DataError) as error:
         held_out_split(data, 3, seed=0, unit="passage")
-    assert str(error.value) == ("whole passages cannot add up to exactly 3 question ids (reached 2); "
-                                "choose another held-out size or seed")
+    assert str(error.value) == (
+        "whole passages cannot add up to exactly 3 question ids (reached 2); choose another held-out size or seed"
+    )
 
 
 def test_passage_leak_is_caught_in_passage_mode():
     data = _built({"eng_Latn": ["p1#1", "p2#1", "p3#1"]})
     split = held_out_split(data, 1, seed=0, unit="passage")
     (passage,) = split.held_out_passages
-    sibling = dataclasses.replace(data["eng_Latn"][0], question_id=f"{passage}#9", passage_id=passage,
-                                  language="mlt_Latn")
+    sibling = dataclasses.replace(
+        data["eng_Latn"][0], question_id=f"{passage}#9", passage_id=passage, language="mlt_Latn"
+    )
     with pytest.raises(DataError) as error:
         split.assert_no_leakage([sibling])
     assert str(error.value) == f"leakage: 1 held-out passage in training items: {passage} (mlt_Latn)"
@@ -149,8 +166,10 @@ def test_many_leaks_are_listed_briefly():
     ids = [f"p{n}#1" for n in range(8)]
     with pytest.raises(DataError) as error:
         assert_no_leakage([_item(qid, "eng_Latn") for qid in ids], ids)
-    assert str(error.value) == ("leakage: 8 held-out question ids in training items: p0#1 (eng_Latn), p1#1 (eng_Latn), "
-                                "p2#1 (eng_Latn), p3#1 (eng_Latn), p4#1 (eng_Latn) and 3 more")
+    assert str(error.value) == (
+        "leakage: 8 held-out question ids in training items: p0#1 (eng_Latn), p1#1 (eng_Latn), "
+        "p2#1 (eng_Latn), p3#1 (eng_Latn), p4#1 (eng_Latn) and 3 more"
+    )
 
 
 def test_module_functions_check_languages():

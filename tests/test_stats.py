@@ -5,7 +5,6 @@ models (family gap, baseline-gain slope) are in test_stats_models.py."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +13,6 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from relxfer.compare.simulate import simulate_study
 from relxfer.compare.stats import (
     accuracy_summary,
     accuracy_table,
@@ -33,14 +31,16 @@ from relxfer.compare.stats.common import conclusion
 from relxfer.compare.stats.data import paired_wide, validate_items
 from relxfer.errors import DataError
 from tests.recompute import signflip_by_enumeration
+from tests.support.simulate import simulate_study
 
 
 @pytest.fixture(scope="module")
 def study() -> pd.DataFrame:
     """3 models x (3 related + 3 control) x 40 questions in 4-question passages x 2 seeds, with
     correlated answers within passages so clustering matters."""
-    return simulate_study(n_models=3, n_questions=40, questions_per_passage=4, n_seeds=2,
-                          baseline_noise=0.6, family_gap=0.5, seed=11)
+    return simulate_study(
+        n_models=3, n_questions=40, questions_per_passage=4, n_seeds=2, baseline_noise=0.6, family_gap=0.5, seed=11
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,7 @@ def cells_study() -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------- input contract
+
 
 def test_missing_column_is_named(study):
     with pytest.raises(DataError, match="lacks column\\(s\\) passage_id"):
@@ -69,7 +70,9 @@ def test_language_with_two_roles_is_rejected(study):
 
 
 def test_unknown_condition_lists_the_available_ones(study):
-    with pytest.raises(DataError, match=r"\['finetuned_cot'\] not in the items; available: \['baseline', 'cot', 'finetuned'\]"):
+    with pytest.raises(
+        DataError, match=r"\['finetuned_cot'\] not in the items; available: \['baseline', 'cot', 'finetuned'\]"
+    ):
         paired_gains(study, "finetuned_cot")
 
 
@@ -94,6 +97,7 @@ def test_conditions_without_common_items_give_reasons_not_crashes(study):
 
 # ---------------------------------------------------------------- accuracy table
 
+
 def one_row_per_run(items: pd.DataFrame) -> pd.DataFrame:
     """The items with each seedless run once, labelled seed -1 (as the runner's cells.json)."""
     runs = items.drop_duplicates(["run_id", "question_id"]).copy()
@@ -105,8 +109,11 @@ def test_accuracy_matches_group_means_and_counts(study):
     table = accuracy_table(study)
     runs = one_row_per_run(study)
     expected = runs.groupby(["model", "seed", "language", "condition"]).agg(
-        acc=("correct", "mean"), n=("correct", "size"), passages=("passage_id", "nunique"),
-        unparsed=("extracted", lambda e: (e == -1).mean()))
+        acc=("correct", "mean"),
+        n=("correct", "size"),
+        passages=("passage_id", "nunique"),
+        unparsed=("extracted", lambda e: (e == -1).mean()),
+    )
     merged = table.join(expected, on=["model", "seed", "language", "condition"])
     # Baseline and CoT are seedless (seed -1, once); fine-tuned runs once per seed.
     assert len(table) == 3 * 6 * (1 + 1 + 2) and len(merged) == len(expected)
@@ -136,10 +143,16 @@ def test_accuracy_interval_matches_statsmodels_cluster_se_and_wilson(study):
     assert (table["design_effect"] > 1).any(), "fixture should have clustered answers"
     runs = one_row_per_run(study)
     for row in table.iloc[::5].itertuples():
-        items = runs[(runs["model"] == row.model) & (runs["seed"] == row.seed)
-                     & (runs["language"] == row.language) & (runs["condition"] == row.condition)]
+        items = runs[
+            (runs["model"] == row.model)
+            & (runs["seed"] == row.seed)
+            & (runs["language"] == row.language)
+            & (runs["condition"] == row.condition)
+        ]
         y = items["correct"].to_numpy(float)
-        fit = sm.OLS(y, np.ones_like(y)).fit(cov_type="cluster", cov_kwds={"groups": pd.factorize(items["passage_id"])[0]})
+        fit = sm.OLS(y, np.ones_like(y)).fit(
+            cov_type="cluster", cov_kwds={"groups": pd.factorize(items["passage_id"])[0]}
+        )
         p, n, groups = y.mean(), len(y), items["passage_id"].nunique()
         deff = max(1.0, fit.bse[0] ** 2 / (p * (1 - p) / n)) if 0 < p < 1 else 1.0
         n_eff = n / deff * (stats.norm.ppf(0.975) / stats.t.ppf(0.975, groups - 1)) ** 2
@@ -161,8 +174,7 @@ def test_accuracy_interval_stays_in_unit_interval_at_0_and_100_percent(study):
 def test_negative_within_passage_correlation_never_narrows_the_interval():
     # Every passage has one right and one wrong answer: the cluster variance is 0, the design
     # effect is floored at 1, so the interval is Wilson on n (z/t)^2 items.
-    items = simulate_study(n_models=1, n_related=1, n_control=1, n_questions=40,
-                           conditions=("baseline",), seed=2)
+    items = simulate_study(n_models=1, n_related=1, n_control=1, n_questions=40, conditions=("baseline",), seed=2)
     items["correct"] = (items["question_id"].str[-1].astype(int) % 2 == 0).astype(int)
     table = accuracy_table(items)
     n_eff = 40 * (stats.norm.ppf(0.975) / stats.t.ppf(0.975, 19)) ** 2
@@ -172,17 +184,19 @@ def test_negative_within_passage_correlation_never_narrows_the_interval():
 
 
 def test_clustering_widens_the_interval_relative_to_independent_items():
-    items = simulate_study(n_models=1, n_questions=60, questions_per_passage=6, baseline_noise=1.0,
-                           conditions=("baseline",), seed=3)
+    items = simulate_study(
+        n_models=1, n_questions=60, questions_per_passage=6, baseline_noise=1.0, conditions=("baseline",), seed=3
+    )
     table = accuracy_table(items)
     plain = [proportion_confint(r.accuracy * r.n_items, r.n_items, method="wilson") for r in table.itertuples()]
     widths = table["ci_high"] - table["ci_low"]
-    assert (widths.to_numpy() > np.array([h - l for l, h in plain])).all()
+    assert (widths.to_numpy() > np.array([high - low for low, high in plain])).all()
     assert table["design_effect"].mean() > 1.5
     assert "Accuracy ranged from" in accuracy_summary(table)
 
 
 # ---------------------------------------------------------------- paired gains
+
 
 @pytest.mark.parametrize("b, c", [(0, 0), (3, 9), (12, 12), (2, 22), (20, 40), (31, 18), (100, 80)])
 def test_mcnemar_matches_statsmodels(b, c):
@@ -229,9 +243,12 @@ def test_paired_gains_against_independent_computation(study):
         c = int(((wide["baseline"] == 0) & (wide["finetuned"] == 1)).sum())
         assert (row.b, row.c) == (b, c)
         d = (wide["finetuned"] - wide["baseline"]).to_numpy(float)
-        assert row.p_value == pytest.approx(signflip_by_enumeration(pd.Series(d).groupby(passage.to_numpy()).sum()), abs=1e-12)
-        fit = sm.OLS(d, np.ones_like(d)).fit(cov_type="cluster", use_t=True,
-                                            cov_kwds={"groups": pd.factorize(passage)[0]})
+        assert row.p_value == pytest.approx(
+            signflip_by_enumeration(pd.Series(d).groupby(passage.to_numpy()).sum()), abs=1e-12
+        )
+        fit = sm.OLS(d, np.ones_like(d)).fit(
+            cov_type="cluster", use_t=True, cov_kwds={"groups": pd.factorize(passage)[0]}
+        )
         low, high = fit.conf_int()[0]
         assert row.gain == pytest.approx(d.mean())
         assert (row.ci_low, row.ci_high) == pytest.approx((max(-1, low), min(1, high)), abs=1e-12)
@@ -259,19 +276,23 @@ def test_paired_gains_summaries(study):
     assert line.startswith("cot vs baseline: gains from") and "Holm" in line
 
 
-@pytest.mark.parametrize("low, high, p, holm, verdict", [
-    (0.02, 0.2, 0.01, 0.03, "above"),
-    (-0.3, -0.1, 0.001, 0.004, "below"),
-    (0.02, 0.2, 0.01, 0.2, "none"),  # significant alone, not after Holm: no finding
-    (0.02, 0.2, 0.08, 0.2, "inconclusive"),  # interval excludes zero, the exact test does not reject
-    (-0.1, 0.2, 0.03, 0.03, "inconclusive"),  # the exact test rejects, the interval includes zero
-    (-0.1, 0.2, 0.4, 1.0, "none"),
-])
+@pytest.mark.parametrize(
+    "low, high, p, holm, verdict",
+    [
+        (0.02, 0.2, 0.01, 0.03, "above"),
+        (-0.3, -0.1, 0.001, 0.004, "below"),
+        (0.02, 0.2, 0.01, 0.2, "none"),  # significant alone, not after Holm: no finding
+        (0.02, 0.2, 0.08, 0.2, "inconclusive"),  # interval excludes zero, the exact test does not reject
+        (-0.1, 0.2, 0.03, 0.03, "inconclusive"),  # the exact test rejects, the interval includes zero
+        (-0.1, 0.2, 0.4, 1.0, "none"),
+    ],
+)
 def test_the_rule_for_conclusions(low, high, p, holm, verdict):
     assert conclusion(low, high, p, holm) == verdict
 
 
 # ---------------------------------------------------------------- cluster-robust OLS
+
 
 def _regression_data(seed=1, n=42, clusters=6):
     rng = np.random.default_rng(seed)
@@ -321,9 +342,11 @@ def test_cr2_for_a_group_contrast_is_welch_on_cluster_means_with_bell_mccaffrey_
 
 # ---------------------------------------------------------------- mixed model
 
+
 def test_mixed_model_describes_the_interaction_and_flags_narrow_intervals():
-    items = simulate_study(n_models=2, n_questions=40, family_gap=1.5, language_gain_sd=0.1, seed=8,
-                           conditions=("baseline", "finetuned"))
+    items = simulate_study(
+        n_models=2, n_questions=40, family_gap=1.5, language_gain_sd=0.1, seed=8, conditions=("baseline", "finetuned")
+    )
     result = mixed_model(items, "finetuned")
     assert result.reason is None
     assert result.interaction_mean > 0.3 and 0 < result.interaction_sd < 1
@@ -347,6 +370,7 @@ def test_mixed_model_never_crashes_on_tiny_data(shrink):
 
 # ---------------------------------------------------------------- task alignment
 
+
 def test_task_alignment_matches_scipy_and_a_loop_bootstrap(cells_study):
     result = task_alignment(cells_study, n_boot=300, seed=4, n_splits=20)
     cells = result.cells
@@ -360,7 +384,9 @@ def test_task_alignment_matches_scipy_and_a_loop_bootstrap(cells_study):
     boot_r = [stats.pearsonr(x[i], y[i]).statistic for i in idx]
     boot_rho = [stats.spearmanr(x[i], y[i]).statistic for i in idx]
     assert (result.pearson_ci_low, result.pearson_ci_high) == pytest.approx(tuple(np.percentile(boot_r, [2.5, 97.5])))
-    assert (result.spearman_ci_low, result.spearman_ci_high) == pytest.approx(tuple(np.percentile(boot_rho, [2.5, 97.5])))
+    assert (result.spearman_ci_low, result.spearman_ci_high) == pytest.approx(
+        tuple(np.percentile(boot_rho, [2.5, 97.5]))
+    )
     assert -1 <= result.split_half_pearson_r <= 1
     assert "Pearson r = " in result.summary and result.n_cells == 42
 

@@ -12,9 +12,14 @@ import pytest
 import statsmodels.api as sm
 from scipy import stats
 
-from relxfer.compare.simulate import simulate_points_study, simulate_study
 from relxfer.compare.stats import baseline_gain, family_gap
-from relxfer.compare.stats.data import cell_table, paired_wide, split_half_counts, validate_items
+from relxfer.compare.stats.data import (
+    cell_table,
+    paired_wide,
+    split_half_counts,
+    validate_items,
+)
+from tests.support.simulate import simulate_points_study, simulate_study
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +32,14 @@ def cells_study() -> pd.DataFrame:
 def passages_study() -> pd.DataFrame:
     """6 models x 8 languages x 100 questions in passages of 5, answers correlated within a
     passage, a true slope of gain on baseline: what the measurement-error correction is for."""
-    return simulate_points_study(n_models=6, model_baselines=np.linspace(0.3, 0.7, 6), gain=0.25, gain_slope=-0.5,
-                                 family_baseline_gap=0.05, seed=21)
+    return simulate_points_study(
+        n_models=6,
+        model_baselines=np.linspace(0.3, 0.7, 6),
+        gain=0.25,
+        gain_slope=-0.5,
+        family_baseline_gap=0.05,
+        seed=21,
+    )
 
 
 def cluster_moments(items: pd.DataFrame, reference="baseline", condition="finetuned") -> pd.DataFrame:
@@ -36,12 +47,13 @@ def cluster_moments(items: pd.DataFrame, reference="baseline", condition="finetu
     with the condition's accuracy, clustered by passage, from statsmodels' cluster-robust SE of a
     mean (the covariance from var(a + b) = var(a) + var(b) + 2 cov(a, b))."""
     rows = []
-    wide = items.pivot_table(index=["model", "language", "question_id", "passage_id"], columns="condition",
-                             values="correct").reset_index()
+    wide = items.pivot_table(
+        index=["model", "language", "question_id", "passage_id"], columns="condition", values="correct"
+    ).reset_index()
     for (model, language), block in wide.groupby(["model", "language"]):
         groups = pd.factorize(block["passage_id"])[0]
 
-        def variance(y):
+        def variance(y, groups=groups):
             fit = sm.OLS(y.to_numpy(float), np.ones(len(y))).fit(cov_type="cluster", cov_kwds={"groups": groups})
             return fit.bse[0] ** 2
 
@@ -52,11 +64,13 @@ def cluster_moments(items: pd.DataFrame, reference="baseline", condition="finetu
 
 # ---------------------------------------------------------------- family gap
 
+
 def test_family_gap_matches_statsmodels_ols_with_cluster_cr1(cells_study):
     result = family_gap(cells_study, "finetuned")
     cells = result.cells
     reference = sm.OLS.from_formula("gain ~ related + C(model)", cells).fit(
-        cov_type="cluster", cov_kwds={"groups": pd.factorize(cells["language"])[0]}, use_t=True)
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(cells["language"])[0]}, use_t=True
+    )
     assert result.estimate == pytest.approx(reference.params["related"])
     assert result.cr1_se == pytest.approx(reference.bse["related"])
     assert result.cr1_p_value == pytest.approx(reference.pvalues["related"])
@@ -76,7 +90,9 @@ def test_family_gap_cr2_is_welch_on_language_means(cells_study):
     assert result.se == pytest.approx(abs(result.estimate / welch.statistic))
     assert result.df == pytest.approx(4.0)
     q = stats.t.ppf(0.975, 4)
-    assert (result.ci_low, result.ci_high) == pytest.approx((result.estimate - q * result.se, result.estimate + q * result.se))
+    assert (result.ci_low, result.ci_high) == pytest.approx(
+        (result.estimate - q * result.se, result.estimate + q * result.se)
+    )
 
 
 def test_family_gap_permutation_p_by_brute_force(cells_study):
@@ -100,7 +116,9 @@ def test_family_gap_permutation_p_by_brute_force(cells_study):
 
 
 def test_family_gap_monte_carlo_permutation_when_asked_for_fewer():
-    items = simulate_study(n_models=2, n_related=5, n_control=5, n_questions=20, conditions=("baseline", "finetuned"), seed=6)
+    items = simulate_study(
+        n_models=2, n_related=5, n_control=5, n_questions=20, conditions=("baseline", "finetuned"), seed=6
+    )
     exact = family_gap(items, adjustment=None)
     sampled = family_gap(items, n_perm=99, adjustment=None)
     assert exact.n_assignments == math.comb(10, 5) and exact.perm_exact
@@ -114,7 +132,9 @@ def test_family_gap_logit_scale_uses_empirical_logits(cells_study):
     result = family_gap(cells_study, scale="logit", adjustment=None)
     logit = lambda k, n: np.log((k + 0.5) / (n - k + 0.5))  # noqa: E731
     cells = result.cells
-    np.testing.assert_allclose(cells["gain"], logit(cells["k_finetuned"], cells["n"]) - logit(cells["k_baseline"], cells["n"]))
+    np.testing.assert_allclose(
+        cells["gain"], logit(cells["k_finetuned"], cells["n"]) - logit(cells["k_baseline"], cells["n"])
+    )
     assert " logits " in result.summary and result.scale == "logit"
 
 
@@ -151,8 +171,9 @@ def test_too_few_languages_refuse_a_conclusion_without_inference():
     result = family_gap(items)
     record = result.as_record()
     assert result.conclusion == "refused" and result.reason is None
-    assert all(record[k] is None for k in ("estimate", "ci_low", "ci_high", "p_value", "perm_p_value",
-                                           "adjusted_estimate"))
+    assert all(
+        record[k] is None for k in ("estimate", "ci_low", "ci_high", "p_value", "perm_p_value", "adjusted_estimate")
+    )
     assert result.summary.startswith("finetuned vs baseline: no family conclusion: 2 related vs 3 control languages")
     gains = result.cells.groupby("role")["raw_gain"].mean()
     assert f"the related languages' mean gain was {100 * gains['related']:.1f} points" in result.summary
@@ -164,12 +185,15 @@ def test_a_difference_that_rounds_to_zero_is_said_so(cells_study):
     from relxfer.compare.stats.common import compare_amounts
 
     assert compare_amounts(0.0004, "raw", "related languages", "controls") == (
-        "related languages gained about as much as controls (difference below 0.05 points)")
+        "related languages gained about as much as controls (difference below 0.05 points)"
+    )
     assert compare_amounts(-0.12, "raw", "related languages", "controls") == (
-        "related languages gained 12.0 points less than controls")
+        "related languages gained 12.0 points less than controls"
+    )
 
 
 # ---------------------------------------------------------------- baseline-gain slope
+
 
 def test_naive_baseline_gain_matches_linregress(cells_study):
     result = baseline_gain(cells_study, "finetuned", n_splits=10, cluster=None)
@@ -212,7 +236,8 @@ def test_corrected_slope_against_an_independent_computation(passages_study):
     assert result.corrected_slope_se == pytest.approx(se, rel=1e-10)
     q = stats.t.ppf(0.975, 5)
     assert (result.corrected_slope_ci_low, result.corrected_slope_ci_high) == pytest.approx(
-        (result.corrected_slope - q * se, result.corrected_slope + q * se))
+        (result.corrected_slope - q * se, result.corrected_slope + q * se)
+    )
     assert result.detectable_slope == pytest.approx((q + stats.t.ppf(0.8, 5)) * se)
     assert result.baseline_reliability == pytest.approx(1 - v.mean() / np.var(b, ddof=1))
     assert result.corrected_clusters == "model" and result.lead == "corrected"
@@ -253,5 +278,7 @@ def test_no_corrected_slope_when_baselines_barely_differ_beyond_their_noise():
     items = simulate_points_study(n_models=1, language_sd=0.01, seed=3)
     result = baseline_gain(items, "finetuned", n_splits=10)
     assert result.baseline_reliability < 0.5 and result.corrected_slope is None and result.conclusion is None
-    assert result.summary.startswith("finetuned vs baseline: no slope of gain on baseline is estimated: the baselines "
-                                     "differ too little across cells for a correction")
+    assert result.summary.startswith(
+        "finetuned vs baseline: no slope of gain on baseline is estimated: the baselines "
+        "differ too little across cells for a correction"
+    )

@@ -39,7 +39,7 @@ def test_deterministic_for_a_seed_and_different_across_seeds():
 
 def test_overlap_is_as_declared():
     lexicons = build_lexicons(LANGS, seed=0)
-    base, related, null, control = (lexicons[l.code] for l in LANGS)
+    base, related, null, control = (lexicons[lang.code] for lang in LANGS)
     shared = sum(base[c] == related[c] for c in base) / len(base)
     assert abs(shared - 0.85) < 0.02
     assert not any(base[c] == null[c] for c in base) and not any(base[c] == control[c] for c in base)
@@ -63,8 +63,9 @@ def test_gold_option_is_the_category_of_every_object_in_the_passage():
     categories = object_categories(seed, per_category)
     category_of_word = {lexicon[f"object{i}"]: c for i, c in enumerate(categories)}
     options = tuple(lexicon[f"category{k}"] for k in range(N_CATEGORIES))
-    items = generate(LANGS, 40, questions_per_passage=2, facts_per_passage=3, seed=seed,
-                     objects_per_category=per_category)["syn_Base"]
+    items = generate(
+        LANGS, 40, questions_per_passage=2, facts_per_passage=3, seed=seed, objects_per_category=per_category
+    )["syn_Base"]
     for item in items:
         objects = [sentence.split()[-1] for sentence in item.passage.rstrip(".").split(". ")]
         assert len(objects) == len(set(objects)) == 3
@@ -88,15 +89,26 @@ def test_the_facts_are_language_independent():
         to_concept = {w: c for c, w in lexicons[lang.code].items()}
         to_base = {c: w for c, w in lexicons["syn_Base"].items()}
         for base_item, item in zip(data["syn_Base"], data[lang.code]):
-            translated = " ".join(to_base[to_concept[w.rstrip(".")]] + "." * w.endswith(".") for w in item.passage.split())
+            translated = " ".join(
+                to_base[to_concept[w.rstrip(".")]] + "." * w.endswith(".") for w in item.passage.split()
+            )
             assert translated == base_item.passage
 
 
-@pytest.mark.parametrize("shape, message", [
-    ({"questions_per_passage": 4, "facts_per_passage": 3}, "questions_per_passage (4) must be between 1 and facts_per_passage (3)"),
-    ({"facts_per_passage": 5, "objects_per_category": 4}, "objects_per_category (4) must be at least facts_per_passage (5)"),
-    ({"facts_per_passage": 7}, "facts_per_passage must be between 1 and 6, got 7"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        (
+            {"questions_per_passage": 4, "facts_per_passage": 3},
+            "questions_per_passage (4) must be between 1 and facts_per_passage (3)",
+        ),
+        (
+            {"facts_per_passage": 5, "objects_per_category": 4},
+            "objects_per_category (4) must be at least facts_per_passage (5)",
+        ),
+        ({"facts_per_passage": 7}, "facts_per_passage must be between 1 and 6, got 7"),
+    ],
+)
 def test_impossible_shapes_are_refused(shape, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         generate(LANGS, 5, **{"questions_per_passage": 1, **shape})

@@ -12,10 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from relxfer.cli import main
-from relxfer.plan import plan
-from relxfer.spec import load_spec
-
-from .test_bad_input import run_cli, write
+from relxfer.plan.cells import plan
+from relxfer.spec.load import load_spec
+from tests.test_bad_input import run_cli, write
 
 REPO = Path(__file__).resolve().parents[1]
 TINKER = {"kind": "tinker"}
@@ -31,13 +30,20 @@ def test_tinker_kinds_fill_their_defaults_and_change_keys(tmp_path):
     local = plan(load_spec(write(tmp_path, smoke_with({}), "local.json")))
     spec = load_spec(write(tmp_path, smoke_with({"evaluate": TINKER, "finetune": TINKER}), "tinker.json"))
     engines = spec.models[0]["engines"]
-    assert engines["evaluate"] == {"kind": "tinker", "base_model": None, "max_in_flight": 32, "request_timeout_s": 600,
-                                   "max_retries": 3}
+    assert engines["evaluate"] == {
+        "kind": "tinker",
+        "base_model": None,
+        "max_in_flight": 32,
+        "request_timeout_s": 600,
+        "max_retries": 3,
+    }
     assert engines["finetune"] == {"kind": "tinker", "base_model": None, "request_timeout_s": 600}
     tinker = plan(spec)
     assert len(tinker) == len(local) and not {c.key for c in tinker} & {c.key for c in local}
     # The service's model name is part of the result; timeouts are not.
-    renamed = smoke_with({"evaluate": {"kind": "tinker", "base_model": "x/y", "request_timeout_s": 5}, "finetune": TINKER})
+    renamed = smoke_with(
+        {"evaluate": {"kind": "tinker", "base_model": "x/y", "request_timeout_s": 5}, "finetune": TINKER}
+    )
     keys = {c.run_name: c.key for c in plan(load_spec(write(tmp_path, renamed, "renamed.json")))}
     for cell in tinker:
         assert (keys[cell.run_name] == cell.key) == (cell.kind == "finetune"), cell.run_name
@@ -57,38 +63,44 @@ def test_plan_needs_no_key_and_run_refuses_without_one(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "tinker" in result.output
     line = run_cli(tmp_path, ["run", str(spec)], env={"TINKER_API_KEY": None})
-    assert line == ("model 'tiny''s evaluation runs on Tinker, but TINKER_API_KEY is not set: export "
-                    "TINKER_API_KEY=tml-... (and TINKER_BASE_URL for a service other than the hosted one)")
+    assert line == (
+        "model 'tiny''s evaluation runs on Tinker, but TINKER_API_KEY is not set: export "
+        "TINKER_API_KEY=tml-... (and TINKER_BASE_URL for a service other than the hosted one)"
+    )
 
 
 def test_tinker_evaluation_of_a_local_finetune_is_refused(tmp_path):
     spec = write(tmp_path, smoke_with({"evaluate": TINKER}))
     line = run_cli(tmp_path, ["run", str(spec)], env={"TINKER_API_KEY": "tml-not-used"})
-    assert line == ("model 'tiny': the Tinker evaluation engine samples fine-tuned weights from Tinker only, but its "
-                    "fine-tune runs on 'local'; set models[].engines.finetune to {\"kind\": \"tinker\"}")
+    assert line == (
+        "model 'tiny': the Tinker evaluation engine samples fine-tuned weights from Tinker only, but its "
+        'fine-tune runs on \'local\'; set models[].engines.finetune to {"kind": "tinker"}'
+    )
 
 
 def test_target_modules_tinker_cannot_express_are_refused(tmp_path):
     raw = smoke_with({"finetune": TINKER})
     raw["finetune"]["lora"]["target_modules"] = ["q_proj", "v_proj"]
     line = run_cli(tmp_path, ["run", str(write(tmp_path, raw))], env={"TINKER_API_KEY": "tml-not-used"})
-    assert line == ("/finetune/lora/target_modules: Tinker trains the whole attention group; add k_proj, o_proj or "
-                    "use all-linear")
+    assert line == (
+        "/finetune/lora/target_modules: Tinker trains the whole attention group; add k_proj, o_proj or use all-linear"
+    )
 
 
 def test_learning_rates_equal_the_local_trainers_scheduler():
     import torch
     from transformers import get_scheduler
 
-    from relxfer.finetune import SCHEDULERS
-    from relxfer.trainers.tinker_recipe import learning_rate
+    from relxfer.train import SCHEDULERS
+    from relxfer.train.tinker_recipe import learning_rate
 
     for kind in ("linear", "cosine", "constant"):
         for steps, warmup_ratio in ((10, 0.0), (37, 0.1), (5, 0.5)):
             training = {"learning_rate": 3e-4, "lr_scheduler": kind, "warmup_ratio": warmup_ratio}
             optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
-            scheduler = get_scheduler(SCHEDULERS[kind], optimizer, num_warmup_steps=round(warmup_ratio * steps),
-                                      num_training_steps=steps)
+            scheduler = get_scheduler(
+                SCHEDULERS[kind], optimizer, num_warmup_steps=round(warmup_ratio * steps), num_training_steps=steps
+            )
             for step in range(1, steps + 1):  # the local trainer logs get_last_lr() before stepping
                 assert learning_rate(step, steps, training) == pytest.approx(scheduler.get_last_lr()[0], abs=1e-15)
                 optimizer.step()
@@ -97,11 +109,14 @@ def test_learning_rates_equal_the_local_trainers_scheduler():
 
 def test_lora_groups_and_optimizer_settings_are_explicit():
     tinker = pytest.importorskip("tinker")
-    from relxfer.trainers.tinker_recipe import adam_params, lora_groups, not_applied
+    from relxfer.train.tinker_recipe import adam_params, lora_groups, not_applied
 
     assert lora_groups("all-linear") == {"train_attn": True, "train_mlp": True, "train_unembed": False}
     assert lora_groups(["gate_proj", "up_proj", "down_proj", "lm_head"]) == {
-        "train_attn": False, "train_mlp": True, "train_unembed": True}
+        "train_attn": False,
+        "train_mlp": True,
+        "train_unembed": True,
+    }
     training = {"weight_decay": 0.01, "max_grad_norm": 1.0}
     params = adam_params(tinker.types, 2e-4, training)
     assert (params.beta1, params.beta2, params.eps) == (0.9, 0.999, 1e-8)  # torch AdamW, not the SDK's 0.95 / 1e-12
@@ -111,14 +126,15 @@ def test_lora_groups_and_optimizer_settings_are_explicit():
     recipe = {"method": "qlora", "lora": {"alpha": 16, "dropout": 0.05}, "training": training}
     assert not_applied(recipe, sdk_has_clipping=True) == (
         "lora.alpha=16 (Tinker fixes 32); lora.dropout=0.05 (Tinker has none); "
-        "method=qlora (Tinker trains on its own precision, no 4-bit base)")
+        "method=qlora (Tinker trains on its own precision, no 4-bit base)"
+    )
 
 
 def test_service_failures_are_one_line_without_the_key(monkeypatch):
     tinker = pytest.importorskip("tinker")
     import httpx
 
-    from relxfer.backends.tinker_client import TinkerError, call
+    from relxfer.services.tinker_client import TinkerError, call
 
     monkeypatch.setenv("TINKER_BASE_URL", "http://127.0.0.1:9")
     request = httpx.Request("POST", "http://127.0.0.1:9/api/v1/asample")
@@ -128,12 +144,13 @@ def test_service_failures_are_one_line_without_the_key(monkeypatch):
         404: "Tinker does not know the requested model, run or checkpoint (base model 'x/y') (404 at http://127.0.0.1:9)",
     }
     for status, start in cases.items():
-        error = tinker.APIStatusError("tml-secret-should-not-matter", response=httpx.Response(status, request=request),
-                                      body=None)
+        error = tinker.APIStatusError(
+            "tml-secret-should-not-matter", response=httpx.Response(status, request=request), body=None
+        )
         error.status_code = status
         attempts = []
 
-        def submit():
+        def submit(attempts=attempts, error=error):
             attempts.append(1)
             raise error
 
@@ -157,6 +174,11 @@ def test_full_tinker_spec_runs_the_seven_models_on_tinker(monkeypatch):
 
 # Base models Tinker's model lineup lists (docs: tinker-docs.thinkingmachines.ai/model-lineup).
 TINKER_LINEUP = {
-    "Qwen/Qwen3-4B-Instruct-2507", "Qwen/Qwen3-8B", "Qwen/Qwen3-30B-A3B-Instruct-2507", "Qwen/Qwen3-32B",
-    "openai/gpt-oss-20b", "openai/gpt-oss-120b", "deepseek-ai/DeepSeek-V3.1",
+    "Qwen/Qwen3-4B-Instruct-2507",
+    "Qwen/Qwen3-8B",
+    "Qwen/Qwen3-30B-A3B-Instruct-2507",
+    "Qwen/Qwen3-32B",
+    "openai/gpt-oss-20b",
+    "openai/gpt-oss-120b",
+    "deepseek-ai/DeepSeek-V3.1",
 }

@@ -27,7 +27,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import REPO, MlflowServer, free_port
-from tests.servers.skyrl_env import SERVER_SDK_VERSION, skyrl_python
+from tests.servers.skyrl_env import skyrl_python
 from tests.servers.skyrl_server import SkyRLServer, served_tiny_model
 
 tinker = pytest.importorskip("tinker")
@@ -59,16 +59,38 @@ def study_spec(path: Path, belebele_dir: Path, base_model: str) -> Path:
     engine = {"kind": "tinker", "base_model": base_model, "request_timeout_s": 300}
     spec = {
         "name": "tinker-belebele",
-        "data": {"source": {"kind": "belebele", "path": str(belebele_dir)},
-                 "split": {"held_out": 4, "unit": "question", "seed": 0}},
+        "data": {
+            "source": {"kind": "belebele", "path": str(belebele_dir)},
+            "split": {"held_out": 4, "unit": "question", "seed": 0},
+        },
         "train": {"languages": ["eng_Latn"], "max_items_per_language": 24},
-        "eval": {"groups": [{"name": "related", "role": "related", "languages": ["fra_Latn"]},
-                            {"name": "control", "role": "control", "languages": ["tur_Latn"]}]},
-        "models": [{"name": "tiny", "source": "builtin:tiny-llama", "dtype": "float32",
-                    "engines": {"evaluate": engine, "finetune": engine}}],
-        "finetune": {"method": "lora", "lora": {"r": 8, "alpha": 32, "dropout": 0.0},
-                     "training": {"max_steps": STEPS, "batch_size": 4, "learning_rate": 0.01, "warmup_ratio": 0.0,
-                                  "lr_scheduler": "constant", "max_seq_len": 192, "checkpoint_every": CHECKPOINT_EVERY}},
+        "eval": {
+            "groups": [
+                {"name": "related", "role": "related", "languages": ["fra_Latn"]},
+                {"name": "control", "role": "control", "languages": ["tur_Latn"]},
+            ]
+        },
+        "models": [
+            {
+                "name": "tiny",
+                "source": "builtin:tiny-llama",
+                "dtype": "float32",
+                "engines": {"evaluate": engine, "finetune": engine},
+            }
+        ],
+        "finetune": {
+            "method": "lora",
+            "lora": {"r": 8, "alpha": 32, "dropout": 0.0},
+            "training": {
+                "max_steps": STEPS,
+                "batch_size": 4,
+                "learning_rate": 0.01,
+                "warmup_ratio": 0.0,
+                "lr_scheduler": "constant",
+                "max_seq_len": 192,
+                "checkpoint_every": CHECKPOINT_EVERY,
+            },
+        },
         "conditions": ["baseline", "finetuned", "cot"],
         "cot": {"max_new_tokens": 6, "stop": ["\n\n"]},
         "seeds": [0],
@@ -78,16 +100,30 @@ def study_spec(path: Path, belebele_dir: Path, base_model: str) -> Path:
 
 
 def relxfer_run(spec: Path, env: dict, cache: Path, uri: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "relxfer.cli", "run", str(spec), "--tracking-uri", uri, "--cache-dir", str(cache),
-            "--no-progress"]
+    argv = [
+        sys.executable,
+        "-m",
+        "relxfer.cli",
+        "run",
+        str(spec),
+        "--tracking-uri",
+        uri,
+        "--cache-dir",
+        str(cache),
+        "--no-progress",
+    ]
     return subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_tinker_study_kill_resume_and_parity(skyrl_server, tracking_server, belebele_dir, relxfer_cache, tmp_path):
     mlflow_server = tracking_server
     spec = study_spec(tmp_path / "spec.json", belebele_dir, skyrl_server.base_model)
-    env = {**os.environ, "TINKER_API_KEY": "tml-relxfer-test", "TINKER_BASE_URL": skyrl_server.base_url,
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "TINKER_API_KEY": "tml-relxfer-test",
+        "TINKER_BASE_URL": skyrl_server.base_url,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     cache = tmp_path / "cache"
 
     # 1. Kill the run once the service holds the state of step CHECKPOINT_EVERY and the MLflow
@@ -151,13 +187,13 @@ def check_first_step_loss(spec_path: Path, cache: Path, reported: float) -> None
     local trainer's mean completion-token loss of the same examples."""
     import torch
 
-    from relxfer.backends.local import default_add_bos_token
-    from relxfer.data.study import load_study_data
-    from relxfer.finetune import completion_loss, resolve_finetune, tokenize_examples
+    from relxfer.data.prompts import PromptBuilder
     from relxfer.models.loading import load_causal_lm
-    from relxfer.prompts import PromptBuilder
-    from relxfer.spec import load_spec
-    from relxfer.trainers.tinker_recipe import schedule_length, step_examples
+    from relxfer.models.tokenization import default_add_bos_token
+    from relxfer.plan.study_data import load_study_data
+    from relxfer.spec.load import load_spec
+    from relxfer.train import completion_loss, resolve_finetune, tokenize_examples
+    from relxfer.train.tinker_recipe import schedule_length, step_examples
 
     spec = load_spec(spec_path)
     model = spec.models[0]
@@ -177,18 +213,20 @@ def check_tables_against_local(client, runs, spec_path: Path, adapter: Path, cac
     """Every evaluation table has the local engine's columns; its label log-probs are the local
     engine's on the same questions (base model, or base + the exported adapter in peft), and its
     chain-of-thought texts are local greedy generation's."""
-    from relxfer.backends.local import LocalBackend
-    from relxfer.data.study import load_study_data
-    from relxfer.evaluate import evaluate_items
-    from relxfer.prompts import PromptBuilder
-    from relxfer.spec import load_spec
+    from relxfer.data.prompts import PromptBuilder
+    from relxfer.evaluate.local_backend import LocalBackend
+    from relxfer.evaluate.loop import evaluate_items
+    from relxfer.plan.study_data import load_study_data
+    from relxfer.spec.load import load_spec
 
     spec = load_spec(spec_path)
     data = load_study_data(spec)
     builder = PromptBuilder.from_spec(spec.prompt)
     model = spec.models[0]
-    backends = {"baseline": LocalBackend.load(model, None, cache),
-                "finetuned": LocalBackend.load(model, None, cache, adapter_dir=adapter)}
+    backends = {
+        "baseline": LocalBackend.load(model, None, cache),
+        "finetuned": LocalBackend.load(model, None, cache, adapter_dir=adapter),
+    }
     backends["cot"] = backends["baseline"]
     worst: dict[str, float] = {}
     for run in (r for r in runs if r.data.tags.get("relxfer.kind") == "evaluate" and r.info.status == "FINISHED"):
@@ -197,8 +235,13 @@ def check_tables_against_local(client, runs, spec_path: Path, adapter: Path, cac
         path = client.download_artifacts(run.info.run_id, "predictions.json", str(tmp_path / run.info.run_id))
         table = json.loads(Path(path).read_text())
         service = [dict(zip(table["columns"], row)) for row in table["data"]]
-        local = evaluate_items(backends[condition], data.eval_items[language], builder,
-                               cot=spec.cot if condition == "cot" else None, progress=False).records
+        local = evaluate_items(
+            backends[condition],
+            data.eval_items[language],
+            builder,
+            cot=spec.cot if condition == "cot" else None,
+            progress=False,
+        ).records
         assert table["columns"] == list(local[0]), (condition, table["columns"])
         by_id = {r["question_id"]: r for r in local}
         assert sorted(by_id) == sorted(r["question_id"] for r in service)

@@ -67,7 +67,9 @@ def test_loads_with_auto_classes(tiny_dir):
         logits = model(torch.tensor([tokenizer.encode("Passage: mabo lupi teka.")])).logits
     assert torch.isfinite(logits).all()
     assert tokenizer.bos_token and tokenizer.eos_token and tokenizer.pad_token
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat == "<|user|>\nhi<|eos|>\n<|assistant|>\n"
 
 
@@ -97,7 +99,9 @@ def test_answer_labels_are_single_tokens(tiny_dir):
 def test_load_builtin_in_4bit_has_bitsandbytes_layers(relxfer_cache):
     import bitsandbytes as bnb
 
-    model, tokenizer = load_causal_lm({"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}, {"load_in_4bit": True}, relxfer_cache)
+    model, tokenizer = load_causal_lm(
+        {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}, {"load_in_4bit": True}, relxfer_cache
+    )
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(layers) == 14  # 7 projections x 2 layers; lm_head stays in full precision
     assert layers[0].weight.quant_state.quant_type == "nf4" and not model.training
@@ -119,7 +123,9 @@ def test_load_errors_name_the_problem(tmp_path, relxfer_cache, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError) as err:
-        load_causal_lm({"name": "q", "source": "relxfer-test/not-cached-model", "revision": "main"}, None, relxfer_cache)
+        load_causal_lm(
+            {"name": "q", "source": "relxfer-test/not-cached-model", "revision": "main"}, None, relxfer_cache
+        )
     message = str(err.value)
     assert "\n" not in message
     assert "'relxfer-test/not-cached-model'" in message and "must be downloaded and cached first" in message

@@ -6,8 +6,8 @@ import threading
 
 from mlflow import MlflowClient
 
-from relxfer.study_view import DEFAULT_SETTINGS, file_rerun, parent_name
-from relxfer.tracking import Study, Tracker
+from relxfer.tracking.client import Study, Tracker
+from relxfer.tracking.study_view import DEFAULT_SETTINGS, file_rerun, parent_name
 
 
 def test_processes_creating_one_experiment_at_once_share_it(mlflow_server):
@@ -44,8 +44,9 @@ def test_parent_started_by_mlflow_run_takes_the_spec_name_unless_given_one(mlflo
     client.log_param(named.info.run_id, "cache_dir", "'~/.cache/x'")
     for run, expected in ((generated, "smoke"), (named, "baseline-check-2")):
         study = Study(experiment_id, run.info.run_id, run.info.run_name)
-        parent = tracker.start_parent(study, parent_name(study, "smoke"), {"relxfer.kind": "study"},
-                                      {"cache_dir": "/abs/cache"})
+        parent = tracker.start_parent(
+            study, parent_name(study, "smoke"), {"relxfer.kind": "study"}, {"cache_dir": "/abs/cache"}
+        )
         assert parent.adopted and client.get_run(parent.run_id).info.run_name == expected
     assert client.get_run(generated.info.run_id).data.params["cache_dir"] == "/abs/cache"
     assert client.get_run(named.info.run_id).data.params["cache_dir"] == "'~/.cache/x'"
@@ -54,7 +55,13 @@ def test_parent_started_by_mlflow_run_takes_the_spec_name_unless_given_one(mlflo
 def test_generated_names_are_told_from_given_ones():
     names = ["inquisitive-auk-377", "smoke", "my-study-1", "gemma-belebele", "run-42", None]
     assert [parent_name(Study("0", "run-id", name), "spec") for name in names] == [
-        "spec", "smoke", "my-study-1", "gemma-belebele", "run-42", "spec"]
+        "spec",
+        "smoke",
+        "my-study-1",
+        "gemma-belebele",
+        "run-42",
+        "spec",
+    ]
     assert parent_name(Study("0"), "spec") == "spec"
 
 
@@ -67,7 +74,11 @@ def test_comparison_names_know_compare_defaults():
 
     options = {p.name: p.default for p in main.commands["compare"].params}
     signature = inspect.signature(build_report).parameters
-    assert DEFAULT_SETTINGS == {k: options[k] for k in DEFAULT_SETTINGS} == {k: signature[k].default for k in DEFAULT_SETTINGS}
+    assert (
+        DEFAULT_SETTINGS
+        == {k: options[k] for k in DEFAULT_SETTINGS}
+        == {k: signature[k].default for k in DEFAULT_SETTINGS}
+    )
 
 
 def test_reruns_with_nothing_to_run_leave_one_record_under_the_parent(mlflow_server):
@@ -84,5 +95,7 @@ def test_reruns_with_nothing_to_run_leave_one_record_under_the_parent(mlflow_ser
         file_rerun(tracker, Study(experiment_id, adopted), "smoke")
         client.set_terminated(adopted)  # as `mlflow run` does when relxfer returns
         records.append(client.get_run(adopted))
-    assert [(r.info.run_name, r.data.tags["mlflow.parentRunId"]) for r in records] == [("smoke (nothing to run)", parent)] * 2
+    assert [(r.info.run_name, r.data.tags["mlflow.parentRunId"]) for r in records] == [
+        ("smoke (nothing to run)", parent)
+    ] * 2
     assert [client.get_run(r.info.run_id).info.lifecycle_stage for r in records] == ["deleted", "active"]

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from relxfer.cli import main
-from relxfer.spec import load_schema
-from relxfer.spec_json import MAX_DEPTH
-from relxfer.spec_problems import schema_problems
+from relxfer.spec.json_reader import MAX_DEPTH
+from relxfer.spec.load import load_schema
+from relxfer.spec.schema_problems import schema_problems
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,8 +56,8 @@ def test_mistyped_builtin_scheme(tmp_path):
 
 
 def test_builtin_names_match_the_builders():
-    from relxfer.models.builtins import BUILTIN_MODEL_IDS
     from relxfer.models.loading import BUILTIN_MODELS
+    from relxfer.spec.builtins import BUILTIN_MODEL_IDS
 
     assert sorted(BUILTIN_MODELS) == list(BUILTIN_MODEL_IDS)
 
@@ -85,12 +85,19 @@ def test_synthetic_family_label_must_be_declared(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("spec, code, message", [
-    ("smoke.json", "syn_Rel", "language 'syn_Rel' is not declared in /data/source/languages; "
-                              "did you mean syn_Rele, syn_Reld or syn_Relc?"),
-    ("full.json", "fra_Latm", "unknown language code 'fra_Latm'; did you mean fra_Latn or afr_Latn?"),
-    ("full.json", "fra_Lat", "unknown language code 'fra_Lat'; did you mean fra_Latn or afr_Latn?"),
-])
+@pytest.mark.parametrize(
+    "spec, code, message",
+    [
+        (
+            "smoke.json",
+            "syn_Rel",
+            "language 'syn_Rel' is not declared in /data/source/languages; "
+            "did you mean syn_Rele, syn_Reld or syn_Relc?",
+        ),
+        ("full.json", "fra_Latm", "unknown language code 'fra_Latm'; did you mean fra_Latn or afr_Latn?"),
+        ("full.json", "fra_Lat", "unknown language code 'fra_Lat'; did you mean fra_Latn or afr_Latn?"),
+    ],
+)
 def test_language_code_typo_of_any_shape_gets_a_did_you_mean(tmp_path, spec, code, message):
     path = spec_file(tmp_path, spec, lambda r: r["eval"]["groups"][0]["languages"].__setitem__(0, code))
     assert errors(path) == [f"{path}: /eval/groups/0/languages/0: {message}"]
@@ -109,18 +116,21 @@ def test_every_problem_is_reported_at_once_in_file_order(tmp_path):
         raw["prompt"]["labels"] = ["1", "2", "3"]
 
     path = spec_file(tmp_path, "smoke.json", edit)
-    assert errors(path) == [f"{path}: {line}" for line in [
-        "/data/source: unknown key 'n_pasages'; did you mean n_passages?",
-        "/eval/groups/0/languages/0: language 'syn_Rel' is not declared in /data/source/languages; "
-        "did you mean syn_Rele, syn_Reld or syn_Relc?",
-        "/models/0/source: unknown built-in model 'builtin:tiny-lama'; did you mean builtin:tiny-llama?",
-        "/models/0/engines/evaluate/kind: unknown kind 'locl'; did you mean local?",
-        "/finetune/lora/r: -1 is less than the minimum of 1",
-        "/finetune/lora/target_modules: 'all' is not 'all-linear' or a list",
-        "/finetune/training: unknown key 'learning_rat'; did you mean learning_rate?",
-        "/prompt/labels: 3 labels for 4 answer options; give exactly 4",
-        "/conditions/1: 'finetunned' is not allowed here; did you mean finetuned or finetuned_cot?",
-    ]]
+    assert errors(path) == [
+        f"{path}: {line}"
+        for line in [
+            "/data/source: unknown key 'n_pasages'; did you mean n_passages?",
+            "/eval/groups/0/languages/0: language 'syn_Rel' is not declared in /data/source/languages; "
+            "did you mean syn_Rele, syn_Reld or syn_Relc?",
+            "/models/0/source: unknown built-in model 'builtin:tiny-lama'; did you mean builtin:tiny-llama?",
+            "/models/0/engines/evaluate/kind: unknown kind 'locl'; did you mean local?",
+            "/finetune/lora/r: -1 is less than the minimum of 1",
+            "/finetune/lora/target_modules: 'all' is not 'all-linear' or a list",
+            "/finetune/training: unknown key 'learning_rat'; did you mean learning_rate?",
+            "/prompt/labels: 3 labels for 4 answer options; give exactly 4",
+            "/conditions/1: 'finetunned' is not allowed here; did you mean finetuned or finetuned_cot?",
+        ]
+    ]
 
 
 def test_a_mistake_in_one_field_of_a_group_hides_none_in_another(tmp_path):
@@ -131,14 +141,17 @@ def test_a_mistake_in_one_field_of_a_group_hides_none_in_another(tmp_path):
         del raw["eval"]["groups"][1]["name"]
 
     path = spec_file(tmp_path, "smoke.json", edit)
-    assert errors(path) == [f"{path}: {line}" for line in [
-        "/eval/groups/0/languages/1: language 'syn_Relx' is not declared in /data/source/languages; "
-        "did you mean syn_Rele, syn_Reld or syn_Relc?",
-        "/eval/groups/1: 'name' is a required property",
-        "/eval/groups/1/role: 'controls' is not allowed here; did you mean control?",
-        "/eval/groups/1/languages/2: language 'syn_ctlc' is not declared in /data/source/languages; "
-        "did you mean syn_Ctlc, syn_Ctle or syn_Ctld?",
-    ]]
+    assert errors(path) == [
+        f"{path}: {line}"
+        for line in [
+            "/eval/groups/0/languages/1: language 'syn_Relx' is not declared in /data/source/languages; "
+            "did you mean syn_Rele, syn_Reld or syn_Relc?",
+            "/eval/groups/1: 'name' is a required property",
+            "/eval/groups/1/role: 'controls' is not allowed here; did you mean control?",
+            "/eval/groups/1/languages/2: language 'syn_ctlc' is not declared in /data/source/languages; "
+            "did you mean syn_Ctlc, syn_Ctle or syn_Ctld?",
+        ]
+    ]
 
 
 def test_duplicate_key_names_the_line_of_the_second(tmp_path):
@@ -153,7 +166,9 @@ def test_duplicate_key_in_a_nested_object(tmp_path):
     path = tmp_path / "spec.json"
     path.write_text(text)
     first = next(i for i, line in enumerate(text.splitlines(), 1) if '"learning_rate"' in line)
-    assert errors(path) == [f"{path}:{first + 1}:7: duplicate key 'learning_rate' (first given on line {first}); keep one"]
+    assert errors(path) == [
+        f"{path}:{first + 1}:7: duplicate key 'learning_rate' (first given on line {first}); keep one"
+    ]
 
 
 def test_same_key_in_sibling_objects_is_fine(tmp_path):
@@ -162,10 +177,13 @@ def test_same_key_in_sibling_objects_is_fine(tmp_path):
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("text, where", [
-    ("[" * 5000, f"1:{MAX_DEPTH + 1}"),
-    ('{"notes": "[[[[", "x": ' + "{\"a\": " * 3000 + "1" + "}" * 3001, f"1:{24 + 6 * (MAX_DEPTH - 1)}"),
-])
+@pytest.mark.parametrize(
+    "text, where",
+    [
+        ("[" * 5000, f"1:{MAX_DEPTH + 1}"),
+        ('{"notes": "[[[[", "x": ' + '{"a": ' * 3000 + "1" + "}" * 3001, f"1:{24 + 6 * (MAX_DEPTH - 1)}"),
+    ],
+)
 def test_deep_nesting_is_one_line_not_a_recursion_error(tmp_path, text, where):
     path = tmp_path / "deep.json"
     path.write_text(text)
@@ -195,10 +213,17 @@ def test_engine_chosen_by_kind_is_explained_by_its_own_branch():
     field, whatever other kinds exist."""
     schema = copy.deepcopy(load_schema())
     schema["$defs"]["serverEvaluateEngine"] = {
-        "type": "object", "additionalProperties": False, "required": ["kind"],
-        "properties": {"kind": {"const": "server"},
-                       "launch": {"type": "object", "additionalProperties": False,
-                                  "properties": {"tensor_parallel_size": {"type": "integer", "minimum": 1}}}},
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["kind"],
+        "properties": {
+            "kind": {"const": "server"},
+            "launch": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"tensor_parallel_size": {"type": "integer", "minimum": 1}},
+            },
+        },
     }
     schema["$defs"]["evaluateEngine"]["oneOf"].append({"$ref": "#/$defs/serverEvaluateEngine"})
     raw = json.loads((REPO / "specs" / "smoke.json").read_text())
@@ -216,7 +241,12 @@ def test_plan_prints_items_per_language_as_a_table():
     lines = result.output.splitlines()
     start = lines.index("evaluation items per language:")
     assert lines[start + 1].split() == ["group", "role", "language", "items"]
-    rows = [line.split() for line in lines[start + 2:start + 12]]
-    assert rows == [[group, role, code, "60"] for group, role, codes in (
-        ("Synthetic-A", "related", ("syn_Rela", "syn_Relb", "syn_Relc", "syn_Reld", "syn_Rele")),
-        ("Synthetic-B", "control", ("syn_Ctla", "syn_Ctlb", "syn_Ctlc", "syn_Ctld", "syn_Ctle"))) for code in codes]
+    rows = [line.split() for line in lines[start + 2 : start + 12]]
+    assert rows == [
+        [group, role, code, "60"]
+        for group, role, codes in (
+            ("Synthetic-A", "related", ("syn_Rela", "syn_Relb", "syn_Relc", "syn_Reld", "syn_Rele")),
+            ("Synthetic-B", "control", ("syn_Ctla", "syn_Ctlb", "syn_Ctlc", "syn_Ctld", "syn_Ctle")),
+        )
+        for code in codes
+    ]

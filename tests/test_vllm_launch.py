@@ -19,10 +19,9 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from relxfer.cli import main
-from relxfer.plan import plan
-from relxfer.spec import load_spec
-
-from .servers.vllm_server import launch_env, session_processes
+from relxfer.plan.cells import plan
+from relxfer.spec.load import load_spec
+from tests.servers.vllm_server import launch_env, session_processes
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "specs" / "vllm-smoke.json"
@@ -53,20 +52,30 @@ def assert_no_server_left(pid: int) -> None:
 def test_plan_shows_the_launched_engine_offline():
     result = CliRunner().invoke(main, ["plan", str(SPEC)])
     assert result.exit_code == 0, result.output
-    assert ("model     tiny: evaluate on vllm launched by relxfer on 127.0.0.1 (tensor_parallel_size=1, dtype=float32, "
-            "max_model_len=1024, gpu_memory_utilization=0.9, extra_args=['--enforce-eager']), scoring auto; fine-tune on local") in result.output
+    assert (
+        "model     tiny: evaluate on vllm launched by relxfer on 127.0.0.1 (tensor_parallel_size=1, dtype=float32, "
+        "max_model_len=1024, gpu_memory_utilization=0.9, extra_args=['--enforce-eager']), scoring auto; fine-tune on local"
+    ) in result.output
 
 
 def test_server_killed_mid_cell_then_mlflow_run_completes(mlflow_server, tmp_path):
-    env = launch_env() | {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_EXPERIMENT_NAME": EXPERIMENT, "OMP_NUM_THREADS": "1"}
+    env = launch_env() | {
+        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        "MLFLOW_EXPERIMENT_NAME": EXPERIMENT,
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("MLFLOW_RUN_ID", None)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `mlflow run` calls `relxfer`
     cache = tmp_path / "cache"
 
     # 1. `relxfer run`: the server starts inside the first evaluation cell's run; kill it there.
     log = tmp_path / "run.log"
-    process = subprocess.Popen([sys.executable, "-m", "relxfer.cli", "run", str(SPEC), "--cache-dir", str(cache), "--no-progress"],
-                               env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relxfer.cli", "run", str(SPEC), "--cache-dir", str(cache), "--no-progress"],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         started = wait_for(STARTED, log, process, timeout=600)
         assert started, log.read_text()[-3000:]
@@ -81,14 +90,33 @@ def test_server_killed_mid_cell_then_mlflow_run_completes(mlflow_server, tmp_pat
     output = log.read_text()
     errors = [line for line in output.splitlines() if line.startswith("Error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in output, output[-3000:]
-    assert errors[0].startswith("Error: the vLLM server for model 'tiny' exited (code -9) during the cell; last log lines: ")
+    assert errors[0].startswith(
+        "Error: the vLLM server for model 'tiny' exited (code -9) during the cell; last log lines: "
+    )
     assert_no_server_left(pid)
 
     # 2. `mlflow run` completes the study: one FINISHED run per cell, the failed one stays FAILED.
     result = subprocess.run(
-        [sys.executable, "-m", "mlflow", "run", str(REPO), "-P", f"spec={SPEC}", "-P", f"cache_dir={cache}",
-         "--env-manager", "local", "--experiment-name", EXPERIMENT],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "run",
+            str(REPO),
+            "-P",
+            f"spec={SPEC}",
+            "-P",
+            f"cache_dir={cache}",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            EXPERIMENT,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
@@ -99,15 +127,23 @@ def test_server_killed_mid_cell_then_mlflow_run_completes(mlflow_server, tmp_pat
     client = MlflowClient(mlflow_server.uri)
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], max_results=1000)
     cells = {cell.key: cell for cell in plan(load_spec(SPEC))}
-    finished = Counter(r.data.tags["relxfer.cell_key"] for r in runs if r.info.status == "FINISHED" and "relxfer.cell_key" in r.data.tags)
+    finished = Counter(
+        r.data.tags["relxfer.cell_key"]
+        for r in runs
+        if r.info.status == "FINISHED" and "relxfer.cell_key" in r.data.tags
+    )
     assert finished == Counter(list(cells)), finished  # exactly one FINISHED run per planned cell
     assert any(r.info.status == "FAILED" for r in runs)
     evaluations = [r for r in runs if r.info.status == "FINISHED" and r.data.tags.get("relxfer.kind") == "evaluate"]
     assert {r.data.tags["relxfer.condition"] for r in evaluations} == {"baseline", "finetuned", "cot"}
     for run in evaluations:
         tags = run.data.tags
-        assert (tags["relxfer.engine"], tags["relxfer.server_version"], tags["relxfer.dtype"], tags["relxfer.scoring_mode"]) == (
-            "vllm", "0.32.0", "float32", "label_ids+prompt_logprobs"), tags
+        assert (
+            tags["relxfer.engine"],
+            tags["relxfer.server_version"],
+            tags["relxfer.dtype"],
+            tags["relxfer.scoring_mode"],
+        ) == ("vllm", "0.32.0", "float32", "label_ids+prompt_logprobs"), tags
     parent = next(r for r in runs if r.info.run_id == evaluations[0].data.tags["mlflow.parentRunId"])
     logged = [a.path for a in client.list_artifacts(parent.info.run_id, "servers/tiny")]
     assert logged and all(path.endswith(".log") for path in logged)

@@ -14,9 +14,8 @@ import time
 
 import pytest
 
-from relxfer.backends.vllm_launch import LaunchError, VllmServer, free_port
-
-from .servers.vllm_server import session_processes
+from relxfer.services.vllm_launch import LaunchError, VllmServer, free_port
+from tests.servers.vllm_server import session_processes
 
 SERVER = textwrap.dedent("""
     import http.server, subprocess, sys
@@ -33,7 +32,7 @@ SERVER = textwrap.dedent("""
 RELXFER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from relxfer.backends.vllm_launch import VllmServer, free_port
+    from relxfer.services.vllm_launch import VllmServer, free_port
     port = free_port()
     server = VllmServer([sys.executable, "-c", sys.argv[1], str(port)], port, Path(sys.argv[2]), 60).start()
     print(server.process.pid, flush=True)
@@ -44,7 +43,11 @@ RELXFER = textwrap.dedent("""
 def wait_gone(pids, timeout=20.0) -> list[int]:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split(")")[-1][:3]]
+        alive = [
+            p
+            for p in pids
+            if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split(")")[-1][:3]
+        ]
         if not alive:
             return []
         time.sleep(0.2)
@@ -53,8 +56,12 @@ def wait_gone(pids, timeout=20.0) -> list[int]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_server_does_not_outlive_relxfer(sig, tmp_path):
-    relxfer = subprocess.Popen([sys.executable, "-c", RELXFER, SERVER, str(tmp_path / "server.log")],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    relxfer = subprocess.Popen(
+        [sys.executable, "-c", RELXFER, SERVER, str(tmp_path / "server.log")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     server_pid = int(relxfer.stdout.readline())
     deadline = time.time() + 20
     while len(session_processes(server_pid)) < 2 and time.time() < deadline:  # the server and its child
@@ -74,7 +81,11 @@ def test_server_does_not_outlive_relxfer(sig, tmp_path):
 
 def test_a_server_that_exits_while_starting_shows_its_last_log_lines(tmp_path):
     port = free_port()
-    argv = [sys.executable, "-c", "import sys; print('loading weights'); print('CUDA out of memory', file=sys.stderr); sys.exit(3)"]
+    argv = [
+        sys.executable,
+        "-c",
+        "import sys; print('loading weights'); print('CUDA out of memory', file=sys.stderr); sys.exit(3)",
+    ]
     with pytest.raises(LaunchError) as error:
         VllmServer(argv, port, tmp_path / "vllm.log", startup_timeout_s=60).start()
     message = str(error.value)
@@ -84,8 +95,14 @@ def test_a_server_that_exits_while_starting_shows_its_last_log_lines(tmp_path):
 
 def test_a_server_that_never_becomes_healthy_is_stopped_after_the_timeout(tmp_path):
     port = free_port()
-    server = VllmServer([sys.executable, "-c", "import time; print('still loading', flush=True); time.sleep(600)"], port,
-                        tmp_path / "vllm.log", startup_timeout_s=3)
-    with pytest.raises(LaunchError, match=r"not healthy after 3 s \(launch.startup_timeout_s\); last log lines: .*still loading"):
+    server = VllmServer(
+        [sys.executable, "-c", "import time; print('still loading', flush=True); time.sleep(600)"],
+        port,
+        tmp_path / "vllm.log",
+        startup_timeout_s=3,
+    )
+    with pytest.raises(
+        LaunchError, match=r"not healthy after 3 s \(launch.startup_timeout_s\); last log lines: .*still loading"
+    ):
         server.start()
     assert server.process is None

@@ -2,17 +2,30 @@
 condition x language x question, with the design factors taken from each run's tags.
 
 `load_items` asks the tracker; `assemble_items` is the pure part (run tags + per-item tables ->
-frame), which the simulator (`relxfer.compare.simulate`) uses too, so simulated studies reach the
+frame), which the simulator (`tests.support.simulate`) uses too, so simulated studies reach the
 statistics through the same code as logged ones."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from ..tracking import TAG, Tracker
+from relxfer.tracking.client import TAG, Tracker
 
-ITEM_COLUMNS = ["model", "seed", "condition", "language", "group", "role", "family", "question_id", "passage_id",
-                "gold", "predicted", "correct", "run_id"]
+ITEM_COLUMNS = [
+    "model",
+    "seed",
+    "condition",
+    "language",
+    "group",
+    "role",
+    "family",
+    "question_id",
+    "passage_id",
+    "gold",
+    "predicted",
+    "correct",
+    "run_id",
+]
 FACTORS = ("model", "condition", "language", "group", "role", "family", "seed")
 RUN_COLUMNS = [*FACTORS, "run_id", "experiment_id", "logged_accuracy", "n_items"]
 
@@ -21,8 +34,12 @@ def run_row(tags: dict, run_id: str, experiment_id: str = "", metrics: dict | No
     """One evaluation run's factors (from its `relxfer.*` tags) and its logged accuracy."""
     metrics = metrics or {}
     row = {factor: tags.get(f"{TAG}{factor}", "") for factor in FACTORS}
-    return row | {"run_id": run_id, "experiment_id": experiment_id, "logged_accuracy": metrics.get("accuracy"),
-                  "n_items": metrics.get("n_items")}
+    return row | {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "logged_accuracy": metrics.get("accuracy"),
+        "n_items": metrics.get("n_items"),
+    }
 
 
 def runs_frame(runs: list) -> pd.DataFrame:
@@ -54,7 +71,9 @@ def assemble_items(meta: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFram
     return items[ITEM_COLUMNS + [c for c in items.columns if c not in ITEM_COLUMNS]]
 
 
-def load_items(tracker: Tracker, experiment: str | None = None, parent: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def load_items(
+    tracker: Tracker, experiment: str | None = None, parent: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(runs, items): the FINISHED evaluation runs and their per-item predictions."""
     runs = tracker.evaluation_runs(experiment_name=experiment, parent_id=parent)
     meta = runs_frame(runs)

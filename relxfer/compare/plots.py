@@ -30,23 +30,44 @@ def plot_gain_vs_baseline(cells: pd.DataFrame, path, fit=None) -> Path:
     factor = 100 if scale == "raw" else 1  # raw proportions are shown as percentages
     fig, ax = plt.subplots(figsize=(7, 5))
     for role, block in _by_role(cells):
-        ax.scatter(factor * block["baseline"], factor * block["gain"], s=36, alpha=0.8,
-                   color=ROLE_COLOURS.get(role), label=f"{role} languages", edgecolor="white")
+        ax.scatter(
+            factor * block["baseline"],
+            factor * block["gain"],
+            s=36,
+            alpha=0.8,
+            color=ROLE_COLOURS.get(role),
+            label=f"{role} languages",
+            edgecolor="white",
+        )
     xs = np.linspace(cells["baseline"].min(), cells["baseline"].max(), 50)
     if fit is not None and fit.naive_slope is not None:
         naive = (fit.naive_intercept, fit.naive_slope)
     else:
         slope, intercept = np.polyfit(cells["baseline"], cells["gain"], 1)
         naive = (intercept, slope)
-    ax.plot(factor * xs, factor * (naive[0] + naive[1] * xs), color="0.6", linestyle="--",
-            label=f"naive fit, slope {naive[1]:.2f} (not corrected for measurement error)")
+    ax.plot(
+        factor * xs,
+        factor * (naive[0] + naive[1] * xs),
+        color="0.6",
+        linestyle="--",
+        label=f"naive fit, slope {naive[1]:.2f} (not corrected for measurement error)",
+    )
     if fit is not None and fit.split_half_slope is not None:
-        ax.plot(factor * xs, factor * (fit.split_half_intercept + fit.split_half_slope * xs), color="0.35",
-                linestyle=":", label=f"split-half fit (check), slope {fit.split_half_slope:.2f}")
+        ax.plot(
+            factor * xs,
+            factor * (fit.split_half_intercept + fit.split_half_slope * xs),
+            color="0.35",
+            linestyle=":",
+            label=f"split-half fit (check), slope {fit.split_half_slope:.2f}",
+        )
     if fit is not None and getattr(fit, "corrected_slope", None) is not None:
-        ax.plot(factor * xs, factor * (fit.corrected_intercept + fit.corrected_slope * xs), color="black",
-                label=f"corrected fit, slope {fit.corrected_slope:.2f} "
-                      f"(95% CI {fit.corrected_slope_ci_low:.2f} to {fit.corrected_slope_ci_high:.2f})")
+        ax.plot(
+            factor * xs,
+            factor * (fit.corrected_intercept + fit.corrected_slope * xs),
+            color="black",
+            label=f"corrected fit, slope {fit.corrected_slope:.2f} "
+            f"(95% CI {fit.corrected_slope_ci_low:.2f} to {fit.corrected_slope_ci_high:.2f})",
+        )
     ax.axhline(0, color="0.8", linewidth=0.8)
     unit = "accuracy (%)" if scale == "raw" else "logit accuracy"
     ax.set_xlabel(f"baseline {unit}")
@@ -70,9 +91,16 @@ def plot_language_gains(gains: pd.DataFrame, path) -> Path:
         block = gains[(gains["model"] == model) & (gains["seed"] == seed)]
         x = np.array([languages.index(lang) for lang in block["language"]]) + offsets[i]
         label = model if gains["seed"].nunique() == 1 else f"{model} (seed {seed})"
-        ax.errorbar(x, 100 * block["gain"],
-                    yerr=[100 * (block["gain"] - block["ci_low"]), 100 * (block["ci_high"] - block["gain"])],
-                    fmt=markers[i % len(markers)], markersize=5, capsize=2, linewidth=1, label=label)
+        ax.errorbar(
+            x,
+            100 * block["gain"],
+            yerr=[100 * (block["gain"] - block["ci_low"]), 100 * (block["ci_high"] - block["gain"])],
+            fmt=markers[i % len(markers)],
+            markersize=5,
+            capsize=2,
+            linewidth=1,
+            label=label,
+        )
     ax.axhline(0, color="0.6", linewidth=0.8)
     ax.set_xticks(range(len(languages)))
     roles = gains.drop_duplicates("language").set_index("language")["role"]
@@ -94,8 +122,15 @@ def plot_ft_vs_cot(cells: pd.DataFrame, path, fit=None) -> Path:
     """
     fig, ax = plt.subplots(figsize=(6, 5.5))
     for role, block in _by_role(cells):
-        ax.scatter(100 * block["ft_gain"], 100 * block["cot_gain"], s=36, alpha=0.8,
-                   color=ROLE_COLOURS.get(role), label=f"{role} languages", edgecolor="white")
+        ax.scatter(
+            100 * block["ft_gain"],
+            100 * block["cot_gain"],
+            s=36,
+            alpha=0.8,
+            color=ROLE_COLOURS.get(role),
+            label=f"{role} languages",
+            edgecolor="white",
+        )
     low = 100 * min(cells["ft_gain"].min(), cells["cot_gain"].min())
     high = 100 * max(cells["ft_gain"].max(), cells["cot_gain"].max())
     ax.plot([low, high], [low, high], color="0.7", linestyle=":", label="equal gains")
@@ -105,8 +140,10 @@ def plot_ft_vs_cot(cells: pd.DataFrame, path, fit=None) -> Path:
     ax.set_ylabel("CoT gain (percentage points)")
     title = "Fine-tuning gain vs CoT gain, one point per model x language"
     if fit is not None and fit.pearson_r is not None:
-        title += f"\nPearson r = {fit.pearson_r:.2f} ({fit.pearson_ci_low:.2f} to {fit.pearson_ci_high:.2f}), " \
-                 f"Spearman rho = {fit.spearman_rho:.2f}"
+        title += (
+            f"\nPearson r = {fit.pearson_r:.2f} ({fit.pearson_ci_low:.2f} to {fit.pearson_ci_high:.2f}), "
+            f"Spearman rho = {fit.spearman_rho:.2f}"
+        )
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
@@ -129,10 +166,23 @@ def plot_family_gap(fit, path) -> Path:
         ax.scatter(x, factor * block["gain"], s=14, color=colour, alpha=0.45, edgecolor="none")
         means = block.groupby("language")["gain"].mean()
         xm = [order.index(lang) for lang in means.index]
-        ax.scatter(xm, factor * means, s=70, color=colour, edgecolor="white", zorder=3,
-                   label=f"{role} languages (mean over models)")
-        ax.hlines(factor * block["gain"].mean(), min(xm) - 0.4, max(xm) + 0.4, color=colour, linewidth=2,
-                  label=f"{role} mean: {factor * block['gain'].mean():.1f}")
+        ax.scatter(
+            xm,
+            factor * means,
+            s=70,
+            color=colour,
+            edgecolor="white",
+            zorder=3,
+            label=f"{role} languages (mean over models)",
+        )
+        ax.hlines(
+            factor * block["gain"].mean(),
+            min(xm) - 0.4,
+            max(xm) + 0.4,
+            color=colour,
+            linewidth=2,
+            label=f"{role} mean: {factor * block['gain'].mean():.1f}",
+        )
     ax.axhline(0, color="0.8", linewidth=0.8)
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels(order, rotation=30, ha="right", fontsize=9)
@@ -145,23 +195,45 @@ def plot_family_gap(fit, path) -> Path:
 
     estimates = [("gap", fit.estimate, fit.ci_low, fit.ci_high, "black")]
     if fit.adjusted_estimate is not None:
-        estimates.append(("baseline-\nadjusted\n(sensitivity)", fit.adjusted_estimate, fit.adjusted_ci_low,
-                          fit.adjusted_ci_high, "0.55"))
-    for i, (label, value, low, high, colour) in enumerate(estimates):
+        estimates.append(
+            (
+                "baseline-\nadjusted\n(sensitivity)",
+                fit.adjusted_estimate,
+                fit.adjusted_ci_low,
+                fit.adjusted_ci_high,
+                "0.55",
+            )
+        )
+    for i, (_label, value, low, high, colour) in enumerate(estimates):
         if value is None:
             continue
-        right.errorbar([i], [factor * value], yerr=[[factor * (value - low)], [factor * (high - value)]],
-                       fmt="o", color=colour, capsize=6, markersize=8, linewidth=2)
+        right.errorbar(
+            [i],
+            [factor * value],
+            yerr=[[factor * (value - low)], [factor * (high - value)]],
+            fmt="o",
+            color=colour,
+            capsize=6,
+            markersize=8,
+            linewidth=2,
+        )
     right.axhline(0, color="0.6", linewidth=0.8)
     right.set_xticks(range(len(estimates)))
     right.set_xticklabels([e[0] for e in estimates], fontsize=9)
     right.set_xlim(-0.6, len(estimates) - 0.4)
     right.set_ylabel(f"related minus control ({unit}, 95% CI)")
-    verdict = {"above": "finding: related gained more", "below": "finding: controls gained more",
-               "none": "not a finding", "inconclusive": "inconclusive", "refused": "too few languages"}
+    verdict = {
+        "above": "finding: related gained more",
+        "below": "finding: controls gained more",
+        "none": "not a finding",
+        "inconclusive": "inconclusive",
+        "refused": "too few languages",
+    }
     right.set_title(verdict.get(fit.conclusion, fit.conclusion or ""), fontsize=10)
-    fig.suptitle(f"Family gap, {fit.condition} vs {fit.reference}: {fit.n_related} related vs "
-                 f"{fit.n_control} control languages", fontsize=11)
+    fig.suptitle(
+        f"Family gap, {fit.condition} vs {fit.reference}: {fit.n_related} related vs {fit.n_control} control languages",
+        fontsize=11,
+    )
     return _save(fig, path)
 
 

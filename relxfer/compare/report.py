@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots
-from .render import render_text
-from .stats import (
+from relxfer.compare import plots
+from relxfer.compare.render import render_text
+from relxfer.compare.stats import (
     RULE,
     accuracy_table,
     baseline_gain,
@@ -22,11 +22,19 @@ from .stats import (
     paired_gains,
     task_alignment,
 )
-from .stats.accuracy import parse_failure_warnings
-from .stats.common import AnalysisResult
+from relxfer.compare.stats.accuracy import parse_failure_warnings
+from relxfer.compare.stats.common import AnalysisResult
 
-__all__ = ["Report", "build_report", "headline_metrics", "to_dict", "to_json", "render_text", "write_outputs",
-           "write_plots"]
+__all__ = [
+    "Report",
+    "build_report",
+    "headline_metrics",
+    "to_dict",
+    "to_json",
+    "render_text",
+    "write_outputs",
+    "write_plots",
+]
 
 
 @dataclass
@@ -51,8 +59,14 @@ class Report:
     def summaries(self) -> list[dict]:
         """One entry per analysis, naming the analysis, its condition, reference and scale."""
         return [
-            {"analysis": name.split("[")[0], "condition": result.condition, "reference": result.reference,
-             "scale": result.scale, "summary": result.summary, "detail": getattr(result, "detail", "")}
+            {
+                "analysis": name.split("[")[0],
+                "condition": result.condition,
+                "reference": result.reference,
+                "scale": result.scale,
+                "summary": result.summary,
+                "detail": getattr(result, "detail", ""),
+            }
             for name, result in self.analyses()
         ]
 
@@ -89,25 +103,64 @@ def headline_metrics(report: Report) -> dict[str, float]:
     the alignment correlation."""
     metrics = {}
     for condition, r in report.family_gap.items():
-        metrics |= {f"family_gap_{condition}": r.estimate, f"family_gap_ci_low_{condition}": r.ci_low,
-                    f"family_gap_ci_high_{condition}": r.ci_high, f"family_gap_perm_p_{condition}": r.perm_p_value,
-                    f"family_gap_adjusted_{condition}": r.adjusted_estimate, f"family_gap_raw_{condition}": r.raw_gap}
+        metrics |= {
+            f"family_gap_{condition}": r.estimate,
+            f"family_gap_ci_low_{condition}": r.ci_low,
+            f"family_gap_ci_high_{condition}": r.ci_high,
+            f"family_gap_perm_p_{condition}": r.perm_p_value,
+            f"family_gap_adjusted_{condition}": r.adjusted_estimate,
+            f"family_gap_raw_{condition}": r.raw_gap,
+        }
     for condition, r in report.baseline_gain.items():
-        metrics |= {f"slope_corrected_{condition}": r.corrected_slope,
-                    f"slope_detectable_{condition}": r.detectable_slope,
-                    f"slope_split_half_{condition}": r.split_half_slope, f"slope_naive_{condition}": r.naive_slope}
+        metrics |= {
+            f"slope_corrected_{condition}": r.corrected_slope,
+            f"slope_detectable_{condition}": r.detectable_slope,
+            f"slope_split_half_{condition}": r.split_half_slope,
+            f"slope_naive_{condition}": r.naive_slope,
+        }
     if report.task_alignment is not None:
-        metrics |= {"task_alignment_r": report.task_alignment.pearson_r,
-                    "task_alignment_rho": report.task_alignment.spearman_rho}
+        metrics |= {
+            "task_alignment_r": report.task_alignment.pearson_r,
+            "task_alignment_rho": report.task_alignment.spearman_rho,
+        }
     return {k: float(v) for k, v in metrics.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
 
 
 # --- JSON and files --------------------------------------------------------------------------
 
-ACCURACY_COLUMNS = ["model", "seed", "language", "group", "role", "condition", "accuracy", "n_items", "ci_low",
-                    "ci_high", "parse_failure_rate", "parse_failure_high"]
-GAIN_COLUMNS = ["model", "seed", "language", "role", "condition", "reference", "acc_ref", "acc_cond", "gain",
-                "ci_low", "ci_high", "b", "c", "test", "p_value", "p_holm", "verdict"]
+ACCURACY_COLUMNS = [
+    "model",
+    "seed",
+    "language",
+    "group",
+    "role",
+    "condition",
+    "accuracy",
+    "n_items",
+    "ci_low",
+    "ci_high",
+    "parse_failure_rate",
+    "parse_failure_high",
+]
+GAIN_COLUMNS = [
+    "model",
+    "seed",
+    "language",
+    "role",
+    "condition",
+    "reference",
+    "acc_ref",
+    "acc_cond",
+    "gain",
+    "ci_low",
+    "ci_high",
+    "b",
+    "c",
+    "test",
+    "p_value",
+    "p_holm",
+    "verdict",
+]
 
 
 def _clean(value):
@@ -165,7 +218,9 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
             written.append(plots.plot_family_gap(fit, out_dir / f"family_gap_{condition}.png"))
     for condition, fit in report.baseline_gain.items():
         if fit.reason is None and not fit.cells.empty:
-            written.append(plots.plot_gain_vs_baseline(fit.cells, out_dir / f"gain_vs_baseline_{condition}.png", fit=fit))
+            written.append(
+                plots.plot_gain_vs_baseline(fit.cells, out_dir / f"gain_vs_baseline_{condition}.png", fit=fit)
+            )
     if not report.gains.empty:
         for condition, block in report.gains.groupby("condition"):
             written.append(plots.plot_language_gains(block, out_dir / f"language_gains_{condition}.png"))

@@ -9,7 +9,7 @@ Every source yields rows of the Hugging Face schema: `link`, `question_number`, 
 A question's id is f"{link}#{question_number}", parallel across languages.
 
 The result carries a provenance `source` URI and a content `digest`, for an
-mlflow.log_input-style dataset record (logged elsewhere: only tracking.py talks to MLflow).
+mlflow.log_input-style dataset record (logged elsewhere: only relxfer.tracking talks to MLflow).
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ HUB_SPLIT = "test"  # the only split of each language config on the hub
 
 _ANSWER_FIELDS = ("mc_answer1", "mc_answer2", "mc_answer3", "mc_answer4")
 _TEXT_FIELDS = ("link", "flores_passage", "question", *_ANSWER_FIELDS)
-REQUIRED_FIELDS = ("link", "question_number", "flores_passage", "question", *_ANSWER_FIELDS,
-                   "correct_answer_num")
+REQUIRED_FIELDS = ("link", "question_number", "flores_passage", "question", *_ANSWER_FIELDS, "correct_answer_num")
 _GOLD_VALUES = ("1", "2", "3", "4")
 _LOCAL_HINT = "a local directory of <code>.jsonl files or the Belebele release zip"
 
@@ -266,9 +265,7 @@ def _gold_index(value: Any, location: str) -> int:
     """0-based index of the correct option from correct_answer_num "1".."4" (ints accepted)."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     if text not in _GOLD_VALUES:
-        raise DataError(
-            f'{location}: correct_answer_num must be one of "1", "2", "3", "4", got {_shown(value)}'
-        )
+        raise DataError(f'{location}: correct_answer_num must be one of "1", "2", "3", "4", got {_shown(value)}')
     return _GOLD_VALUES.index(text)
 
 

@@ -17,8 +17,15 @@ def items_digest(items: Iterable[MCItem]) -> str:
     order: the digest names the set of items, not the order a file or caller listed them in."""
     sha = hashlib.sha256()
     for item in sorted(items, key=lambda it: (it.language, it.question_id)):
-        record = [item.language, item.question_id, item.passage_id, item.passage, item.question,
-                  list(item.options), item.gold]
+        record = [
+            item.language,
+            item.question_id,
+            item.passage_id,
+            item.passage,
+            item.question,
+            list(item.options),
+            item.gold,
+        ]
         # One JSON line per item: unambiguous field boundaries, independent of Python's repr.
         sha.update(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
         sha.update(b"\n")

@@ -54,14 +54,17 @@ class HeldOutSplit:
     def _passages_kept_out(self) -> list[str]:
         return self.held_out_passages if self.unit == "passage" else []
 
-    def training_items(self, items_by_language: Mapping[str, Sequence[MCItem]],
-                       train_languages: Sequence[str]) -> list[MCItem]:
+    def training_items(
+        self, items_by_language: Mapping[str, Sequence[MCItem]], train_languages: Sequence[str]
+    ) -> list[MCItem]:
         """training_items() with this split's held-out ids (and passages, in passage mode)."""
-        return training_items(items_by_language, train_languages, self.held_out_ids,
-                              held_out_passages=self._passages_kept_out())
+        return training_items(
+            items_by_language, train_languages, self.held_out_ids, held_out_passages=self._passages_kept_out()
+        )
 
-    def evaluation_items(self, items_by_language: Mapping[str, Sequence[MCItem]],
-                         eval_languages: Sequence[str]) -> dict[str, list[MCItem]]:
+    def evaluation_items(
+        self, items_by_language: Mapping[str, Sequence[MCItem]], eval_languages: Sequence[str]
+    ) -> dict[str, list[MCItem]]:
         """evaluation_items() with this split's held-out ids."""
         return evaluation_items(items_by_language, eval_languages, self.held_out_ids)
 
@@ -94,8 +97,9 @@ def held_out_split(
 
     if unit == "question":
         if n_held_out > len(common):
-            raise DataError(f"cannot hold out {n_held_out} question ids: only {len(common)} "
-                            f"are present in every language ({where})")
+            raise DataError(
+                f"cannot hold out {n_held_out} question ids: only {len(common)} are present in every language ({where})"
+            )
         held = rng.sample(sorted(common), n_held_out)
         n_available = len(common)
     else:
@@ -122,13 +126,16 @@ def _passage_of(items_by_language: Mapping[str, Sequence[MCItem]]) -> dict[str, 
         for item in items:
             known = passage_of.setdefault(item.question_id, item.passage_id)
             if known != item.passage_id:
-                raise DataError(f"question {item.question_id!r} belongs to passage {item.passage_id!r} "
-                                f"in {lang} but to {known!r} in another language")
+                raise DataError(
+                    f"question {item.question_id!r} belongs to passage {item.passage_id!r} "
+                    f"in {lang} but to {known!r} in another language"
+                )
     return passage_of
 
 
-def _draw_passages(passage_of: dict[str, str], all_ids: set[str], common: set[str], n_held_out: int,
-                   rng: random.Random, where: str) -> tuple[list[str], int]:
+def _draw_passages(
+    passage_of: dict[str, str], all_ids: set[str], common: set[str], n_held_out: int, rng: random.Random, where: str
+) -> tuple[list[str], int]:
     """Whole passages, in seeded order, that add up to exactly `n_held_out` question ids.
 
     A passage is eligible when every question it has in any language is present in every
@@ -140,8 +147,10 @@ def _draw_passages(passage_of: dict[str, str], all_ids: set[str], common: set[st
     eligible = sorted(p for p, qids in questions_of.items() if common.issuperset(qids))
     n_available = sum(len(questions_of[p]) for p in eligible)
     if n_held_out > n_available:
-        raise DataError(f"cannot hold out {n_held_out} question ids as whole passages: only {n_available} "
-                        f"(in {len(eligible)} passages) are present in every language ({where})")
+        raise DataError(
+            f"cannot hold out {n_held_out} question ids as whole passages: only {n_available} "
+            f"(in {len(eligible)} passages) are present in every language ({where})"
+        )
     rng.shuffle(eligible)
     held: list[str] = []
     for passage in eligible:
@@ -149,8 +158,10 @@ def _draw_passages(passage_of: dict[str, str], all_ids: set[str], common: set[st
             held.extend(questions_of[passage])
         if len(held) == n_held_out:
             return held, n_available
-    raise DataError(f"whole passages cannot add up to exactly {n_held_out} question ids "
-                    f"(reached {len(held)}); choose another held-out size or seed")
+    raise DataError(
+        f"whole passages cannot add up to exactly {n_held_out} question ids "
+        f"(reached {len(held)}); choose another held-out size or seed"
+    )
 
 
 def training_items(
@@ -183,8 +194,9 @@ def evaluation_items(
         items = [item for item in _items_of(items_by_language, lang) if item.question_id in held]
         absent = held - {item.question_id for item in items}
         if absent:
-            raise DataError(f"{lang} lacks {len(absent)} of the {len(held)} held-out question ids: "
-                            f"{_listing(sorted(absent))}")
+            raise DataError(
+                f"{lang} lacks {len(absent)} of the {len(held)} held-out question ids: {_listing(sorted(absent))}"
+            )
         by_language[lang] = items
     return by_language
 

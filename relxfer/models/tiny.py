@@ -16,8 +16,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from ..data.synthetic import tokenizer_corpus
-from .build_once import build_once
+from relxfer.data.synthetic import tokenizer_corpus
+from relxfer.models.build_once import build_once
 
 BUILTIN_ID = "builtin:tiny-llama"
 
@@ -142,7 +142,7 @@ def build_tiny_model(cache_dir: Path, seed: int = 0) -> Path:
     def write(tmp: Path) -> None:
         tokenizer = build_tokenizer()
         model = build_model(tokenizer, seed)
-        from .loading import quiet_transformers
+        from relxfer.models.build_once import quiet_transformers
 
         with quiet_transformers():
             model.save_pretrained(tmp, safe_serialization=True)

@@ -49,9 +49,12 @@ exec "$(dirname "$0")/python" "$@"
 """
 # Installed, not imported: importing JAX, torch and transformers takes minutes on a busy 2-core
 # machine, and the server's start imports them anyway.
-CHECK = "import importlib.metadata as m; [m.version(p) for p in ('skyrl-tx', 'jaxlib', 'flax', 'optax', 'torch', 'tinker')]"
-SKYRL_ENV = VenvSpec(name="skyrl-tx", requirements=REQUIREMENTS, check=CHECK, installer="uv",
-                     files=(("bin/uv", UV_SHIM),))
+CHECK = (
+    "import importlib.metadata as m; [m.version(p) for p in ('skyrl-tx', 'jaxlib', 'flax', 'optax', 'torch', 'tinker')]"
+)
+SKYRL_ENV = VenvSpec(
+    name="skyrl-tx", requirements=REQUIREMENTS, check=CHECK, installer="uv", files=(("bin/uv", UV_SHIM),)
+)
 
 
 def skyrl_python(log=print) -> Path:

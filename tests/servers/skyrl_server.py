@@ -66,7 +66,7 @@ class SkyRLServer:
         """The name the server knows its model by (the directory it was started with)."""
         return str(self.model_dir)
 
-    def start(self, timeout: float = 300) -> "SkyRLServer":
+    def start(self, timeout: float = 300) -> SkyRLServer:
         self.root.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -77,16 +77,34 @@ class SkyRLServer:
         env.pop("PYTHONPATH", None)  # relxfer's source tree is none of the server's business
         backend_config = {"max_lora_adapters": 4, "max_lora_rank": self.max_lora_rank}
         argv = [
-            str(self.python), "-m", "tx.tinker.api", "--host", "127.0.0.1", "--port", str(self.port),
-            "--base-model", self.base_model, "--checkpoints-base", str(self.root / "checkpoints"),
-            "--database-url", f"sqlite:///{self.root / 'tinker.db'}",
-            "--backend-config", json.dumps(backend_config),
+            str(self.python),
+            "-m",
+            "tx.tinker.api",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--base-model",
+            self.base_model,
+            "--checkpoints-base",
+            str(self.root / "checkpoints"),
+            "--database-url",
+            f"sqlite:///{self.root / 'tinker.db'}",
+            "--backend-config",
+            json.dumps(backend_config),
         ]
         log = open(self.log_path, "ab")
         from tests.conftest import die_with_parent
 
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env,
-                                        start_new_session=True, preexec_fn=die_with_parent)
+        self.process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.root,
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:

@@ -52,9 +52,15 @@ class VenvSpec:
     @property
     def key(self) -> str:
         blob = json.dumps(
-            {"requirements": self.requirements, "uninstall": self.uninstall, "check": self.check,
-             "python": list(sys.version_info[:3]), "installer": self.installer,
-             "uv": UV_VERSION if self.installer == "uv" else None, "files": self.files},
+            {
+                "requirements": self.requirements,
+                "uninstall": self.uninstall,
+                "check": self.check,
+                "python": list(sys.version_info[:3]),
+                "installer": self.installer,
+                "uv": UV_VERSION if self.installer == "uv" else None,
+                "files": self.files,
+            },
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:12]

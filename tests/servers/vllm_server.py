@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from relxfer.backends.vllm_launch import VllmServer, free_port
 from relxfer.models.tiny import build_tiny_model
-
-from .vllm_env import vllm_python
+from relxfer.services.vllm_launch import VllmServer, free_port
+from tests.servers.vllm_env import vllm_python
 
 SERVED_NAME = "tiny"
 MAX_MODEL_LEN = 2048  # real Belebele passages run to ~1,600 tokens in the tiny byte-level tokenizer
@@ -20,7 +19,12 @@ MAX_LORA_RANK = 8
 # vLLM on the CPU: a small KV cache (GiB) keeps two servers within a shared 2-core machine's memory.
 SERVER_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
 # The `launch` settings of a spec whose server relxfer starts on this machine's CPU.
-CPU_LAUNCH = {"dtype": "float32", "max_model_len": MAX_MODEL_LEN, "extra_args": ["--enforce-eager"], "startup_timeout_s": 600}
+CPU_LAUNCH = {
+    "dtype": "float32",
+    "max_model_len": MAX_MODEL_LEN,
+    "extra_args": ["--enforce-eager"],
+    "startup_timeout_s": 600,
+}
 
 
 def launch_env() -> dict[str, str]:
@@ -31,9 +35,24 @@ def launch_env() -> dict[str, str]:
 def start_test_server(cache_dir: Path, log_dir: Path, lora_rank: int | None = MAX_LORA_RANK) -> VllmServer:
     model_dir = build_tiny_model(cache_dir)
     port = free_port()
-    argv = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", SERVED_NAME, "--dtype", "float32", "--enforce-eager",
-            "--max-model-len", str(MAX_MODEL_LEN), "--host", "127.0.0.1", "--port", str(port)]
+    argv = [
+        str(vllm_python()),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        SERVED_NAME,
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        str(MAX_MODEL_LEN),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     if lora_rank:
         argv += ["--enable-lora", "--max-lora-rank", str(lora_rank)]
     server = VllmServer(argv, port, Path(log_dir) / "vllm.log", startup_timeout_s=600, env=SERVER_ENV)

@@ -25,20 +25,40 @@ dataclass results carry `summary` (one plain sentence), `detail`, `method` and `
 when the analysis ran), and `as_record()` for logging.
 """
 
-from ...intervals import clustered_wilson
-from .accuracy import accuracy_summary, accuracy_table
-from .alignment import TaskAlignmentResult, task_alignment
-from .baseline import BaselineGainResult, baseline_gain
-from .cluster import OLSFit, ols
-from .common import RULE
-from .family import FamilyGapResult, family_gap
-from .mixed import MixedModelResult, mixed_model
-from .paired import holm_adjust, mcnemar_test, paired_gains, paired_gains_summary
-from .signflip import signflip_p
+from relxfer.compare.stats.accuracy import accuracy_summary, accuracy_table
+from relxfer.compare.stats.alignment import TaskAlignmentResult, task_alignment
+from relxfer.compare.stats.baseline import BaselineGainResult, baseline_gain
+from relxfer.compare.stats.cluster import OLSFit, ols
+from relxfer.compare.stats.common import RULE
+from relxfer.compare.stats.family import FamilyGapResult, family_gap
+from relxfer.compare.stats.mixed import MixedModelResult, mixed_model
+from relxfer.compare.stats.paired import (
+    holm_adjust,
+    mcnemar_test,
+    paired_gains,
+    paired_gains_summary,
+)
+from relxfer.compare.stats.signflip import signflip_p
+from relxfer.evaluate.intervals import clustered_wilson
 
 __all__ = [
-    "accuracy_table", "accuracy_summary", "paired_gains", "paired_gains_summary", "mcnemar_test",
-    "holm_adjust", "signflip_p", "clustered_wilson", "baseline_gain", "BaselineGainResult", "family_gap",
-    "FamilyGapResult", "mixed_model", "MixedModelResult", "task_alignment", "TaskAlignmentResult", "ols",
-    "OLSFit", "RULE",
+    "accuracy_table",
+    "accuracy_summary",
+    "paired_gains",
+    "paired_gains_summary",
+    "mcnemar_test",
+    "holm_adjust",
+    "signflip_p",
+    "clustered_wilson",
+    "baseline_gain",
+    "BaselineGainResult",
+    "family_gap",
+    "FamilyGapResult",
+    "mixed_model",
+    "MixedModelResult",
+    "task_alignment",
+    "TaskAlignmentResult",
+    "ols",
+    "OLSFit",
+    "RULE",
 ]

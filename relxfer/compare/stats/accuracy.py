@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ...intervals import clustered_wilson, design_effect
-from .common import fmt_points, seed_label
-from .data import collapse_seedless, validate_items
+from relxfer.compare.stats.common import fmt_points, seed_label
+from relxfer.compare.stats.data import collapse_seedless, validate_items
+from relxfer.evaluate.intervals import clustered_wilson, design_effect
 
 RUN_KEYS = ["model", "seed", "language", "condition"]
 # A condition whose reasoning texts failed to commit to an answer this often is flagged: its
@@ -49,18 +49,30 @@ def accuracy_table(items: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
         low, high = clustered_wilson(p, n, deff, len(block), level)
         failure = block["u"].sum() / n if block["k"].sum() == n else np.nan
         rows.append((*key, p, n, len(block), low, high, deff, failure))
-    table = pd.DataFrame(rows, columns=[
-        *RUN_KEYS, "accuracy", "n_items", "n_passages", "ci_low", "ci_high", "design_effect",
-        "parse_failure_rate",
-    ])
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            *RUN_KEYS,
+            "accuracy",
+            "n_items",
+            "n_passages",
+            "ci_low",
+            "ci_high",
+            "design_effect",
+            "parse_failure_rate",
+        ],
+    )
     table["parse_failure_high"] = table["parse_failure_rate"] >= HIGH_PARSE_FAILURE
     table = attach_labels(table, frame)
     table["summary"] = [
         f"{r.model}{seed_label(r.seed)}, {r.language}, {r.condition}: {fmt_points(r.accuracy)}% "
         f"(95% CI {fmt_points(r.ci_low)} to {fmt_points(r.ci_high)}; "
         f"{r.n_items} questions in {r.n_passages} passages)"
-        + (f"; {fmt_points(r.parse_failure_rate)}% of the reasoning texts gave no parseable answer"
-           if r.parse_failure_high else "")
+        + (
+            f"; {fmt_points(r.parse_failure_rate)}% of the reasoning texts gave no parseable answer"
+            if r.parse_failure_high
+            else ""
+        )
         for r in table.itertuples()
     ]
     order = ["model", "seed", "language", "group", "role", "condition"]

@@ -21,10 +21,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from relxfer.compare.stats.common import AnalysisResult, fmt_num, fmt_p
+from relxfer.compare.stats.data import (
+    cell_table,
+    missing_conditions,
+    paired_wide,
+    split_half_counts,
+    validate_items,
+)
 from relxfer.errors import DataError
-
-from .common import AnalysisResult, fmt_num, fmt_p
-from .data import cell_table, missing_conditions, paired_wide, split_half_counts, validate_items
 
 MIN_CELLS = 4
 
@@ -144,8 +149,7 @@ def _split_half(result, wide, cells, conditions, n_splits, seed) -> None:
     co = (half_b[cot] - half_b[reference]) / half_b["n"]
     r = _rowwise_pearson(ft.T, co.T)
     result.split_half_pearson_r = float(np.nanmean(r))
-    result.split_half_spread_low, result.split_half_spread_high = (
-        float(v) for v in np.nanpercentile(r, [2.5, 97.5]))
+    result.split_half_spread_low, result.split_half_spread_high = (float(v) for v in np.nanpercentile(r, [2.5, 97.5]))
 
 
 def _summary(result: TaskAlignmentResult, finetuned: str, cot: str) -> None:
@@ -160,9 +164,12 @@ def _summary(result: TaskAlignmentResult, finetuned: str, cot: str) -> None:
         f"{verdict} (Pearson r = {fmt_num(result.pearson_r)}, 95% bootstrap CI {fmt_num(result.pearson_ci_low)} "
         f"to {fmt_num(result.pearson_ci_high)})."
     )
-    split = ("" if result.split_half_pearson_r is None else
-             f" Split-half r = {fmt_num(result.split_half_pearson_r)} with the two gains on disjoint passages "
-             f"(no shared baseline noise; attenuated toward 0).")
+    split = (
+        ""
+        if result.split_half_pearson_r is None
+        else f" Split-half r = {fmt_num(result.split_half_pearson_r)} with the two gains on disjoint passages "
+        f"(no shared baseline noise; attenuated toward 0)."
+    )
     result.detail = (
         f"Pearson {fmt_p(result.pearson_p)}; Spearman rho = {fmt_num(result.spearman_rho)} "
         f"({fmt_num(result.spearman_ci_low)} to {fmt_num(result.spearman_ci_high)}, {fmt_p(result.spearman_p)}). "

@@ -23,16 +23,19 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from relxfer.errors import DataError
-
-from .baseline_text import describe
-from .cluster import DesignError, ols
-from .common import AnalysisResult
-from .corrected_slope import corrected_slope
-from .data import (
-    gain_cells, missing_conditions, on_scale, split_half_counts, validate_items,
+from relxfer.compare.stats.baseline_text import describe
+from relxfer.compare.stats.cluster import DesignError, ols
+from relxfer.compare.stats.common import AnalysisResult
+from relxfer.compare.stats.corrected_slope import corrected_slope
+from relxfer.compare.stats.data import (
+    gain_cells,
+    missing_conditions,
+    on_scale,
+    split_half_counts,
+    validate_items,
 )
-from .measurement import error_moments, reliability
+from relxfer.compare.stats.measurement import error_moments, reliability
+from relxfer.errors import DataError
 
 MIN_MODEL_CLUSTERS = 3
 # Below this reliability most of the baselines' spread across cells is measurement noise, and the
@@ -134,7 +137,10 @@ def baseline_gain(
     wide, cells = gain_cells(frame, reference, condition, scale)
     result.cells = cells
     result.n_cells, result.n_models, result.n_languages = (
-        len(cells), cells["model"].nunique(), cells["language"].nunique())
+        len(cells),
+        cells["model"].nunique(),
+        cells["language"].nunique(),
+    )
     groups, result.se_kind = _se_setup(cells, cluster)
     try:
         naive = _fit(cells["baseline"], cells["gain"], groups, result.se_kind)
@@ -158,13 +164,18 @@ def _corrected(result: BaselineGainResult, wide, cells, conditions, cluster, lev
     result.baseline_reliability = reliability(b, v)
     if not result.baseline_reliability >= MIN_RELIABILITY:
         r = result.baseline_reliability
-        why = ("their spread across cells is no larger than their measurement noise" if not r > 0 else
-               "most of their spread across cells is measurement noise")
+        why = (
+            "their spread across cells is no larger than their measurement noise"
+            if not r > 0
+            else "most of their spread across cells is measurement noise"
+        )
         # Reliability = 1 - noise variance / observed variance: below 0 when noise exceeds the
         # spread, which reads as nonsense as a number; say "none" then.
         shown = f"{r:.2f}" if r > 0 else f"none (the estimate, {r:.2f}, is below 0)"
-        result.method_note = (f"the baselines differ too little across cells for a correction: {why} "
-                              f"(reliability {shown}; a correction needs {MIN_RELIABILITY})")
+        result.method_note = (
+            f"the baselines differ too little across cells for a correction: {why} "
+            f"(reliability {shown}; a correction needs {MIN_RELIABILITY})"
+        )
         return
     if cluster is None:
         labels, result.corrected_clusters = np.arange(len(cells)), "cell"

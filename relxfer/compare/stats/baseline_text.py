@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from .common import fmt_num, is_missing
+from relxfer.compare.stats.common import fmt_num, is_missing
 
 
 def describe(result):
@@ -36,13 +36,17 @@ def describe(result):
         f"which ignores measurement error."
     )
     if is_missing(result.corrected_slope):
-        result.summary = (f"{head}: no slope of gain on baseline is estimated: {result.method_note}. "
-                          f"For reference only, the split-half slope is {fmt_num(result.split_half_slope)} {per}.")
+        result.summary = (
+            f"{head}: no slope of gain on baseline is estimated: {result.method_note}. "
+            f"For reference only, the split-half slope is {fmt_num(result.split_half_slope)} {per}."
+        )
         result.detail = checks
         return result
     slope = f"{fmt_num(result.corrected_slope)} {per}"
-    interval = (f"95% CI {fmt_num(result.corrected_slope_ci_low)} to {fmt_num(result.corrected_slope_ci_high)}, "
-                f"{result.n_models} model{'s' if result.n_models != 1 else ''}")
+    interval = (
+        f"95% CI {fmt_num(result.corrected_slope_ci_low)} to {fmt_num(result.corrected_slope_ci_high)}, "
+        f"{result.n_models} model{'s' if result.n_models != 1 else ''}"
+    )
     if result.conclusion == "below":
         lead = f"gains fell as baseline accuracy rose: {slope} ({interval}): a finding."
     elif result.conclusion == "above":
@@ -54,11 +58,13 @@ def describe(result):
             f"(80% power), so a weaker relation is not ruled out."
         )
     result.summary = f"{head}: {lead}"
-    result.detail = " ".join([
-        f"The slope is corrected for measurement error (reliability of the baselines across "
-        f"{result.n_cells} cells {fmt_num(result.baseline_reliability)}), with a delete-one-"
-        f"{result.corrected_clusters} jackknife interval, t({result.corrected_df:.0f}); a slope of "
-        f"{fmt_num(result.detectable_slope)} would be detected with 80% power.",
-        checks,
-    ])
+    result.detail = " ".join(
+        [
+            f"The slope is corrected for measurement error (reliability of the baselines across "
+            f"{result.n_cells} cells {fmt_num(result.baseline_reliability)}), with a delete-one-"
+            f"{result.corrected_clusters} jackknife interval, t({result.corrected_df:.0f}); a slope of "
+            f"{fmt_num(result.detectable_slope)} would be detected with 80% power.",
+            checks,
+        ]
+    )
     return result

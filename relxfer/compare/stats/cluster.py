@@ -87,9 +87,7 @@ def ols(y, X, groups=None, kind: str = "CR2") -> OLSFit:
         adjust = [_inv_sqrt_psd(np.eye(len(idx)) - X[idx] @ bread @ X[idx].T) for idx in members]
     else:
         adjust = [None] * n_clusters
-    scores = np.array([
-        X[idx].T @ (resid[idx] if a is None else a @ resid[idx]) for idx, a in zip(members, adjust)
-    ])
+    scores = np.array([X[idx].T @ (resid[idx] if a is None else a @ resid[idx]) for idx, a in zip(members, adjust)])
     vcov = bread @ (scores.T @ scores) @ bread
     if kind == "CR1":
         vcov *= n_clusters / (n_clusters - 1) * (n - 1) / (n - k)
@@ -130,9 +128,7 @@ def _bell_mccaffrey_df(X, bread, members, adjust) -> np.ndarray:
     n = X.shape[0]
     annihilator = np.eye(n) - X @ bread @ X.T
     # stacked[:, j, g] is G_g for coefficient j
-    stacked = np.stack(
-        [annihilator[:, idx] @ (a @ (X[idx] @ bread)) for idx, a in zip(members, adjust)], axis=2
-    )
+    stacked = np.stack([annihilator[:, idx] @ (a @ (X[idx] @ bread)) for idx, a in zip(members, adjust)], axis=2)
     gram = np.einsum("njg,njh->jgh", stacked, stacked)
     trace = np.einsum("jgg->j", gram)
     trace_sq = np.einsum("jgh,jhg->j", gram, gram)

@@ -32,8 +32,9 @@ class AnalysisResult:
         }
 
 
-def conclusion(ci_low: float, ci_high: float, exact_p: float | None, adjusted_p: float | None = None,
-               alpha: float = ALPHA) -> str:
+def conclusion(
+    ci_low: float, ci_high: float, exact_p: float | None, adjusted_p: float | None = None, alpha: float = ALPHA
+) -> str:
     """The rule (`RULE`): "above" or "below" zero when the 95% interval excludes zero on that side
     and the exact test gives p < alpha, also after adjustment (`adjusted_p`, e.g. Holm's, when
     given); "inconclusive" when the interval and the unadjusted exact test disagree (one
@@ -87,8 +88,7 @@ def compare_amounts(value: float, scale: str, subject: str, other: str, verb: st
     shown = abs(100 * value) if scale == "raw" else abs(value)
     digits = 1 if scale == "raw" else 2
     if round(shown, digits) == 0:
-        return (f"{subject} {verb} about as much as {other} (difference below "
-                f"{0.5 * 10 ** -digits:g} {unit(scale)})")
+        return f"{subject} {verb} about as much as {other} (difference below {0.5 * 10**-digits:g} {unit(scale)})"
     return f"{subject} {verb} {shown:.{digits}f} {unit(scale)} {'more' if value > 0 else 'less'} than {other}"
 
 

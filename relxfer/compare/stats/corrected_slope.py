@@ -57,12 +57,17 @@ def corrected_slope(b, g, v, w, clusters, level: float = 0.95) -> CorrectedSlope
     clusters = np.asarray(clusters)
     intercept, slope = corrected_coefficients(b, g, v, w)
     labels = sorted(set(clusters.tolist()))
-    replicates = np.array([corrected_coefficients(b[clusters != c], g[clusters != c], v[clusters != c],
-                                                  w[clusters != c])[1] for c in labels])
+    replicates = np.array(
+        [
+            corrected_coefficients(b[clusters != c], g[clusters != c], v[clusters != c], w[clusters != c])[1]
+            for c in labels
+        ]
+    )
     G = len(labels)
     se = float(np.sqrt((G - 1) / G * np.sum((replicates - replicates.mean()) ** 2))) if G > 1 else float("nan")
     df = float(G - 1)
     q = stats.t.ppf(0.5 + level / 2, df)
     detectable = float((q + stats.t.ppf(POWER, df)) * se)
-    return CorrectedSlope(float(slope), float(intercept), se, df, float(slope - q * se), float(slope + q * se),
-                          detectable, G)
+    return CorrectedSlope(
+        float(slope), float(intercept), se, df, float(slope - q * se), float(slope + q * se), detectable, G
+    )

@@ -18,8 +18,17 @@ import pandas as pd
 from relxfer.errors import DataError
 
 COLUMNS = (
-    "model", "seed", "condition", "language", "group", "role",
-    "question_id", "passage_id", "gold", "predicted", "correct",
+    "model",
+    "seed",
+    "condition",
+    "language",
+    "group",
+    "role",
+    "question_id",
+    "passage_id",
+    "gold",
+    "predicted",
+    "correct",
 )
 OPTIONAL_COLUMNS = ("extracted", "seedless")
 PAIR_KEYS = ["model", "seed", "language", "question_id"]
@@ -88,9 +97,7 @@ def require_conditions(items: pd.DataFrame, conditions) -> None:
     """Raise DataError when a requested condition has no rows."""
     absent = missing_conditions(items, conditions)
     if absent:
-        raise DataError(
-            f"condition(s) {absent} not in the items; available: {available_conditions(items)}"
-        )
+        raise DataError(f"condition(s) {absent} not in the items; available: {available_conditions(items)}")
 
 
 def paired_wide(items: pd.DataFrame, conditions) -> pd.DataFrame:
@@ -121,8 +128,16 @@ def cell_table(wide: pd.DataFrame, conditions) -> pd.DataFrame:
     acc_<condition> = k / n. Rows are sorted by model, then language.
     """
     if wide.empty:
-        columns = ["model", "language", "group", "role", "n", "n_passages",
-                   *[f"k_{c}" for c in conditions], *[f"acc_{c}" for c in conditions]]
+        columns = [
+            "model",
+            "language",
+            "group",
+            "role",
+            "n",
+            "n_passages",
+            *[f"k_{c}" for c in conditions],
+            *[f"acc_{c}" for c in conditions],
+        ]
         return pd.DataFrame(columns=columns)
     cell = _codes(wide, ["model", "language"])
     n_cells = int(cell.max()) + 1

@@ -36,15 +36,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from relxfer.compare.stats.cluster import DesignError, ols
+from relxfer.compare.stats.common import AnalysisResult, conclusion
+from relxfer.compare.stats.data import (
+    gain_cells,
+    missing_conditions,
+    split_half_counts,
+    validate_items,
+)
+from relxfer.compare.stats.family_fits import design, fit_cross_fitted, fit_ols
+from relxfer.compare.stats.family_text import describe
+from relxfer.compare.stats.measurement import error_moments
+from relxfer.compare.stats.permutation import permutation_p
 from relxfer.errors import DataError
-
-from .cluster import DesignError, ols
-from .common import AnalysisResult, conclusion
-from .data import gain_cells, missing_conditions, split_half_counts, validate_items
-from .family_fits import design, fit_cross_fitted, fit_ols
-from .family_text import describe
-from .measurement import error_moments
-from .permutation import permutation_p
 
 MIN_LANGUAGES_PER_GROUP = 3  # below this nothing is inferred
 ADJUSTMENTS = ("cross-fitted", "measured", None)
@@ -150,8 +154,9 @@ def family_gap(
     result.n_control = int((languages == "control").sum())
     result.n_cells, result.n_models = len(cells), cells["model"].nunique()
     if min(result.n_related, result.n_control) < 1:
-        result.reason = (f"{result.n_related} related and {result.n_control} control language(s); "
-                         "the contrast needs both")
+        result.reason = (
+            f"{result.n_related} related and {result.n_control} control language(s); the contrast needs both"
+        )
         return describe(result)
     _describe_cells(result, cells)
     if min(result.n_related, result.n_control) < MIN_LANGUAGES_PER_GROUP:
@@ -182,8 +187,9 @@ def _describe_cells(result: FamilyGapResult, cells: pd.DataFrame) -> None:
     result.control_mean_gain = float(cells.loc[~related, "raw_gain"].mean())
     result.raw_gap = result.related_mean_gain - result.control_mean_gain
     reference = result.reference
-    result.baseline_difference = float(cells.loc[related, f"acc_{reference}"].mean()
-                                       - cells.loc[~related, f"acc_{reference}"].mean())
+    result.baseline_difference = float(
+        cells.loc[related, f"acc_{reference}"].mean() - cells.loc[~related, f"acc_{reference}"].mean()
+    )
 
 
 def _sensitivity(result, wide, cells, conditions, n_splits, seed, level, n_perm) -> None:
@@ -191,7 +197,9 @@ def _sensitivity(result, wide, cells, conditions, n_splits, seed, level, n_perm)
     reference, condition = conditions
     v, _ = error_moments(wide, cells, reference, condition, result.scale)
     X = design(cells)  # intercept, related, model: what the baseline is compared within
-    spread = cells["baseline"].to_numpy(float) - X @ np.linalg.lstsq(X, cells["baseline"].to_numpy(float), rcond=None)[0]
+    spread = (
+        cells["baseline"].to_numpy(float) - X @ np.linalg.lstsq(X, cells["baseline"].to_numpy(float), rcond=None)[0]
+    )
     dof = max(len(cells) - X.shape[1], 1)
     within = float(spread @ spread / dof)
     result.baseline_reliability = float(max(0.0, 1 - np.mean(v) / within)) if within > 0 else 0.0
@@ -212,4 +220,3 @@ def _sensitivity(result, wide, cells, conditions, n_splits, seed, level, n_perm)
     result.adjusted_estimate, result.adjusted_p_value = fit.estimate, fit.p_value
     result.adjusted_ci_low, result.adjusted_ci_high = fit.ci_low, fit.ci_high
     result.adjusted_perm_p_value = permutation_p(fit.betas, fit.estimate)["perm_p_value"]
-

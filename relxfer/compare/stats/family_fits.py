@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .cluster import ols
-from .data import on_scale
-from .permutation import fwl_coefficients, indicator_matrix
+from relxfer.compare.stats.cluster import ols
+from relxfer.compare.stats.data import on_scale
+from relxfer.compare.stats.permutation import fwl_coefficients, indicator_matrix
 
 
 @dataclass
@@ -58,8 +58,17 @@ def fit_ols(cells: pd.DataFrame, y, covariate=None, level: float = 0.95, n_perm=
     return GapFit(float(fit.coef[1]), float(fit.se[1]), float(fit.df[1]), low, high, fit.p_value(1), betas, exact)
 
 
-def fit_cross_fitted(cells: pd.DataFrame, half_a: dict, half_b: dict, reference: str, condition: str, scale: str,
-                     level: float = 0.95, n_perm=None, seed: int = 0) -> GapFit:
+def fit_cross_fitted(
+    cells: pd.DataFrame,
+    half_a: dict,
+    half_b: dict,
+    reference: str,
+    condition: str,
+    scale: str,
+    level: float = 0.95,
+    n_perm=None,
+    seed: int = 0,
+) -> GapFit:
     """gain(half B) ~ related + baseline(half A) + model, and the same with the halves swapped,
     for every split in `half_a`/`half_b` (`data.split_half_counts`), as one stacked regression
     with CR2 by language: the baseline's noise is never the gain's, so no regression to the
@@ -92,8 +101,9 @@ def fit_corrected(cells: pd.DataFrame, y, baseline, v, w, level: float = 0.95, n
     languages = cells["language"].to_numpy()
     beta = _corrected(X, y, v, w)
     groups = sorted(set(languages))
-    leave_out = np.array([_corrected(X[languages != g], y[languages != g], v[languages != g], w[languages != g])
-                          for g in groups])
+    leave_out = np.array(
+        [_corrected(X[languages != g], y[languages != g], v[languages != g], w[languages != g]) for g in groups]
+    )
     G = len(groups)
     se = float(np.sqrt((G - 1) / G * np.sum((leave_out[:, 1] - leave_out[:, 1].mean()) ** 2)))
     q = stats.t.ppf(0.5 + level / 2, G - 1)

@@ -3,7 +3,13 @@
 
 from __future__ import annotations
 
-from .common import compare_amounts, fmt_p, fmt_points, interval_text, is_missing
+from relxfer.compare.stats.common import (
+    compare_amounts,
+    fmt_p,
+    fmt_points,
+    interval_text,
+    is_missing,
+)
 
 MIN_LANGUAGES = 3  # family.MIN_LANGUAGES_PER_GROUP (repeated to keep the import one-way)
 
@@ -24,8 +30,10 @@ def describe(result):
         result.summary = f"{head}: family gap not estimated: {result.reason}."
         result.detail = ""
         return result
-    means = (f"the related languages' mean gain was {fmt_points(result.related_mean_gain)} points, the "
-             f"controls' {fmt_points(result.control_mean_gain)}")  # raw points whatever the scale
+    means = (
+        f"the related languages' mean gain was {fmt_points(result.related_mean_gain)} points, the "
+        f"controls' {fmt_points(result.control_mean_gain)}"
+    )  # raw points whatever the scale
     if result.conclusion == "refused":
         result.summary = (
             f"{head}: no family conclusion: {result.n_related} related vs {result.n_control} control "
@@ -38,17 +46,19 @@ def describe(result):
         f"{head}: {compare_amounts(result.estimate, result.scale, 'related languages', 'controls')} "
         f"({interval_text(result.ci_low, result.ci_high, result.scale)}): {_verdict(result)}."
     )
-    result.detail = " ".join([
-        f"The estimate is the mean within-model difference of gains over {result.n_cells} model x language "
-        f"cells ({result.scale} scale), {result.n_related} vs {result.n_control} languages as the units of "
-        f"replication: CR2 by language t({result.df:.1f}) {fmt_p(result.p_value)}; "
-        f"{'exact' if result.perm_exact else 'Monte Carlo'} permutation test over {result.n_assignments} "
-        f"assignments of languages to the groups {fmt_p(result.perm_p_value)} (smallest attainable "
-        f"{result.perm_min_p:.3f}).",
-        f"Descriptively, {means}; related languages started {_higher_lower(result.baseline_difference)} "
-        f"at baseline.",
-        _sensitivity_text(result),
-    ]).strip()
+    result.detail = " ".join(
+        [
+            f"The estimate is the mean within-model difference of gains over {result.n_cells} model x language "
+            f"cells ({result.scale} scale), {result.n_related} vs {result.n_control} languages as the units of "
+            f"replication: CR2 by language t({result.df:.1f}) {fmt_p(result.p_value)}; "
+            f"{'exact' if result.perm_exact else 'Monte Carlo'} permutation test over {result.n_assignments} "
+            f"assignments of languages to the groups {fmt_p(result.perm_p_value)} (smallest attainable "
+            f"{result.perm_min_p:.3f}).",
+            f"Descriptively, {means}; related languages started {_higher_lower(result.baseline_difference)} "
+            f"at baseline.",
+            _sensitivity_text(result),
+        ]
+    ).strip()
     return result
 
 
@@ -60,8 +70,10 @@ def _verdict(result) -> str:
         return f"a finding: controls gained more (exact permutation {p})"
     if result.conclusion == "inconclusive":
         if result.ci_low > 0 or result.ci_high < 0:
-            return (f"inconclusive: the interval excludes zero but the exact permutation test does not reject "
-                    f"({p}){_unreachable(result)}")
+            return (
+                f"inconclusive: the interval excludes zero but the exact permutation test does not reject "
+                f"({p}){_unreachable(result)}"
+            )
         return f"inconclusive: the exact permutation test rejects ({p}) but the interval includes zero"
     if _unreachable(result):
         return f"not a finding{_unreachable(result)}"
@@ -72,8 +84,10 @@ def _unreachable(result) -> str:
     """Why no finding is possible when the permutation test cannot reach p < 0.05."""
     if result.perm_min_p is None or result.perm_min_p < 0.05:
         return ""
-    return (f"; with {result.n_related} vs {result.n_control} languages no finding is possible: the exact "
-            f"permutation test's smallest possible p is {result.perm_min_p:.3f}")
+    return (
+        f"; with {result.n_related} vs {result.n_control} languages no finding is possible: the exact "
+        f"permutation test's smallest possible p is {result.perm_min_p:.3f}"
+    )
 
 
 def _higher_lower(difference) -> str:
@@ -86,10 +100,10 @@ def _higher_lower(difference) -> str:
 def _adjustment_name(result) -> str:
     return {
         "cross-fitted": "the same regression with the baseline as covariate, cross-fitted (baseline from one half "
-                        "of each language's passages, gain from the other, both ways, stacked over random "
-                        "splits, CR2 by language)",
+        "of each language's passages, gain from the other, both ways, stacked over random "
+        "splits, CR2 by language)",
         "measured": "the same regression with the measured baseline as covariate (biased toward the family "
-                    "with the higher baseline; for comparison only)",
+        "with the higher baseline; for comparison only)",
         None: "none",
     }[result.adjustment]
 
@@ -97,7 +111,11 @@ def _adjustment_name(result) -> str:
 def _sensitivity_text(result) -> str:
     if result.adjustment is None or is_missing(result.adjusted_estimate):
         return result.note
-    label = "cross-fitted over " + f"{result.n_splits} passage splits" if result.adjustment == "cross-fitted" else "measured"
+    label = (
+        "cross-fitted over " + f"{result.n_splits} passage splits"
+        if result.adjustment == "cross-fitted"
+        else "measured"
+    )
     amount = compare_amounts(result.adjusted_estimate, result.scale, "related languages", "controls")
     text = (
         f"Sensitivity analysis, not a conclusion: adjusted for baseline ({label}), {amount} "

@@ -22,11 +22,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .data import passage_totals
+from relxfer.compare.stats.data import passage_totals
 
 
-def error_moments(wide: pd.DataFrame, cells: pd.DataFrame, reference: str, condition: str,
-                  scale: str = "raw") -> tuple[np.ndarray, np.ndarray]:
+def error_moments(
+    wide: pd.DataFrame, cells: pd.DataFrame, reference: str, condition: str, scale: str = "raw"
+) -> tuple[np.ndarray, np.ndarray]:
     """(v, w) for each row of `cells` (cell_table order): the sampling variance of the measured
     baseline and its covariance with the measured `condition` accuracy, on `scale`."""
     totals, _, _, _ = passage_totals(wide, cells, [reference, condition])

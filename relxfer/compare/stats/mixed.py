@@ -19,8 +19,13 @@ import numpy as np
 import pandas as pd
 from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
 
-from .common import AnalysisResult, fmt_num
-from .data import collapse_seedless, missing_conditions, paired_wide, validate_items
+from relxfer.compare.stats.common import AnalysisResult, fmt_num
+from relxfer.compare.stats.data import (
+    collapse_seedless,
+    missing_conditions,
+    paired_wide,
+    validate_items,
+)
 
 # Below this many languages in either group, posterior SDs of the interaction are flagged.
 FEW_LANGUAGES = 10
@@ -57,8 +62,9 @@ class MixedModelResult(AnalysisResult):
     reason: str | None = None
 
 
-def mixed_model(items: pd.DataFrame, condition: str = "finetuned", reference: str = "baseline",
-                max_rows: int | None = MAX_ROWS) -> MixedModelResult:
+def mixed_model(
+    items: pd.DataFrame, condition: str = "finetuned", reference: str = "baseline", max_rows: int | None = MAX_ROWS
+) -> MixedModelResult:
     """Fit the item-level logistic mixed model on `reference` + `condition` rows (paired items
     only, seeds pooled) and return the interaction's posterior mean and SD (logit scale).
 
@@ -87,7 +93,7 @@ def mixed_model(items: pd.DataFrame, condition: str = "finetuned", reference: st
         if missing:
             return _fail(result, f"condition(s) {missing} have no items")
         data = _long_rows(frame, reference, condition)
-    except Exception as error:  # descriptive add-on: report, do not stop the comparison
+    except Exception as error:  # noqa: BLE001 - descriptive add-on: report, do not stop the comparison
         return _fail(result, f"cannot prepare data: {error}")
     result.n_rows_available = len(data)
     result.n_seeds_available = int(data["seed"].nunique())
@@ -102,7 +108,7 @@ def mixed_model(items: pd.DataFrame, condition: str = "finetuned", reference: st
     result.formula = "correct ~ treated * related" + (" + C(model)" if data["model"].nunique() > 1 else "")
     try:
         fit = _fit(data, result.formula)
-    except Exception as error:  # statsmodels raises various numerical errors on tiny data
+    except Exception as error:  # noqa: BLE001 - statsmodels raises various numerical errors on tiny data
         return _fail(result, f"fit failed: {type(error).__name__}: {error}")
     names = list(fit.model.fep_names)
     result.interaction_mean = float(fit.fe_mean[names.index(INTERACTION)])
@@ -117,13 +123,15 @@ def mixed_model(items: pd.DataFrame, condition: str = "finetuned", reference: st
     subset = (
         f"Fitted on {result.n_seeds} of {result.n_seeds_available} seeds ({result.n_rows:,} of "
         f"{result.n_rows_available:,} paired rows; cap {max_rows:,}) to bound the fit's run time. "
-        if capped else ""
+        if capped
+        else ""
     )
     result.note = subset + (
         f"The contrast is carried by {result.n_related} related and {result.n_control} control "
         "languages: the VB posterior SD is too narrow for this language-level covariate; use "
         "family_gap's language-clustered interval and permutation test for inference."
-        if few else "Enough languages per group for the posterior SD to be indicative, still approximate (VB)."
+        if few
+        else "Enough languages per group for the posterior SD to be indicative, still approximate (VB)."
     )
     direction = "more" if result.interaction_mean >= 0 else "less"
     result.summary = (
@@ -144,7 +152,9 @@ def _long_rows(frame: pd.DataFrame, reference: str, condition: str) -> pd.DataFr
     wide = paired_wide(collapse_seedless(frame, [reference, condition]), [reference, condition])
     data = wide.melt(
         id_vars=["model", "seed", "language", "question_id", "role"],
-        value_vars=[reference, condition], var_name="condition", value_name="correct",
+        value_vars=[reference, condition],
+        var_name="condition",
+        value_name="correct",
     )
     data["treated"] = (data["condition"] == condition).astype(float)
     data["related"] = (data["role"] == "related").astype(float)

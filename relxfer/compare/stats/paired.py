@@ -8,13 +8,17 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from relxfer.compare.stats.accuracy import attach_labels
+from relxfer.compare.stats.common import conclusion, fmt_p, fmt_points, seed_label
+from relxfer.compare.stats.data import (
+    collapse_seedless,
+    paired_wide,
+    require_conditions,
+    validate_items,
+)
+from relxfer.compare.stats.signflip import signflip_p
 from relxfer.errors import DataError
-
-from ...intervals import cluster_mean_var
-from .accuracy import attach_labels
-from .common import conclusion, fmt_p, fmt_points, seed_label
-from .data import collapse_seedless, paired_wide, require_conditions, validate_items
-from .signflip import signflip_p
+from relxfer.evaluate.intervals import cluster_mean_var
 
 CELL_KEYS = ["model", "seed", "language"]
 EXACT_BELOW = 25  # McNemar: exact binomial test when b + c < 25, chi-square otherwise
@@ -48,9 +52,7 @@ def mcnemar_test(b: int, c: int) -> tuple[float, str]:
     return float(stats.chi2.sf(statistic, 1)), "chi-square (continuity corrected)"
 
 
-def paired_gains(
-    items: pd.DataFrame, condition: str, reference: str = "baseline", level: float = 0.95
-) -> pd.DataFrame:
+def paired_gains(items: pd.DataFrame, condition: str, reference: str = "baseline", level: float = 0.95) -> pd.DataFrame:
     """Gain of `condition` over `reference` per model x seed x language, item by item.
 
     Only items answered under both conditions count (paired on model, seed, language,
@@ -73,8 +75,10 @@ def paired_gains(
     frame = collapse_seedless(frame, [reference, condition])
     wide = paired_wide(frame, [reference, condition])
     if wide.empty:
-        raise DataError(f"no item is answered under both {reference} and {condition} "
-                        "(pairs need the same model, seed, language and question_id)")
+        raise DataError(
+            f"no item is answered under both {reference} and {condition} "
+            "(pairs need the same model, seed, language and question_id)"
+        )
     wide["d"] = wide[condition] - wide[reference]
     wide["b"] = ((wide[reference] == 1) & (wide[condition] == 0)).astype(int)
     wide["c"] = ((wide[reference] == 0) & (wide[condition] == 1)).astype(int)
@@ -88,17 +92,46 @@ def paired_gains(
         low, high = _paired_interval(per_passage, gain, level)
         b, c = int(block["b"].sum()), int(block["c"].sum())
         p = signflip_p(per_passage["s"].to_numpy())
-        rows.append((*key, len(block), len(per_passage), block[reference].mean(), block[condition].mean(),
-                     gain, low, high, b, c, TEST_NAME, p))
-    gains = pd.DataFrame(rows, columns=[
-        *CELL_KEYS, "n_pairs", "n_passages", "acc_ref", "acc_cond", "gain", "ci_low", "ci_high",
-        "b", "c", "test", "p_value",
-    ])
+        rows.append(
+            (
+                *key,
+                len(block),
+                len(per_passage),
+                block[reference].mean(),
+                block[condition].mean(),
+                gain,
+                low,
+                high,
+                b,
+                c,
+                TEST_NAME,
+                p,
+            )
+        )
+    gains = pd.DataFrame(
+        rows,
+        columns=[
+            *CELL_KEYS,
+            "n_pairs",
+            "n_passages",
+            "acc_ref",
+            "acc_cond",
+            "gain",
+            "ci_low",
+            "ci_high",
+            "b",
+            "c",
+            "test",
+            "p_value",
+        ],
+    )
     gains["condition"] = condition
     gains["reference"] = reference
     gains["p_holm"] = gains.groupby(["model", "seed"])["p_value"].transform(holm_adjust)
-    gains["verdict"] = [conclusion(lo, hi, p, holm) for lo, hi, p, holm in
-                        zip(gains["ci_low"], gains["ci_high"], gains["p_value"], gains["p_holm"])]
+    gains["verdict"] = [
+        conclusion(lo, hi, p, holm)
+        for lo, hi, p, holm in zip(gains["ci_low"], gains["ci_high"], gains["p_value"], gains["p_holm"])
+    ]
     gains = attach_labels(gains, frame)
     gains["summary"] = [_gain_sentence(r) for r in gains.itertuples()]
     order = ["model", "seed", "language", "group", "role", "condition", "reference"]

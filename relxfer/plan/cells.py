@@ -1,0 +1,130 @@
+"""Expand a spec into cells: one fine-tune cell per model x seed, one evaluation cell per
+model x condition x language (x seed for conditions that use the adapter).
+
+Each cell has a key: a hash of everything that determines its result. Re-running a spec skips
+cells whose key already has a FINISHED run; changing a setting changes only the keys it affects
+(a new learning rate re-runs fine-tunes and fine-tuned evaluations, not baselines)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from relxfer import RESULT_VERSION
+from relxfer.spec.engines import (
+    evaluation_identity,
+    evaluation_quantization,
+    finetune_identity,
+)
+from relxfer.spec.load import FINETUNE_CONDITIONS, Spec
+
+COT_CONDITIONS = ("cot", "finetuned_cot")
+
+
+@dataclass(frozen=True)
+class Cell:
+    kind: str  # "finetune" or "evaluate"
+    model: str
+    key: str
+    seed: int | None = None  # None for evaluations that do not depend on the fine-tuning seed
+    condition: str | None = None
+    language: str | None = None
+    group: str | None = None
+    role: str | None = None
+    family: str | None = None
+    finetune_key: str | None = None  # the fine-tune cell an evaluation needs
+
+    @property
+    def run_name(self) -> str:
+        """Readable in the MLflow UI's run list and comparison view."""
+        if self.kind == "finetune":
+            return f"finetune/{self.model}/seed{self.seed}"
+        seed = f"/seed{self.seed}" if self.seed is not None else ""
+        return f"eval/{self.model}/{self.condition}/{self.language}{seed}"
+
+
+def _key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _model_identity(model: dict, engine: dict | None = None) -> dict:
+    # Display fields (name, parameter counts, resources) do not change results; everything else
+    # may. An engine adds the settings of it that change results (its kind, dtype: never a URL);
+    # the `local` engine adds nothing, so local cells keep the keys they always had.
+    identity = {k: model[k] for k in ("source", "revision", "dtype", "backend", "trust_remote_code")}
+    if engine is not None:
+        identity["engine"] = engine
+    return identity
+
+
+def _data_identity(spec: Spec) -> dict:
+    return {"source": spec.data["source"], "split": spec.data["split"]}
+
+
+def finetune_cell(spec: Spec, model: dict, seed: int) -> Cell:
+    key = _key(
+        {
+            "version": RESULT_VERSION,
+            "kind": "finetune",
+            "model": _model_identity(model, finetune_identity(model)),
+            "data": _data_identity(spec),
+            "train": spec.raw["train"],
+            "finetune": spec.finetune,
+            "prompt": spec.prompt,
+            "seed": seed,
+        }
+    )
+    return Cell(kind="finetune", model=model["name"], key=key, seed=seed)
+
+
+def evaluation_cell(spec: Spec, model: dict, condition: str, group, language: str, ft: Cell | None) -> Cell:
+    parts = {
+        "version": RESULT_VERSION,
+        "kind": "evaluate",
+        "model": _model_identity(model, evaluation_identity(model)),
+        "data": _data_identity(spec),
+        "condition": condition,
+        "language": language,
+        "prompt": spec.prompt,
+        "max_items": spec.evaluation["max_items"],
+        "quantization": evaluation_quantization(spec, model),
+        "cot": spec.cot if condition in COT_CONDITIONS else None,
+        "finetune": ft.key if ft is not None else None,
+    }
+    return Cell(
+        kind="evaluate",
+        model=model["name"],
+        key=_key(parts),
+        seed=ft.seed if ft is not None else None,
+        condition=condition,
+        language=language,
+        group=group.name,
+        role=group.role,
+        family=group.family,
+        finetune_key=ft.key if ft is not None else None,
+    )
+
+
+def plan(spec: Spec) -> list[Cell]:
+    """All cells of a spec, fine-tunes first, in a stable order."""
+    needs_finetune = any(c in FINETUNE_CONDITIONS for c in spec.conditions)
+    cells: list[Cell] = []
+    for model in spec.models:
+        finetunes = [finetune_cell(spec, model, seed) for seed in spec.seeds] if needs_finetune else []
+        cells += finetunes
+        for condition in spec.conditions:
+            for group in spec.groups:
+                for language in group.languages:
+                    if condition in FINETUNE_CONDITIONS:
+                        cells += [evaluation_cell(spec, model, condition, group, language, ft) for ft in finetunes]
+                    else:
+                        cells.append(evaluation_cell(spec, model, condition, group, language, None))
+    return cells
+
+
+def count_by_kind(cells: list[Cell]) -> dict[str, int]:
+    counts = {"finetune": 0, "evaluate": 0}
+    for cell in cells:
+        counts[cell.kind] += 1
+    return counts

@@ -1,0 +1,205 @@
+"""The Ray driver's loop: claim the cells that are ready, submit them as tasks, collect what
+finishes, until every cell of the study has an outcome. One progress bar counts cells done
+across the cluster; Ctrl-C cancels what was submitted (see relxfer.run.executors.ray; the retry and polling constants live here)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+import ray
+
+from relxfer.plan.cells import Cell
+from relxfer.run.cell import CellOutcome, StudyContext, error_line
+from relxfer.run.executors import ray_tasks
+from relxfer.run.executors.ray_claims import ClusterClaims
+from relxfer.spec.resources import cell_request
+
+MAX_RETRIES = 3  # retries of a task whose worker or node died (never of an error a cell raised)
+POLL_S = 1.0  # how often the driver looks for finished tasks and for cells another driver freed
+CANCEL_GRACE_S = 20.0  # after Ctrl-C: time for running cells to record FAILED before workers are killed
+
+_remote: dict[str, object] = {}
+
+
+def _task(name: str):
+    """ray.remote of a worker function, made once per driver process."""
+    if name not in _remote:
+        _remote[name] = ray.remote(getattr(ray_tasks, name))
+    return _remote[name]
+
+
+class Schedule:
+    def __init__(self, study: StudyContext, tracking_uri: str, cells_per_task: int | None, outcomes: list[CellOutcome]):
+        self.study = study
+        self.uri = tracking_uri
+        self.cells_per_task = cells_per_task
+        self.outcomes = outcomes
+        self.pending: list[Cell] = []
+        self.inflight: dict[ray.ObjectRef, list[Cell]] = {}
+        self.finetune_runs: dict[str, str] = {}  # fine-tune key -> its FINISHED run
+        self.finetune_refs: dict[str, ray.ObjectRef] = {}  # fine-tunes this driver submitted
+        self.finetune_failed: dict[str, str] = {}  # fine-tune key -> error
+        self.busy_reported: set[str] = set()
+
+    def run(self, cells: list[Cell], finished: dict[str, str]) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not self.study.progress)
+        self.claims = ClusterClaims()
+        for cell in cells:
+            if cell.key in finished:
+                self._record(CellOutcome(cell, finished[cell.key], "SKIPPED"))
+            else:
+                self.pending.append(cell)
+        try:
+            while self.pending or self.inflight:
+                self._submit_ready()
+                if not self.inflight:  # all that is left is held by another driver
+                    wait_a_moment()
+                    continue
+                done, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=POLL_S)
+                for ref in done:
+                    self._collect(ref)
+        except KeyboardInterrupt:
+            self._cancel()
+            raise
+        finally:
+            self.bar.close()
+            try:
+                self.claims.release_all()
+            except Exception:  # noqa: BLE001 - Ray is gone: the claims went with this driver's lease
+                pass
+
+    # --- submitting ------------------------------------------------------------------------------
+
+    def _ready(self, cell: Cell) -> bool:
+        key = cell.finetune_key
+        return cell.kind == "finetune" or not key or key in self.finetune_runs or key in self.finetune_refs
+
+    def _submit_ready(self) -> None:
+        for cell in [c for c in self.pending if c.finetune_key in self.finetune_failed]:
+            self.pending.remove(cell)
+            self._record(
+                CellOutcome(
+                    cell, "", "FAILED", error=f"its fine-tune failed: {self.finetune_failed[cell.finetune_key]}"
+                )
+            )
+        ready = [c for c in self.pending if self._ready(c)]
+        if not ready:
+            return
+        held = self.claims.acquire([c.key for c in ready])
+        for cell in ready:
+            if cell.key not in held and cell.key not in self.busy_reported:
+                self.busy_reported.add(cell.key)
+                self.study.report(f"busy  {cell.run_name}: another driver holds it; waiting for it")
+        claimed = [c for c in ready if c.key in held]
+        if not claimed:
+            return
+        # Holding the claims, look again: another driver may have finished some meanwhile.
+        done = {} if self.study.force else self.study.tracker.finished_cells(self.study.parent.experiment_id)
+        for cell in claimed:
+            self.pending.remove(cell)
+            if cell.key in done:
+                self.claims.release([cell.key])
+                self._record(CellOutcome(cell, done[cell.key], "SKIPPED"))
+        submit = [c for c in claimed if c.key not in done]
+        args = (self.uri, self.study.parent, self.study.force)
+        for cell in (c for c in submit if c.kind == "finetune"):
+            options = task_options(self.study.spec.model(cell.model), cell.run_name, "finetune")
+            ref = _task("finetune_cell").options(**options).remote(*args, cell)
+            self.inflight[ref] = [cell]
+            self.finetune_refs[cell.key] = ref
+        for batch in batches([c for c in submit if c.kind == "evaluate"], self.cells_per_task):
+            key = batch[0].finetune_key
+            needs = self.finetune_runs.get(key) or self.finetune_refs.get(key) if key else None
+            name = f"eval/{batch[0].model}/{'adapter-' + key[:8] if key else 'base'} ({len(batch)} cells)"
+            options = task_options(self.study.spec.model(batch[0].model), name, "evaluate")
+            self.inflight[_task("evaluate_cells").options(**options).remote(*args, batch, needs)] = batch
+
+    # --- collecting ------------------------------------------------------------------------------
+
+    def _collect(self, ref) -> None:
+        cells = self.inflight.pop(ref)
+        try:
+            results = ray.get(ref)
+        except ray.exceptions.RayError as e:  # retries used up, cancelled, or a failed dependency
+            cause = getattr(e, "cause", None) or e
+            results = [CellOutcome(c, "", "FAILED", error=error_line(cause)) for c in cells]
+        seen = {o.cell.key for o in results}
+        results += [
+            CellOutcome(c, "", "FAILED", error="the task returned no outcome for it")
+            for c in cells
+            if c.key not in seen
+        ]
+        for outcome in results:
+            self._record(outcome)
+        self.claims.release([c.key for c in cells])
+
+    def _record(self, outcome: CellOutcome) -> None:
+        cell = outcome.cell
+        if cell.kind == "finetune":
+            if outcome.status == "FAILED":
+                self.finetune_failed[cell.key] = outcome.error
+            else:
+                self.finetune_runs[cell.key] = outcome.run_id
+            self.finetune_refs.pop(cell.key, None)
+        self.outcomes.append(outcome)
+        m = outcome.metrics
+        if outcome.status == "SKIPPED":
+            line = f"skip  {cell.run_name} (finished run {outcome.run_id})"
+        elif outcome.status == "FAILED":
+            line = f"FAIL  {cell.run_name}: {outcome.error}" + (f" (run {outcome.run_id})" if outcome.run_id else "")
+        elif cell.kind == "finetune":
+            line = f"done  {cell.run_name}: final loss {m['final_loss']:.3f} after {m['steps']:g} steps"
+        else:
+            line = f"done  {cell.run_name}: accuracy {m['accuracy']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] n={m['n_items']:g}"
+        with self.bar.external_write_mode():
+            self.study.report(line + (f" on {outcome.where}" if outcome.where and outcome.status != "SKIPPED" else ""))
+        self.bar.update(1)
+
+    # --- Ctrl-C ----------------------------------------------------------------------------------
+
+    def _cancel(self) -> None:
+        refs = list(self.inflight)
+        with self.bar.external_write_mode():
+            self.study.report(f"cancelling {len(refs)} tasks")
+        for ref in refs:
+            ray.cancel(ref, recursive=True)  # a running cell gets KeyboardInterrupt and ends FAILED
+        ready, stuck = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
+        for ref in stuck:
+            ray.cancel(ref, force=True)
+        for ref in refs:
+            if ref in ready:
+                self._collect(ref)
+            else:
+                cells = self.inflight.pop(ref)
+                self.outcomes += [CellOutcome(c, "", "FAILED", error="cancelled") for c in cells]
+        # A run whose worker was killed stays RUNNING: close it (a re-run would mark it KILLED anyway).
+        tracker = self.study.tracker
+        for run_id in tracker.running_children(self.study.parent):
+            tracker.end(run_id, "KILLED")
+
+
+def task_options(model: dict, name: str, kind: str) -> dict:
+    request = cell_request(model, kind)
+    options = {"num_cpus": request["CPU"], "num_gpus": request["GPU"], "max_retries": MAX_RETRIES, "name": name}
+    if "memory" in request:
+        options["memory"] = request["memory"]
+    return options
+
+
+def batches(cells: list[Cell], size: int | None) -> list[list[Cell]]:
+    """Evaluation cells grouped by (model, adapter) in plan order, cut into `size`-cell batches."""
+    groups: dict[tuple, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        groups[(cell.model, cell.finetune_key)].append(cell)
+    out = []
+    for group in groups.values():
+        step = size or len(group)
+        out += [group[i : i + step] for i in range(0, len(group), step)]
+    return out
+
+
+def wait_a_moment() -> None:
+    time.sleep(POLL_S)

@@ -1,0 +1,33 @@
+"""(Q)LoRA fine-tuning: a base model (4-bit NF4 for QLoRA) plus a peft LoRA adapter, trained on
+(prompt, completion) pairs with the loss on the completion tokens only, in one process or with
+FSDP2 across the processes a launcher started (the same loop: relxfer.train.loop).
+
+    data.py         tokenization, the seeded order of micro-batches, the completion-only loss
+    parallel.py     one process (`Single`) or FSDP2 (`Fsdp`): the only things that differ
+    loop.py         `train_lora`, the training loop
+    checkpoints.py  resumable checkpoints (torch.distributed.checkpoint), written in one place
+    records.py      TrainResult, the run's config hash and provenance record
+    worker.py       the entry point each distributed rank runs (`python -m relxfer.train.worker`)
+    relay.py        rank 0's step reports, as JSON lines, to the process that tracks the run
+
+The fine-tuning engines, behind `base.Trainer`: local_trainer.py (this process), launch.py with
+torchrun_trainer.py and ray_trainer.py (FSDP2 ranks started by torchrun or Ray Train), and
+tinker_trainer.py with tinker_recipe.py and tinker_export.py (the hosted Tinker service).
+"""
+
+from relxfer.train.checkpoints import KEEP_CHECKPOINTS
+from relxfer.train.data import completion_loss, micro_batches, tokenize_examples
+from relxfer.train.loop import SCHEDULERS, resolve_finetune, train_lora
+from relxfer.train.records import FINETUNE_JSON, TrainResult
+
+__all__ = [
+    "FINETUNE_JSON",
+    "KEEP_CHECKPOINTS",
+    "SCHEDULERS",
+    "TrainResult",
+    "completion_loss",
+    "micro_batches",
+    "resolve_finetune",
+    "tokenize_examples",
+    "train_lora",
+]

@@ -1,0 +1,143 @@
+"""Bring a Tinker-trained LoRA adapter home in peft format (loadable by peft and vLLM).
+
+Download, by what the installed SDK offers:
+- 0.16 line: the sampler checkpoint's archive (`RestClient.get_checkpoint_archive_url`), a tar of
+  `adapter_model.safetensors` + `adapter_config.json`;
+- 0.38 line: `save_weights_external` and one signed URL per file (`get_external_weights_urls`).
+
+Conversion: Tinker stores peft-style keys (`base_model.model.<module>.lora_A.weight`) with its own
+names in places (`unembed_tokens` for the output layer) and an adapter_config.json without
+`target_modules`. For dense models (Llama, Qwen3 dense; what SkyRL tx writes) the keys are renamed
+and a complete peft config is written from the keys present. Mixture-of-experts adapters (3-D
+expert tensors, `w1/w2/w3` names) need tinker-cookbook's `build_lora_adapter`; it is used when
+installed, otherwise the adapter is kept in Tinker's own format and the record says so.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from relxfer.services.tinker_client import TinkerError, call
+
+KEY_RENAMES = (("unembed_tokens", "lm_head"),)
+PREFIX = "base_model.model."
+
+
+def parse_tinker_path(path: str) -> tuple[str, str]:
+    """(training run id, checkpoint id) of `tinker://run/kind/name` (the hosted form) or
+    `tinker://run/name` (SkyRL tx's sampler paths)."""
+    if not path.startswith("tinker://"):
+        raise TinkerError(f"not a Tinker path: {path!r}")
+    parts = path[len("tinker://") :].split("/")
+    if len(parts) == 3:
+        return parts[0], "/".join(parts[1:])
+    if len(parts) == 2:
+        return parts[0], parts[1]
+    raise TinkerError(f"not a Tinker checkpoint path: {path!r}")
+
+
+def download_adapter(service_client, training_client, sampler_path: str, dest: Path, timeout: float) -> Path:
+    """The trained adapter's files in `dest` (Tinker's format), by the route the SDK offers."""
+    dest.mkdir(parents=True, exist_ok=True)
+    rest = service_client.create_rest_client()
+    if hasattr(training_client, "save_weights_external") and hasattr(rest, "get_external_weights_urls"):
+        name = "relxfer-export"
+        external = call(lambda: training_client.save_weights_external(name), timeout).path
+        urls = call(lambda: rest.get_external_weights_urls(external), timeout, retries=3).urls
+        for relative, url in urls.items():
+            target = (dest / relative).resolve()
+            if not target.is_relative_to(dest.resolve()):
+                raise TinkerError(f"unsafe file name in the exported adapter: {relative!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _fetch(url, target, timeout)
+        return dest
+    run, checkpoint = parse_tinker_path(sampler_path)
+    response = call(lambda: rest.get_checkpoint_archive_url(run, checkpoint), timeout, retries=3)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        archive = Path(tmp) / "adapter.tar"
+        _fetch(response.url, archive, timeout)
+        _safe_extract(archive, dest)
+    return dest
+
+
+def _fetch(url: str, target: Path, timeout: float) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
+            shutil.copyfileobj(response, out)
+    except OSError as error:
+        raise TinkerError(f"downloading the trained adapter failed: {error}") from error
+
+
+def _safe_extract(archive: Path, dest: Path) -> None:
+    base = dest.resolve()
+    with tarfile.open(archive, "r:*") as tar:
+        for member in tar.getmembers():
+            if member.issym() or member.islnk() or not (dest / member.name).resolve().is_relative_to(base):
+                raise TinkerError(f"unsafe entry {member.name!r} in the adapter archive")
+        tar.extractall(dest)
+
+
+def to_peft(raw: Path, out: Path, base_model: str, rank: int) -> dict:
+    """Write a peft LoRA adapter for `base_model` into `out` from Tinker's files in `raw`.
+    Returns what the record should say about the export."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(raw / "adapter_model.safetensors"))
+    raw_config = (
+        json.loads((raw / "adapter_config.json").read_text()) if (raw / "adapter_config.json").is_file() else {}
+    )
+    if any(
+        t.dim() != 2 or ".experts." in k or k.rsplit(".lora_", 1)[0].endswith((".w1", ".w2", ".w3"))
+        for k, t in tensors.items()
+    ):
+        return _expert_adapter(raw, out, base_model)
+    renamed = {}
+    for key, tensor in tensors.items():
+        for old, new in KEY_RENAMES:
+            key = key.replace(f".{old}.", f".{new}.")
+        if not key.startswith(PREFIX):
+            key = PREFIX + key
+        if not key.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise TinkerError(f"unexpected tensor {key!r} in the Tinker adapter")
+        renamed[key] = tensor.contiguous()
+    modules = sorted({key.rsplit(".lora_", 1)[0].rsplit(".", 1)[-1] for key in renamed})
+    from peft import LoraConfig
+
+    config = LoraConfig(
+        r=int(raw_config.get("r", rank)),
+        lora_alpha=float(raw_config.get("lora_alpha", 32)),
+        target_modules=modules,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model,
+        inference_mode=True,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(str(out))
+    save_file(renamed, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return {"format": "peft", "target_modules": modules, "lora_alpha": config.lora_alpha}
+
+
+def _expert_adapter(raw: Path, out: Path, base_model: str) -> dict:
+    """Mixture-of-experts adapters: tinker-cookbook's converter when installed, else Tinker's own files."""
+    try:
+        from tinker_cookbook.weights import build_lora_adapter
+    except ImportError:
+        shutil.copytree(raw, out / "tinker", dirs_exist_ok=True)
+        return {
+            "format": "tinker",
+            "reason": "mixture-of-experts adapter: convert it with tinker-cookbook's "
+            "weights.build_lora_adapter (pip install tinker-cookbook; needs tinker>=0.38)",
+        }
+    converted = out.parent / f".{out.name}-cookbook"
+    shutil.rmtree(converted, ignore_errors=True)
+    build_lora_adapter(base_model=base_model, adapter_path=str(raw), output_path=str(converted))
+    shutil.copytree(converted, out, dirs_exist_ok=True)
+    shutil.rmtree(converted, ignore_errors=True)
+    return {"format": "peft", "converter": "tinker_cookbook.weights.build_lora_adapter"}

@@ -1,0 +1,33 @@
+"""lm-evaluation-harness task configs that read Belebele from local files, for comparing relxfer
+with the harness on the same data (tests and bench/eval_throughput.py). Needs `lm_eval`
+installed (the `test` and `bench` extras); relxfer itself never imports it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_belebele_tasks(root: Path, languages, belebele_dir: Path) -> Path:
+    """One task config per language, `belebele_local_<code>`: the installed harness's own
+    Belebele template (`include`: prompt, choices, metrics) with the data from
+    `<belebele_dir>/<code>.jsonl`. Returns `root`, for `TaskManager(include_path=root)`."""
+    import lm_eval
+
+    template = Path(lm_eval.__file__).parent / "tasks" / "belebele" / "_default_template_yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    for code in languages:
+        config = {
+            "include": str(template),
+            "task": f"belebele_local_{code}",
+            "dataset_path": "json",
+            "dataset_name": None,
+            "dataset_kwargs": {
+                "data_files": {"test": str(belebele_dir / f"{code}.jsonl")},
+                "cache_dir": str(root / "hf"),
+            },
+            "test_split": "test",
+            "fewshot_split": "test",
+        }
+        (root / f"belebele_local_{code}.yaml").write_text(json.dumps(config))  # JSON is YAML
+    return root
