@@ -1,12 +1,12 @@
-"""Operating characteristics of `relxfer compare`'s statistics on simulated studies, before and
-after issue 12, with hundreds of studies per scenario.
+"""Operating characteristics of `relxfer compare`'s statistics on simulated studies, beside the
+estimators compare does not lead with, with hundreds of studies per scenario.
 
     python bench/compare_simulations.py [--studies 300] [--out bench/results/compare_simulations.json]
 
 Each study is simulated in the runner's logged format (tests.support.simulate: records as
 `relxfer.evaluate.loop.make_records` writes them, tags as the runner sets them, assembled by
-relxfer.compare.frame) and analysed by the same functions `relxfer compare` calls. Design
-(issue 12's audit): 2 models x 8 languages (4 related, 4 control), 100 questions as 20 passages
+relxfer.compare.frame) and analysed by the same functions `relxfer compare` calls. Design:
+2 models x 8 languages (4 related, 4 control), 100 questions as 20 passages
 x 5, each run's answers correlated within a passage (latent correlation 0.3), true gains
 independent of true baselines unless a slope is planted; accuracies and effects in points.
 
@@ -14,12 +14,12 @@ Scenarios and what is measured:
 - family_null_7pt: no gap, related languages 7 points higher at baseline -> mean estimate,
   coverage of 0, false findings (interval, exact test, both: the rule);
 - family_gap12_7pt: a 12-point gap, same baselines -> mean estimate, coverage, power;
-- family_gap12_equal: a 12-point gap, equal baselines: today's power as the issue measured it;
+- family_gap12_equal: a 12-point gap, equal baselines: power where adjusting cannot bias;
 - family_null_7pt_slope: no gap, 7 points of baseline difference AND a true slope of -0.5
   (gains shrink as baselines rise): what no estimator here can fix, and what the sensitivity
   analysis shows;
 - cells_null_rho03 / cells_null_rho06: no true gain, within-passage correlation 0.3 / 0.6 ->
-  per-language false positives of McNemar (before) and the passage sign-flip test (after);
+  per-language false positives of McNemar's test and of the passage sign-flip test compare uses;
 - slope_m05_6models / slope_0_6models: 6 models (baselines 30% to 70%) x 8 languages, true
   slope -0.5 / 0 -> coverage and how often 0 is excluded, corrected vs split-half vs naive.
 """
@@ -63,7 +63,7 @@ def family_methods(items) -> dict:
     cells = cell_table(wide, conditions)
     cells["related"] = (cells["role"] == "related").astype(float)
     out = {
-        "after: unadjusted": (after.estimate, after.ci_low, after.ci_high, after.perm_p_value),
+        "lead: unadjusted": (after.estimate, after.ci_low, after.ci_high, after.perm_p_value),
         "sensitivity: cross-fitted": (
             after.adjusted_estimate,
             after.adjusted_ci_low,
@@ -75,7 +75,7 @@ def family_methods(items) -> dict:
         base = on_scale(cells["k_baseline"], cells["n"], scale)
         gain = on_scale(cells["k_finetuned"], cells["n"], scale) - base
         fit = fit_ols(cells, gain, covariate=base)
-        name = "before: measured baseline" + (" (logit, the old default)" if scale == "logit" else "")
+        name = "measured-baseline adjustment" + (" (logit)" if scale == "logit" else "")
         out[name] = (fit.estimate, fit.ci_low, fit.ci_high, permutation_p(fit.betas, fit.estimate)["perm_p_value"])
     v, w = error_moments(wide, cells, "baseline", "finetuned")
     base = on_scale(cells["k_baseline"], cells["n"], "raw")
@@ -126,8 +126,8 @@ def run_cells(rho, studies, first_seed) -> dict:
         covered += ((gains["ci_low"] <= 0) & (0 <= gains["ci_high"])).tolist()
     return {
         "cells": len(mcnemar),
-        "before: McNemar false positives": float(np.mean(mcnemar)),
-        "after: passage sign-flip false positives": float(np.mean(signflip)),
+        "McNemar false positives": float(np.mean(mcnemar)),
+        "lead: passage sign-flip false positives": float(np.mean(signflip)),
         "interval coverage": float(np.mean(covered)),
     }
 
@@ -156,7 +156,7 @@ def run_slope(slope, studies, first_seed) -> dict:
         "detectable_slope_median": float(np.median(a[:, 9])),
         "baseline_reliability_median": float(np.median(a[:, 10])),
     }
-    for j, method in enumerate(["after: corrected", "before: split-half", "naive"]):
+    for j, method in enumerate(["lead: corrected", "split-half", "naive"]):
         estimate, low, high = a[:, 3 * j], a[:, 3 * j + 1], a[:, 3 * j + 2]
         out[method] = {
             "mean": float(np.mean(estimate)),

@@ -1,6 +1,6 @@
 """Screenshots of a fresh smoke study in MLflow's own UI, in a real headless Chromium (not part of CI).
 
-What it does, as a user would from the README:
+What it does, as a user would from the README's main job:
 1. starts `mlflow server` on 127.0.0.1 (free port, temporary store);
 2. `mlflow run . -P spec=specs/smoke.json --env-manager local --experiment-name smoke`, then the
    same command again (nothing to run: no new parent run), then `relxfer compare --experiment
@@ -13,7 +13,8 @@ What it does, as a user would from the README:
      lines and plots) in its description;
    - `4-evaluation-run.png`: one evaluation run (params, tags, metrics);
    - `5-compare-runs.png`: MLflow's compare-runs page for one language's three conditions;
-4. prints the run counts the issue asks about (parent runs, comparison runs).
+4. prints the run counts that show re-runs and repeated comparisons pile up nothing (parent runs,
+   comparison runs).
 
 Needs: `apt-get install -y chromium` and `pip install -e ".[ui]"` (Playwright's Python package;
 its own browser download is not used). Run from the repository root:
@@ -187,7 +188,7 @@ def screenshots(uri: str, ids: dict, out: Path) -> None:
         browser.close()
 
 
-# The README's pictures: (screenshot, README name, height kept of the 1500 px wide page).
+# The pictures README.md and docs/mlflow.md show: (screenshot, file name, height kept of the 1500 px wide page).
 README_CROPS = [
     ("2-experiment-runs.png", "mlflow-runs-list.png", 1000),
     ("3-parent-run.png", "mlflow-parent-run.png", 1650),

@@ -1,6 +1,6 @@
 """An independent recomputation of `relxfer compare`'s numbers from what a study logged to MLflow,
-with MlflowClient, statsmodels and scipy, sharing no code with relxfer.compare: the audit of
-issue 12 as a test helper (used by tests/test_compare_scale.py).
+with MlflowClient, statsmodels and scipy, sharing no code with relxfer.compare, so a mistake in
+compare cannot hide in a shared helper (used by tests/test_compare_scale.py).
 
 Not recomputed here: numbers that depend on relxfer's random passage splits (the cross-fitted
 sensitivity analysis, the split-half slope; checked on relxfer's own splits against statsmodels

@@ -1,4 +1,4 @@
-"""The smoke study's variants and acceptance criteria (issue 13).
+"""The smoke study's variants and acceptance criteria (what docs/smoke-study.md says it finds).
 
 - A seed variant sets the three seeds of a spec to one value: `data.source.seed` (the synthetic
   lexicons, object-to-category facts, passages and questions), `data.split.seed` (which question

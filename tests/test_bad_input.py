@@ -1,4 +1,4 @@
-"""The catalogue of bad input (README, "When something is wrong"): each case exits with code 2 and
+"""The catalogue of bad input (docs/troubleshooting.md): each case exits with code 2 and
 one line that says what and where, with no traceback, and runs nothing."""
 
 from __future__ import annotations

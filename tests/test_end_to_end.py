@@ -200,10 +200,10 @@ def test_design_factors_are_params_for_the_compare_runs_page(smoke_study):
 
 
 def test_the_main_job_finds_the_planted_transfer(smoke_study, mlflow_server, tmp_path):
-    """Issue 13 on the README's main job (seed 0): every related language gains at least 20
-    points (Holm p < 0.05), controls gain at least 15 points less on average, and the family gap's
-    interval lies above 0 with a permutation p below 0.05; the printed report says so in words
-    and the family-gap plot is written."""
+    """The smoke study's criteria on the README's main job (seed 0): every related language gains
+    at least 20 points (Holm p < 0.05), controls gain at least 15 points less on average, and the
+    family gap's interval lies above 0 with a permutation p below 0.05; the printed report says so
+    in words and the family-gap plot is written."""
     args = [
         "compare",
         "--experiment",

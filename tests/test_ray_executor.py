@@ -142,7 +142,7 @@ def wait_for(predicate, timeout: float, what: str, log: Path):
 
 @pytest.fixture(scope="module")
 def reference(cluster, mlflow_server, spec_path, tmp_path_factory) -> dict[str, float]:
-    """The small study run once on the cluster as the README says, `mlflow run . -P executor=ray`
+    """The small study run once on the cluster as docs/clusters.md says, `mlflow run . -P executor=ray`
     (MLflow's project run is the parent): the accuracies every disturbed run must match."""
     root = tmp_path_factory.mktemp("reference")
     result = subprocess.run(

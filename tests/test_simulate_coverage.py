@@ -1,10 +1,12 @@
 """The simulator's contract, and the operating characteristics of the lead methods on simulated
-studies with planted effects (issue 12's scenarios at a smaller size; fixed seeds).
+studies with planted effects (the scenarios of bench/compare_simulations.py at a smaller size;
+fixed seeds).
 
-The same scenarios with >= 200 studies each, before and after, are bench/compare_simulations.py's
-(results in bench/results/compare_simulations.json and the README). Here:
+The same scenarios with >= 200 studies each, beside the estimators compare does not lead with, are
+bench/compare_simulations.py's (results in bench/results/compare_simulations.json and
+bench/README.md). Here:
 - family gap, no gap, related languages 7 points higher at baseline: the interval covers zero,
-  few false findings, while the old baseline-adjusted estimator is pulled toward the related
+  few false findings, while the measured-baseline adjustment is pulled toward the related
   family;
 - family gap, a planted 12-point gap: the mean estimate is within 1.5 points of 12;
 - per-language gains, no true gain, answers correlated within passages: the passage sign-flip
@@ -137,7 +139,7 @@ def test_simulator_rejects_bad_arguments():
 
 
 def _gaps(n_studies: int, first_seed: int, **planted):
-    """(new result, old baseline-adjusted estimate) per simulated study, raw points."""
+    """(family_gap result, measured-baseline-adjusted estimate) per simulated study, raw points."""
     out = []
     for i in range(n_studies):
         items = simulate_points_study(seed=first_seed + i, **planted)
@@ -158,7 +160,7 @@ def test_family_gap_stays_honest_when_families_differ_in_baseline():
     assert covered >= 0.90, f"coverage {covered:.3f}"
     assert findings <= 0.07, f"false findings {findings:.3f}"
     assert abs(mean) < 0.02, f"mean estimate {mean:+.3f}"
-    assert old_mean > 0.03, f"the old estimator should be pulled toward the related family: {old_mean:+.3f}"
+    assert old_mean > 0.03, f"the measured-baseline adjustment should be pulled toward the related family: {old_mean:+.3f}"
 
 
 def test_family_gap_estimates_a_planted_12_point_gap():

@@ -1,4 +1,4 @@
-"""The science works end to end (issue 13): the smoke study plants a transfer effect that the
+"""The science works end to end: the smoke study plants a transfer effect that the
 pipeline finds on another data and training seed than the README's main job, and its null twin
 plants none and the pipeline finds none.
 

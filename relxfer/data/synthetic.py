@@ -24,8 +24,7 @@ control (specs/smoke-null.json).
 Why this shape: the built-in tiny model (randomly initialised, QLoRA on a 4-bit base) learns
 word -> label associations within a smoke budget, but not a look-up skill such as "find the
 person in the passage and take the object after it" or "find the option whose text is this
-category word" (an earlier version of this set asked for both, and the model gained nothing
-anywhere). So the options are fixed and a passage has one topic. And its sentences have no verb:
+category word" (a set that asks for both gives it nothing to gain in any language). So the options are fixed and a passage has one topic. And its sentences have no verb:
 with "mabo likes teka." the model learnt to read the word after "likes", and a related language
 that happened not to share "likes" lost most of the transfer (24 drawn related languages with
 overlap 0.85: the smallest gain +5 points with the verb, +43 without).

@@ -4,7 +4,7 @@ failures, bounded waits and retries, and feature detection across SDK lines.
 The SDK (`pip install "relxfer[tinker]"`) reads its key from `TINKER_API_KEY` and its address
 from `TINKER_BASE_URL` (the hosted service when unset); relxfer never reads, logs or stores the
 key itself, it only checks that it is there. Two SDK lines are in use: 0.16 (what the open
-SkyRL tx server speaks; the tests run against it) and 0.38 (the hosted service today; its request
+SkyRL tx server speaks; the tests run against it) and 0.38 (what the hosted service speaks; its request
 bodies SkyRL tx 0.3.0 does not accept). Where they differ, relxfer looks at what the installed SDK
 offers (`supports`) instead of pinning one.
 """

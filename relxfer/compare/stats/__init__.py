@@ -7,7 +7,7 @@ cluster), gold, predicted (the scored label), correct (0/1), optionally extracte
 no parseable answer) and seedless. Rows are paired across conditions on model, seed, language
 and question_id (`data.py`).
 
-Analyses, one module each (DESIGN.md "Statistics"; README "Statistics"):
+Analyses, one module each (docs/statistics.md says what each computes and why):
 - accuracy_table   accuracy per run, passage-clustered Wilson interval, parse failures  (accuracy)
 - paired_gains     paired gain per model x language, exact passage sign-flip test,
                    Holm across languages                                  (paired, signflip)

@@ -5,7 +5,7 @@ each model (gain ~ related + model fixed effects over model x language cells, se
 is a change score: it asks how much more related languages moved, not where they would be "at
 equal baseline".
 
-Why not adjust for the measured baseline (what relxfer did before issue 12): a language's
+Why not adjust for the measured baseline (`family_fits.fit_ols` with it as covariate): a language's
 baseline is measured on ~100 questions, so its noise is large next to the real spread of
 baselines between languages of one family, and the gain contains the same noise with the
 opposite sign. Adjusting for it pulls the estimate toward the family with the higher baseline

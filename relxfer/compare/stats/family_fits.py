@@ -6,8 +6,8 @@ coefficient under every assignment of languages to the related group (for the ex
 permutation test).
 
 - `fit_ols(covariate=None)`: gain ~ related + model fixed effects, CR2 by language with
-  Bell-McCaffrey df. With the measured baseline as covariate it is the estimator relxfer used
-  before issue 12 (kept for the simulations that show its bias).
+  Bell-McCaffrey df. With the measured baseline as covariate it is the measured-baseline
+  adjustment that `family.py` explains the bias of (kept for the simulations that measure it).
 - `fit_cross_fitted`: the baseline covariate measured on one half of each language's passages,
   the gain on the other half, both ways, over random splits, stacked into one regression
   (clustered by language, so the copies of a cell count once).

@@ -6,7 +6,7 @@ question and language. The treated:related interaction is the family gap on the 
 Its posterior SD is not a trustworthy uncertainty for this contrast: the mean-field VB
 approximation understates posterior spread, and the related indicator is a language-level
 covariate carried by a handful of languages, whose variance component VB estimates poorly
-(DESIGN.md reports 0.45 +/- 0.03 on a simulated 7 x 6 x 3 x 100 study). Use `family_gap` for
+(0.45 +/- 0.03 on a simulated 7 x 6 x 3 x 100 study). Use `family_gap` for
 inference; read this as a check that the item-level picture agrees.
 """
 

@@ -1,6 +1,6 @@
 """Simulate transfer studies with baselines and gains planted in accuracy points.
 
-The scenarios of issue 12 speak in points ("related languages 7 points higher at baseline", "a
+The scenarios of bench/compare_simulations.py speak in points ("related languages 7 points higher at baseline", "a
 12-point gap", "a slope of -0.5 points of gain per point of baseline"), so here the truth of
 every model x language cell is set on that scale:
 
