@@ -145,22 +145,24 @@ def _gaps(n_studies: int, first_seed: int, **planted):
         items = simulate_points_study(seed=first_seed + i, **planted)
         result = family_gap(items, adjustment=None)
         cells = result.cells
-        old = fit_ols(cells, cells["gain"], covariate=on_scale(cells["k_baseline"], cells["n"], "raw"))
-        out.append((result, old.estimate))
+        adjusted = fit_ols(cells, cells["gain"], covariate=on_scale(cells["k_baseline"], cells["n"], "raw"))
+        out.append((result, adjusted.estimate))
     return out
 
 
 def test_family_gap_stays_honest_when_families_differ_in_baseline():
     studies = _gaps(60, first_seed=1000, family_gap=0.0, family_baseline_gap=0.07)
-    new = [r for r, _ in studies]
-    covered = np.mean([r.ci_low <= 0 <= r.ci_high for r in new])
-    findings = np.mean([r.conclusion in ("above", "below") for r in new])
-    mean = np.mean([r.estimate for r in new])
-    old_mean = np.mean([old for _, old in studies])
+    results = [r for r, _ in studies]
+    covered = np.mean([r.ci_low <= 0 <= r.ci_high for r in results])
+    findings = np.mean([r.conclusion in ("above", "below") for r in results])
+    mean = np.mean([r.estimate for r in results])
+    adjusted_mean = np.mean([adjusted for _, adjusted in studies])
     assert covered >= 0.90, f"coverage {covered:.3f}"
     assert findings <= 0.07, f"false findings {findings:.3f}"
     assert abs(mean) < 0.02, f"mean estimate {mean:+.3f}"
-    assert old_mean > 0.03, f"the measured-baseline adjustment should be pulled toward the related family: {old_mean:+.3f}"
+    assert adjusted_mean > 0.03, (
+        f"the measured-baseline adjustment should be pulled toward the related family: {adjusted_mean:+.3f}"
+    )
 
 
 def test_family_gap_estimates_a_planted_12_point_gap():

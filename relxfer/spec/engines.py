@@ -25,7 +25,7 @@ class EngineEntry:
     path: str  # "module:Class", imported on first use
     # Settings of the engine's spec entry that change results (part of cell keys; a dotted name
     # reads a nested setting, e.g. "launch.dtype"); None means the engine adds nothing to the
-    # key, which keeps `local` cells' keys what they always were.
+    # key, so registering another engine never changes a `local` cell's key (its runs stay valid).
     result_fields: tuple[str, ...] | None
     # Whether evaluation loads the base model with the spec's 4-bit settings
     # (`spec.eval_quantization`, part of every evaluation key): the local engine does; a model
