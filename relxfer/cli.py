@@ -57,11 +57,28 @@ def validate(spec: Path) -> None:
 
 @main.command()
 @_spec_arg()
-def plan(spec: Path) -> None:
-    """Print every cell SPEC expands into and the counts per kind; run nothing.
+@click.option("--assume", multiple=True, metavar="KEY=VALUE", help="Change a power assumption (docs/power.md).")
+@click.option("--from-experiment", help="Estimate the power assumptions from this pilot experiment's runs.")
+@click.option("--tracking-uri", help="With --from-experiment: MLflow tracking URI (default: $MLFLOW_TRACKING_URI).")
+@click.option(
+    "--simulations", type=click.IntRange(min=20), default=200, show_default=True, help="Simulated studies per analysis."
+)
+@click.option(
+    "--target-gap", type=float, default=10.0, show_default=True, help="Family gap (points) to size the study for."
+)
+def plan(
+    spec: Path,
+    assume: tuple[str, ...],
+    from_experiment: str | None,
+    tracking_uri: str | None,
+    simulations: int,
+    target_gap: float,
+) -> None:
+    """Print every cell SPEC expands into, the counts per kind, and what the design can detect; run nothing.
 
     Example: relxfer plan specs/full.json
     """
+    from relxfer.compare.power.for_spec import settle_assumptions, spec_power_lines
     from relxfer.plan.cells import count_by_kind
     from relxfer.plan.cells import plan as expand
     from relxfer.spec.engines import describe
@@ -70,6 +87,7 @@ def plan(spec: Path) -> None:
     from relxfer.spec.resources import cell_request, describe_resources
 
     loaded = load_spec(spec)
+    settled = settle_assumptions(assume, from_experiment, tracking_uri, loaded.raw["analysis"]["reference"])
     cells = expand(loaded)
     for model in loaded.models:
         engines, res = model["engines"], model["resources"]
@@ -104,6 +122,7 @@ def plan(spec: Path) -> None:
     click.echo("evaluation items per language:")
     rows = [(g.name, g.role, code, str(data.eval_items.get(code, 0))) for g in loaded.groups for code in g.languages]
     click.echo(_table(("group", "role", "language", "items"), rows, right=("items",)))
+    click.echo("\n".join(spec_power_lines(loaded, data.eval_items, settled, simulations, target_gap / 100)))
 
 
 def _table(

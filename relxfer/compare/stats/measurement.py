@@ -31,15 +31,9 @@ def error_moments(
     """(v, w) for each row of `cells` (cell_table order): the sampling variance of the measured
     baseline and its covariance with the measured `condition` accuracy, on `scale`."""
     totals, _, _, _ = passage_totals(wide, cells, [reference, condition])
-    n_p, s0, s1 = totals["n"], totals[reference], totals[condition]
+    n_p = totals["n"]
     total = n_p.sum(axis=1)
-    p0, p1 = s0.sum(axis=1) / total, s1.sum(axis=1) / total
-    r0, r1 = s0 - p0[:, None] * n_p, s1 - p1[:, None] * n_p
-    clusters = (n_p > 0).sum(axis=1).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        factor = np.where(clusters > 1, clusters / (clusters - 1), np.nan) / total**2
-    v = factor * np.sum(r0 * r0, axis=1)
-    w = factor * np.sum(r0 * r1, axis=1)
+    v, w = passage_moments(n_p, totals[reference], totals[condition])
     if scale == "logit":
         k0, k1 = cells[f"k_{reference}"].to_numpy(float), cells[f"k_{condition}"].to_numpy(float)
         d0, d1 = _logit_slope(k0, total), _logit_slope(k1, total)
@@ -47,6 +41,19 @@ def error_moments(
     if scale != "raw":
         raise ValueError(f"scale must be 'raw' or 'logit', not {scale!r}")
     return v, w
+
+
+def passage_moments(n_p: np.ndarray, s0: np.ndarray, s1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(v, w) on the raw scale from per-passage item counts `n_p` and right answers `s0`
+    (reference) and `s1` (condition), passages on the last axis (any leading axes: one cell
+    each; passages with no items count for nothing)."""
+    total = n_p.sum(axis=-1)
+    p0, p1 = s0.sum(axis=-1) / total, s1.sum(axis=-1) / total
+    r0, r1 = s0 - p0[..., None] * n_p, s1 - p1[..., None] * n_p
+    clusters = (n_p > 0).sum(axis=-1).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        factor = np.where(clusters > 1, clusters / (clusters - 1), np.nan) / total**2
+    return factor * np.sum(r0 * r0, axis=-1), factor * np.sum(r0 * r1, axis=-1)
 
 
 def _logit_slope(k: np.ndarray, n: np.ndarray) -> np.ndarray:

@@ -48,9 +48,10 @@ def indicator_matrix(cell_languages, related_languages, n_perm: int | None, seed
 
 def fwl_coefficients(y: np.ndarray, Z: np.ndarray, indicators: np.ndarray) -> np.ndarray:
     """The coefficient of each candidate indicator column d in y ~ d + Z, all at once by
-    Frisch-Waugh-Lovell: b = (M_Z d)'y / (M_Z d)'(M_Z d). NaN where d is collinear with Z."""
+    Frisch-Waugh-Lovell: b = (M_Z d)'y / (M_Z d)'(M_Z d). NaN where d is collinear with Z.
+    `y` may hold several outcomes as columns (n, k): the result is then (candidates, k)."""
     residual = indicators - Z @ np.linalg.lstsq(Z, indicators, rcond=None)[0]
-    denominators = np.einsum("ij,ij->j", residual, residual)
+    denominators = np.einsum("ij,ij->j", residual, residual).reshape((-1,) + (1,) * (np.ndim(y) - 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominators > TIE_TOLERANCE, residual.T @ y / denominators, np.nan)
 
