@@ -23,7 +23,7 @@ from relxfer.compare.stats.signflip import signflip_p
 from relxfer.evaluate.intervals import cluster_mean_var
 
 MAX_STEPS = 8
-TOLERANCE = 0.02  # stop when the power at the interpolated gain is this close to 80%
+TOLERANCE = 0.005  # stop when the power at the interpolated gain is this close to 80%
 
 
 @dataclass(frozen=True)
