@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from relxfer.errors import RelxferError
 
@@ -73,7 +74,7 @@ def _pts(value: float) -> str:
 
 def parse_assumptions(pairs: tuple[str, ...] | list[str], base: Assumptions | None = None) -> Assumptions:
     """`base` (default: the defaults) with each KEY=VALUE of `pairs` applied, checked."""
-    values: dict[str, float | int | None] = {}
+    values: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
         key = key.strip().replace("-", "_")

@@ -32,7 +32,8 @@ def settle_assumptions(
 ) -> Settled:
     """Defaults, or a pilot's estimates, with each `assume` KEY=VALUE applied; raises a one-line
     error for an impossible assumption or a pilot without runs."""
-    base, source, notes = Assumptions(), "defaults", ()
+    base, source = Assumptions(), "defaults"
+    notes: tuple[str, ...] = ()
     if from_experiment is not None:
         pilot = _pilot(from_experiment, tracking_uri, reference)
         base, notes = pilot.assumptions, pilot.notes

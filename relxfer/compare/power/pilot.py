@@ -63,7 +63,7 @@ def estimate_assumptions(items: pd.DataFrame, name: str, reference: str = "basel
     if rho_note:
         notes.append(rho_note)
     spread = float(model_means.max() - model_means.min()) if M > 1 else 0.0
-    questions = frame.groupby(["language", "passage_id"]).size().groupby("language").mean().mean()
+    questions = frame.groupby(["model", "seed", "condition", "language", "passage_id"]).size().mean()
     estimate = dataclasses.replace(
         Assumptions(),
         baseline=float(model_means.mean()),

@@ -56,7 +56,8 @@ class World:
     def true_gain(self, gap: float = 0.0, slope: float = 0.0) -> Array:
         """(studies, models, languages) true gains with a planted family gap and slope."""
         centred = self.baseline - self.baseline.mean(axis=(1, 2), keepdims=True)
-        return self.assumptions.gain + slope * centred + gap * self.related + self.gain_noise
+        gains: Array = self.assumptions.gain + slope * centred + gap * self.related + self.gain_noise
+        return gains
 
     def counts(self, gain: Array) -> tuple[Array, Array]:
         """Right answers per passage: (reference (studies, models, languages, passages),
@@ -72,9 +73,10 @@ class World:
         shifts = np.empty_like(targets)
         for s in range(targets.shape[0]):
             shifts[s] = np.interp(targets[s], self.mean_probability[s], ETA_GRID)
-        extra = (None,) * (targets.ndim - 1)
-        difficulty = self.difficulty[(slice(None), *extra, slice(None))]
-        return CHANCE + (1 - CHANCE) * special.expit(shifts[..., None] + difficulty)
+        S, n = self.difficulty.shape
+        difficulty = self.difficulty.reshape((S,) + (1,) * (targets.ndim - 1) + (n,))
+        probabilities: Array = CHANCE + (1 - CHANCE) * special.expit(shifts[..., None] + difficulty)
+        return probabilities
 
 
 def draw_world(
@@ -121,7 +123,8 @@ def _passage_uniforms(
 ) -> Array:
     """Uniforms correlated within passages (latent correlation `rho`), marginally uniform."""
     shared = rng.normal(size=(*shape[:-1], int(passage_of.max()) + 1))[..., passage_of]
-    return special.ndtr(np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.normal(size=shape))
+    uniforms: Array = special.ndtr(np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.normal(size=shape))
+    return uniforms
 
 
 def _per_passage(correct: NDArray[np.bool_], passage_of: NDArray[np.int64]) -> Array:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy import stats
 
 from relxfer.compare.power.curve import crossing
@@ -42,7 +43,7 @@ class _Fits:
     move: Array  # (studies,) change of the estimate per unit of planted slope
     se2: Array  # (studies, 3): squared se's coefficients a + b * move + c * move^2
     q: float
-    reliable: Array  # (studies,) bool
+    reliable: NDArray[np.bool_]  # (studies,)
 
 
 def slope_power(world: World) -> SlopePower:
@@ -88,7 +89,9 @@ def _bg(world: World, reference: Array, condition: Array) -> tuple[Array, Array]
     return b, after.reshape(S, -1) - b
 
 
-def _cells(world: World, reference: Array, condition: Array) -> tuple[int, Array, Array, Array, Array, Array]:
+def _cells(
+    world: World, reference: Array, condition: Array
+) -> tuple[int, Array, Array, Array, NDArray[np.int64], NDArray[np.int64]]:
     """(studies, v, w, h, model of each cell, jackknife labels): the baselines' noise moments,
     and how each cell's gain moves per unit of (negative) slope."""
     d = world.design
@@ -97,12 +100,13 @@ def _cells(world: World, reference: Array, condition: Array) -> tuple[int, Array
     n_p = np.broadcast_to(items * d.n_seeds, reference.shape)
     s0 = reference * d.n_seeds  # the seedless reference pairs with every seed
     s1 = condition.sum(axis=-2)
-    v, w = (m.reshape(S, -1) for m in passage_moments(n_p, s0, s1))
+    v, w = (np.asarray(m, dtype=float).reshape(S, -1) for m in passage_moments(n_p, s0, s1))
     centred = world.baseline - world.baseline.mean(axis=(1, 2), keepdims=True)
     model_of = np.repeat(np.arange(d.n_models), d.n_languages)
     language_of = np.tile(np.arange(d.n_languages), d.n_models)
     labels = model_of if d.n_models >= MIN_MODEL_CLUSTERS else language_of
-    return S, v, w, -centred.reshape(S, -1), model_of, labels
+    h: Array = -centred.reshape(S, -1)
+    return S, v, w, h, model_of, labels
 
 
 def _power(fits: _Fits, moves: Array) -> Array:

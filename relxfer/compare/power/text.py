@@ -66,7 +66,8 @@ def floor_warning(floor: PermutationFloor) -> str | None:
             f"warning: with {floor.n_related} related and {floor.n_control} control languages compare gives no family "
             f"conclusion at all: it needs at least 3 languages a side."
         )
-    options = " or ".join(f"{r} + {c}" for r, c in smallest_possible_designs(floor.n_related, floor.n_control))
+    designs = [f"{r} + {c}" for r, c in smallest_possible_designs(floor.n_related, floor.n_control)]
+    options = designs[0] if len(designs) == 1 else ", ".join(designs[:-1]) + " or " + designs[-1]
     return (
         f"warning: with {floor.n_related} related and {floor.n_control} control languages the rule can never call "
         f"a family gap a finding: the exact permutation test's smallest possible p is {_p(floor.smallest_p)}, not "

@@ -78,6 +78,11 @@ def fmt_signed(value: float, scale: str) -> str:
     return f"{100 * value:+.1f}" if scale == "raw" else f"{value:+.2f}"
 
 
+def fmt_magnitude(value: float, scale: str) -> str:
+    """'12.3 points' (from a proportion) or '0.45 logits'."""
+    return f"{100 * value:.1f} points" if scale == "raw" else f"{value:.2f} logits"
+
+
 def unit(scale: str) -> str:
     return "points" if scale == "raw" else "logits"
 

@@ -35,9 +35,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from relxfer.compare.stats.cluster import DesignError, ols
-from relxfer.compare.stats.common import AnalysisResult, conclusion
+from relxfer.compare.stats.common import ALPHA, AnalysisResult, conclusion
+from relxfer.compare.stats.corrected_slope import POWER
 from relxfer.compare.stats.data import (
     gain_cells,
     missing_conditions,
@@ -77,6 +79,9 @@ class FamilyGapResult(AnalysisResult):
     n_assignments: int = 0
     perm_exact: bool = True
     conclusion: str | None = None  # above | below | none | inconclusive | refused
+    # The gap this study's precision detects with 80% power, (t_{0.975} + t_{0.80}) * se on its
+    # df; None when the exact test cannot reach p < 0.05 (then no gap is detectable).
+    detectable_gap: float | None = None
     related_mean_gain: float | None = None  # raw proportions, descriptive
     control_mean_gain: float | None = None
     raw_gap: float | None = None
@@ -175,6 +180,8 @@ def family_gap(
         setattr(result, name, value)
     result.perm_exact = lead.exact
     result.conclusion = conclusion(result.ci_low, result.ci_high, result.perm_p_value)
+    if result.perm_min_p is not None and result.perm_min_p < ALPHA:
+        result.detectable_gap = float((stats.t.ppf(0.975, lead.df) + stats.t.ppf(POWER, lead.df)) * lead.se)
     _sensitivity(result, wide, cells, conditions, n_splits, seed, level, n_perm)
     return describe(result)
 

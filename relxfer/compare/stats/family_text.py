@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from relxfer.compare.stats.common import (
     compare_amounts,
+    fmt_magnitude,
     fmt_p,
     fmt_points,
     interval_text,
@@ -44,7 +45,7 @@ def describe(result):
         return result
     result.summary = (
         f"{head}: {compare_amounts(result.estimate, result.scale, 'related languages', 'controls')} "
-        f"({interval_text(result.ci_low, result.ci_high, result.scale)}): {_verdict(result)}."
+        f"({interval_text(result.ci_low, result.ci_high, result.scale)}): {_verdict(result)}." + _ruled_out(result)
     )
     result.detail = " ".join(
         [
@@ -78,6 +79,25 @@ def _verdict(result) -> str:
     if _unreachable(result):
         return f"not a finding{_unreachable(result)}"
     return "not a finding"
+
+
+def _ruled_out(result) -> str:
+    """For a gap that is not a finding: the largest edge the interval rules out, next to the
+    gap this design could detect, so "no edge" reads as "no edge larger than X"."""
+    if result.conclusion in ("above", "below"):
+        return ""
+    if result.ci_high <= 0 or result.ci_low >= 0:
+        return ""  # the interval lies on one side: its verdict already says where
+    ruled = (
+        f" The data rule out an edge for related languages larger than {fmt_magnitude(result.ci_high, result.scale)} "
+        f"and for controls larger than {fmt_magnitude(-result.ci_low, result.scale)} (the interval's bounds)"
+    )
+    if result.detectable_gap is None:
+        return ruled + "; no gap is detectable with this many languages."
+    return ruled + (
+        f"; at this study's precision a gap of about {fmt_magnitude(result.detectable_gap, result.scale)} would be "
+        f"detected with 80% power (`relxfer plan` estimates this before a study runs)."
+    )
 
 
 def _unreachable(result) -> str:
