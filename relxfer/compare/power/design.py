@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from relxfer.spec.load import Spec
 
@@ -35,25 +36,27 @@ class StudyDesign:
 
 def design_from_spec(spec: Spec, eval_items: Mapping[str, int]) -> StudyDesign:
     """The design `spec` runs, with `eval_items` (language -> evaluation items, as
-    `relxfer.plan.study_data.summarize_study_data` counts them): the smallest count is used."""
+    `relxfer.plan.study_data.summarize_study_data` counts them): the smallest count is used.
+    Settings are read from the resolved spec (`spec.raw`, every default filled)."""
+    raw = spec.raw
     related = sum(len(g.languages) for g in spec.groups if g.role == "related")
     control = sum(len(g.languages) for g in spec.groups if g.role == "control")
-    reference = spec.raw["analysis"]["reference"]
+    reference = str(raw["analysis"]["reference"])
     counts = [eval_items.get(code, 0) for code in spec.eval_languages]
     return StudyDesign(
         n_related=related,
         n_control=control,
-        n_models=len(spec.models),
+        n_models=len(raw["models"]),
         items_per_language=min(counts) if counts else 0,
-        questions_per_passage=_questions_per_passage(spec),
-        n_seeds=len(spec.seeds),
-        conditions=tuple(c for c in spec.conditions if c != reference),
+        questions_per_passage=_questions_per_passage(raw["data"]),
+        n_seeds=len(raw["seeds"]),
+        conditions=tuple(str(c) for c in raw["conditions"] if c != reference),
         reference=reference,
     )
 
 
-def _questions_per_passage(spec: Spec) -> int:
-    source, split = spec.data["source"], spec.data["split"]
+def _questions_per_passage(data: Mapping[str, Any]) -> int:
+    source, split = data["source"], data["split"]
     if split.get("unit") != "passage":
         return 1
     if source["kind"] == "synthetic":

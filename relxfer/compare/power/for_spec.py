@@ -56,6 +56,8 @@ def spec_power_lines(
 ) -> list[str]:
     """The power lines of `relxfer plan` (a warning line first when no family finding is possible)."""
     design = design_from_spec(spec, eval_items)
+    if not design.conditions:
+        return [f"{PREFIX}no condition is compared with {design.reference}: compare has no gain to test"]
     a = settled.assumptions
     if a.questions_per_passage is not None:
         design = dataclasses.replace(design, questions_per_passage=a.questions_per_passage)
