@@ -112,6 +112,13 @@ def table(results: dict[str, object]) -> str:
             f"| {row['design']} | {row['analysis']} | {sign}{scale * row['predicted']:.2f}{unit} | "
             f"{'' if default is None else f'{sign}{scale * default:.2f}{unit}'} | {100 * row['power']:.1f}% | {row['trials']} |"
         )
+    seconds = sum(row["check_seconds"] for row in results["rows"])  # type: ignore[attr-defined]
+    lines += [
+        "",
+        f"{sum(row['within_5_points'] for row in results['rows'])} of {len(results['rows'])} within 80% +/- 5 points; "  # type: ignore[attr-defined]
+        f"the checks took {seconds / 60:.0f} min. The per-language gain and the slope do not use the family labels, "
+        "so 5 + 5 and 4 + 6 languages (the same 10 languages, the same seeds) give identical rows for them.",
+    ]
     return "\n".join(lines)
 
 
