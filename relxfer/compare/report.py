@@ -110,7 +110,6 @@ def headline_metrics(report: Report) -> dict[str, float]:
             f"family_gap_perm_p_{condition}": r.perm_p_value,
             f"family_gap_adjusted_{condition}": r.adjusted_estimate,
             f"family_gap_raw_{condition}": r.raw_gap,
-            f"family_gap_detectable_{condition}": r.detectable_gap,
         }
     for condition, r in report.baseline_gain.items():
         metrics |= {
