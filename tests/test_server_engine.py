@@ -18,9 +18,10 @@ from relxfer.data.belebele import load_belebele
 from relxfer.data.prompts import PromptBuilder
 from relxfer.data.synthetic import SyntheticLanguage, generate
 from relxfer.errors import RelxferError
+from relxfer.evaluate import scoring_modes
 from relxfer.evaluate.base import Adapter
 from relxfer.evaluate.local_backend import LocalBackend
-from relxfer.evaluate.loop import evaluate_items, scoring_modes
+from relxfer.evaluate.loop import evaluate_items
 from relxfer.evaluate.scoring_probe import ScoringRefused
 from relxfer.services.openai_client import OpenAIClient, ServerError
 from relxfer.spec.engines import EngineContext, evaluation_engine
