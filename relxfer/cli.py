@@ -36,6 +36,18 @@ class RelxferGroup(click.Group):
 def main(ctx: click.Context, debug: bool) -> None:
     """relxfer: cross-lingual transfer studies declared as JSON specs, tracked in MLflow."""
     ctx.obj = {"debug": debug}
+    if not debug:
+        quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """Hide the warnings of the libraries relxfer drives (deprecations, notices meant for their
+    developers); relxfer's own stay. --debug shows them all."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", module=r"relxfer(\.|$)")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def _spec_arg():
@@ -151,6 +163,13 @@ def _table(
 # `mlflow run . -P cache_dir=DIR` passes an undeclared parameter on as `--cache_dir DIR`.
 @click.option("--cache_dir", "cache_dir_param", type=click.Path(file_okay=False, path_type=Path), hidden=True)
 @click.option("--force", is_flag=True, help="Re-run every cell, even those with a FINISHED run of the same key.")
+@click.option(
+    "--fail-fast",
+    is_flag=True,
+    help="Stop at the first failed cell (by default a failed cell does not stop the cells that do not need it).",
+)
+# `mlflow run . -P fail_fast=true` (MLproject) passes `--fail_fast true`.
+@click.option("--fail_fast", "fail_fast_param", type=click.BOOL, hidden=True)
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
 @click.option(
     "--executor",
@@ -177,12 +196,17 @@ def run(
     cache_dir: Path,
     cache_dir_param: Path | None,
     force: bool,
+    fail_fast: bool,
+    fail_fast_param: bool | None,
     no_progress: bool,
     executor: str,
     ray_address: str | None,
     cells_per_task: int | None,
 ) -> None:
     """Run SPEC: fine-tune and evaluate every cell not yet finished, one MLflow run per cell.
+
+    A cell that fails does not stop the others (only those that need it); at the end each failed
+    cell is listed with its cause and the exit code is 1. A re-run runs only what did not finish.
 
     Example: relxfer run specs/smoke.json --tracking-uri http://127.0.0.1:5000
 
@@ -207,29 +231,40 @@ def run(
         progress=not no_progress,
         executor=make_executor(executor, **options),
     )
-    outcomes = runner.run(force=force)
+    outcomes = runner.run(force=force, fail_fast=fail_fast or bool(fail_fast_param))
     parent = runner.parent
     _summary(spec, outcomes, tracker.uri, parent and runs_link(tracker.uri, parent.experiment_id, parent.run_id))
 
 
 def _summary(spec: Path, outcomes, uri: str, link: str | None) -> None:
+    """One line per cell that failed or did not run (the cause in words; the traceback is the
+    run's error.txt, shown here with --debug), then the counts; exit 1 when any cell failed."""
     from collections import Counter
 
+    from relxfer.run.cell import FAILED, FINISHED, NOT_RUN, SKIPPED
+
+    ctx = click.get_current_context()
+    if ctx.obj and ctx.obj.get("debug"):
+        for o in outcomes:
+            if o.status == FAILED and o.traceback:
+                click.echo(f"--- {o.cell.run_name}\n{o.traceback.rstrip()}", err=True)
+    for o in outcomes:
+        if o.status == FAILED:
+            click.echo(f"failed   {o.cell.run_name}: {o.error}" + (f" (run {o.run_id})" if o.run_id else ""))
+        elif o.status == NOT_RUN:
+            click.echo(f"not run  {o.cell.run_name}: {o.error}")
     counts = Counter(o.status for o in outcomes)
     click.echo(
-        f"{spec}: {counts['FINISHED']} cells run, {counts['SKIPPED']} already finished, {counts['FAILED']} failed; "
-        f"tracking URI {uri}"
+        f"{spec}: {counts[FINISHED]} cells run, {counts[SKIPPED]} already finished, {counts[FAILED]} failed, "
+        f"{counts[NOT_RUN]} not run; tracking URI {uri}"
     )
-    where = Counter(o.where for o in outcomes if o.status != "SKIPPED" and o.where)
+    where = Counter(o.where for o in outcomes if o.status in (FINISHED, FAILED) and o.where)
     if where:
         click.echo("ran on: " + "; ".join(f"{w}: {n} cells" for w, n in sorted(where.items())))
     if link:
         click.echo(f"study run: {link}")
-    for o in outcomes:
-        if o.status == "FAILED":
-            click.echo(f"failed {o.cell.run_name}: {o.error}" + (f" (run {o.run_id})" if o.run_id else ""), err=True)
-    if counts["FAILED"]:
-        click.get_current_context().exit(1)
+    if counts[FAILED] or counts[NOT_RUN]:
+        ctx.exit(1)
 
 
 @main.command()

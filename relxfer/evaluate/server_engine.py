@@ -35,6 +35,9 @@ from relxfer.spec.engines import EngineContext
 from relxfer.spec.load import FINETUNE_CONDITIONS
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+# After a request could not connect: how long to wait for the watch to see relxfer's own server
+# exit (the socket closes a moment before the process is reaped).
+DEATH_WAIT_S = 10.0
 
 
 class EngineError(RelxferError):
@@ -98,6 +101,12 @@ class ServerEngine:
             self._client().get("/models", timeout=15, retries=1)
 
     def backend(self, adapter: Adapter | None) -> ServerBackend:
+        if self.server is not None and not self.server.alive():
+            # It died during an earlier cell (that cell failed saying so): the next cells get a new one.
+            self.context.report(f"{self._death(self.server.exited())}; starting a new one")
+            self.server.stop()
+            self.server, self.client = None, None
+            self.adapters.clear()
         self._start()
         served = self.served_model if adapter is None else self._load_adapter(adapter)
         return ServerBackend(
@@ -135,7 +144,7 @@ class ServerEngine:
 
     # -- starting -----------------------------------------------------------------------------
 
-    def _client(self, base_url: str | None = None) -> OpenAIClient:
+    def _client(self, base_url: str | None = None, give_up=lambda: False) -> OpenAIClient:
         requests = self.config["requests"]
         key = os.environ.get(self.config["api_key_env"]) if self.config.get("api_key_env") else None
         return OpenAIClient(
@@ -144,6 +153,7 @@ class ServerEngine:
             timeout=requests["timeout_s"],
             max_retries=requests["max_retries"],
             max_in_flight=requests["max_in_flight"],
+            give_up=give_up,
         )
 
     def _start(self) -> None:
@@ -170,13 +180,16 @@ class ServerEngine:
         argv = server_argv(
             vllm_python(), model_dir, name, port, self.launch, lora, bool(self.model["trust_remote_code"])
         )
-        self._log_file = self.context.cache_dir / "servers" / f"{self.model['name']}-{port}.log"
-        self._log_file.unlink(missing_ok=True)
+        log_file = self.context.cache_dir / "servers" / f"{self.model['name']}-{port}.log"
+        if log_file != self._log_file:  # a server started again on the same port keeps the dead one's log
+            log_file.unlink(missing_ok=True)
+        self._log_file = log_file
         serial = self.config["requests"]["serial_prompt_logprobs"]
         self.scoring.serial_continuations = (lora is not None and not _has_cuda()) if serial is None else serial
         self.server = VllmServer(argv, port, self._log_file, self.launch["startup_timeout_s"])
         self.server.start(self.context.report)
-        self.client = self._client(self.server.root_url + "/v1")
+        server = self.server
+        self.client = self._client(server.root_url + "/v1", give_up=lambda: not server.alive())
 
     def _get(self, path: str, root: bool = False):
         """An optional endpoint (e.g. /version): None when the server answers with an error."""
@@ -285,11 +298,15 @@ class ServerEngine:
         )
 
     def _explain(self, error: ServerError) -> Exception:
-        """A request failed: when relxfer's own server has died, say that (with its last log lines)."""
-        if self.server is not None and error.status is None and not self.server.alive():
-            code = self.server.process.poll() if self.server.process else None
-            return LaunchError(
-                f"the vLLM server for model {self.model['name']!r} exited (code {code}) during the cell; "
-                f"last log lines: {self.server.log_tail(4)}"
-            )
-        return error
+        """A request failed: when relxfer's own server has died, say that (its exit code and last
+        log lines), whichever noticed first: the request (it could not connect; the watch is given
+        a moment to see the exit) or the watch (the client stopped retrying)."""
+        if self.server is None or error.status is not None:
+            return error
+        code = self.server.exited(timeout=DEATH_WAIT_S)
+        if code is None:
+            return error
+        return LaunchError(f"{self._death(code)} during the cell; last log lines: {self.server.log_tail(4)}")
+
+    def _death(self, code: int | None) -> str:
+        return f"the vLLM server for model {self.model['name']!r} exited (code {code})"

@@ -9,7 +9,6 @@ no credential ever passes through this code.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from relxfer.errors import ModelError
 from relxfer.models import packaged_gemma, tiny
 from relxfer.models.build_once import quiet_transformers
+from relxfer.spec.checks import is_local_path, local_source_problem
 from relxfer.spec.load import section_defaults
 
 # bitsandbytes warns on every start that an optional CPU kernel from the Hugging Face hub (the
@@ -37,12 +37,6 @@ def resolve_model(model: dict) -> dict:
     return section_defaults("model", model, ModelError)
 
 
-def is_local_path(source: str) -> bool:
-    """A source is a local path when it is absolute, starts with '.' or '~', or exists on disk;
-    anything else of the form 'org/name' is a hub id."""
-    return source.startswith(("/", ".", "~")) or os.path.exists(source)
-
-
 def check_source(model: dict) -> None:
     """Fail fast, before any run starts, on a model that cannot be found: an unknown built-in
     id, a missing local directory or one without a checkpoint. Hub ids are checked at load."""
@@ -50,14 +44,9 @@ def check_source(model: dict) -> None:
     if source.startswith("builtin:"):
         if source not in BUILTIN_MODELS:
             raise ModelError(f"unknown built-in model {source!r}; known: {', '.join(sorted(BUILTIN_MODELS))}")
-    elif is_local_path(source):
-        path = Path(source).expanduser()
-        if not path.is_dir():
-            raise ModelError(f"model directory {str(path)!r} does not exist")
-        if not os.access(path, os.R_OK | os.X_OK):
-            raise ModelError(f"model directory {str(path)!r} is not readable")
-        if not (path / "config.json").is_file() and not model.get("gguf_file"):
-            raise ModelError(f"model directory {str(path)!r} has no config.json (not a transformers checkpoint)")
+    problem = local_source_problem(source, model.get("gguf_file"))
+    if problem:
+        raise ModelError(problem)
 
 
 def resolve_source(model: dict, cache_dir: Path) -> str:

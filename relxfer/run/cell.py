@@ -13,7 +13,8 @@ What makes a cell run exactly once, whoever runs it:
   fine-tune, resumed from its last checkpoint in the run's artifacts, logging only the steps
   the run does not have yet.
 - A run is marked FINISHED only after its metrics, table and artifacts are written; a cell
-  that raises is marked FAILED and the error is re-raised.
+  that raises is marked FAILED, with why in words (the `relxfer.error` tag) and the traceback
+  (`error.txt`), and the error is re-raised for the executor (`attempt`) to record.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from relxfer.evaluate.base import Adapter
 from relxfer.evaluate.loop import evaluate_items
 from relxfer.plan.cells import COT_CONDITIONS, Cell
 from relxfer.plan.study_data import StudyData, load_study_data
+from relxfer.run.failures import describe, traceback_text
 from relxfer.spec.engines import EngineContext, evaluation_engine, trainer
 from relxfer.spec.load import Spec, spec_from_dict
 from relxfer.tracking.checkpoint_mirror import CheckpointMirror
@@ -43,14 +45,22 @@ RESOLVED_SPEC = "spec/resolved.json"  # artifacts of the parent run a worker reb
 HELD_OUT_IDS = "data/held_out_ids.json"
 
 
+# What became of a cell in this study.
+FINISHED = "FINISHED"  # ran now
+SKIPPED = "SKIPPED"  # a FINISHED run with its key exists
+FAILED = "FAILED"  # ran and failed
+NOT_RUN = "NOT_RUN"  # not started: what it needs failed, or the study stopped first
+
+
 @dataclass
 class CellOutcome:
     cell: Cell
     run_id: str
-    status: str  # "FINISHED" (ran now), "SKIPPED" (a FINISHED run with this key exists), "FAILED"
+    status: str  # FINISHED, SKIPPED, FAILED or NOT_RUN
     metrics: dict = field(default_factory=dict)
     where: str = ""  # the machine that ran it
-    error: str = ""  # first line of the error of a FAILED cell
+    error: str = ""  # why it FAILED or was NOT_RUN, one line in words
+    traceback: str = ""  # the full traceback of a FAILED cell (its run's error.txt)
 
 
 @dataclass
@@ -66,6 +76,7 @@ class StudyContext:
     progress: bool = True
     force: bool = False
     where: str = field(default_factory=socket.gethostname)
+    fail_fast: bool = False  # stop at the first failed cell (the driver's choice; workers never stop on their own)
 
 
 def study_from_parent_run(
@@ -129,10 +140,6 @@ def _flatten(prefix: str, value) -> dict:
     return {prefix: json.dumps(value) if isinstance(value, list) else value}
 
 
-def error_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
 class CellRunner:
     """Runs cells of one study in this process; `outcomes` lists every cell it ran or skipped."""
 
@@ -154,7 +161,7 @@ class CellRunner:
         return (done[-1].info.run_id if done else None), [r for r in runs if r.info.status in UNFINISHED]
 
     def skip(self, cell: Cell, run_id: str) -> str:
-        self.outcomes.append(CellOutcome(cell, run_id, "SKIPPED", where=self.study.where))
+        self.outcomes.append(CellOutcome(cell, run_id, SKIPPED, where=self.study.where))
         self.study.report(f"skip  {cell.run_name} (finished run {run_id})")
         return run_id
 
@@ -304,34 +311,44 @@ class CellRunner:
     # --- runs ----------------------------------------------------------------------------------
 
     def _start_cell_run(self, cell: Cell, orphans: list, resume: bool) -> str:
-        """A run for `cell`: the newest orphaned run when resuming (fine-tunes), a new run
-        otherwise. Orphans not resumed are marked KILLED so only one run can end FINISHED."""
+        """A run for `cell`: when resuming (fine-tunes), the newest orphaned run a process left
+        behind, or a FAILED one with a checkpoint to go on from (its failure record is cleared);
+        a new run otherwise. Orphans still marked RUNNING are marked KILLED so only one run can
+        end FINISHED; FAILED runs stay FAILED, with why."""
         parent = self.study.parent
-        if resume and orphans:
-            run_id = orphans[-1].info.run_id
+        resumable = [o for o in orphans if o.info.status != FAILED or self._has_checkpoint(o.info.run_id)]
+        if resume and resumable:
+            run_id = resumable[-1].info.run_id
             self.tracker.reopen(run_id)
             self.tracker.set_tags(run_id, {"mlflow.parentRunId": parent.run_id, f"{TAG}resumed": "true"})
-            orphans = orphans[:-1]
+            orphans = [o for o in orphans if o.info.run_id != run_id]
         else:
             run_id = self.tracker.start_child(parent, cell.run_name, cell_tags(self.spec, cell, self.builder))
         for orphan in orphans:
-            if orphan.info.status != "KILLED":
+            if orphan.info.status not in ("KILLED", FAILED):
                 self.tracker.end(orphan.info.run_id, "KILLED")
         return run_id
+
+    def _has_checkpoint(self, run_id: str) -> bool:
+        return CheckpointMirror(self.tracker, run_id).has_checkpoint()
 
     def _in_cell_run(self, cell: Cell, orphans: list, work: Callable[[str], dict], resume: bool = False) -> str:
         run_id = self._start_cell_run(cell, orphans, resume)
         try:
             metrics = work(run_id)
         except BaseException as e:
-            self.outcomes.append(CellOutcome(cell, run_id, "FAILED", where=self.study.where, error=error_line(e)))
+            cause, trace = describe(e, cell.kind), traceback_text(e)
+            self.outcomes.append(
+                CellOutcome(cell, run_id, FAILED, where=self.study.where, error=cause, traceback=trace)
+            )
             try:
-                self.tracker.end(run_id, "FAILED")
+                self.tracker.record_failure(run_id, cause, trace)
+                self.tracker.end(run_id, FAILED)
             except TrackingError:
                 pass  # the server is gone; the run stays RUNNING and the re-run marks it KILLED
             raise
-        self.tracker.end(run_id, "FINISHED")
-        self.outcomes.append(CellOutcome(cell, run_id, "FINISHED", metrics, where=self.study.where))
+        self.tracker.end(run_id, FINISHED)
+        self.outcomes.append(CellOutcome(cell, run_id, FINISHED, metrics, where=self.study.where))
         return run_id
 
     def _chat_renderer(self, model: dict):
@@ -363,3 +380,27 @@ class CellRunner:
                 pass
             shutil.rmtree(private, ignore_errors=True)
         return final
+
+
+def attempt(runner: CellRunner, cell: Cell, work: Callable[[], object]) -> Exception | None:
+    """Run `work` (one cell on `runner`) and return its error, if any, instead of raising it: a
+    failed cell is the executor's to record, not a reason to stop. A cell that failed before
+    its run existed (a model that would not load, an adapter that would not download) gets its
+    FAILED outcome here; the runner records the others. Ctrl-C still stops everything."""
+    recorded = len(runner.outcomes)
+    try:
+        work()
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure of a cell becomes its outcome
+        if len(runner.outcomes) == recorded:
+            runner.outcomes.append(
+                CellOutcome(
+                    cell,
+                    "",
+                    FAILED,
+                    where=runner.study.where,
+                    error=describe(e, cell.kind),
+                    traceback=traceback_text(e),
+                )
+            )
+        return e

@@ -2,8 +2,10 @@
 cells whose key has no FINISHED run yet (all of them with `force`) to an executor: `local` (one
 after another in this process, the default) or `ray` (tasks on a cluster). Whichever runs
 them, each cell goes through `relxfer.run.cell.CellRunner`, one child run per cell, so the
-MLflow layout does not depend on the executor. At the end the parent run gets the `cells.json`
-table (cell key -> run, status) and ends FINISHED, or FAILED when any cell failed.
+MLflow layout does not depend on the executor. A cell that fails does not stop the others
+(relxfer.run.ledger; `fail_fast` stops at the first failure). At the end the parent run gets the
+`cells.json` table (cell key -> run, status, why a cell failed or did not run) and ends
+FINISHED, or FAILED when any cell failed or did not run.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from relxfer.errors import RelxferError
 from relxfer.plan.cells import plan
 from relxfer.plan.study_data import StudyData, load_study_data
-from relxfer.run.cell import HELD_OUT_IDS, RESOLVED_SPEC, CellOutcome, StudyContext
+from relxfer.run.cell import FAILED, FINISHED, HELD_OUT_IDS, NOT_RUN, RESOLVED_SPEC, SKIPPED, CellOutcome, StudyContext
 from relxfer.spec.engines import EngineContext, evaluation_engine, trainer
 from relxfer.spec.load import Spec
 from relxfer.tracking.client import CELLS_TABLE, TAG, ParentRun, Tracker
@@ -77,7 +79,7 @@ class StudyRunner:
         self.executor.check(self.spec, self.tracker)
         return data
 
-    def run(self, force: bool = False) -> list[CellOutcome]:
+    def run(self, force: bool = False, fail_fast: bool = False) -> list[CellOutcome]:
         data = self.preflight()
         cells = plan(self.spec)
         target = self.tracker.open_study(self.spec.experiment)
@@ -85,7 +87,7 @@ class StudyRunner:
         finished = {} if force else self.tracker.finished_cells(target.experiment_id)
         if all(c.key in finished for c in cells):  # nothing to run: no new parent run either
             file_rerun(self.tracker, target, self.spec.name)
-            self.outcomes = [CellOutcome(c, finished[c.key], "SKIPPED") for c in cells]
+            self.outcomes = [CellOutcome(c, finished[c.key], SKIPPED) for c in cells]
             self.report(f"nothing to run: all {len(cells)} cells have a FINISHED run; no new parent run")
             return self.outcomes
         parent = self.tracker.start_parent(
@@ -104,12 +106,22 @@ class StudyRunner:
         self.report(
             f"parent run {parent.run_id}: {len(cells)} cells, {sum(c.key in finished for c in cells)} already finished"
         )
-        study = StudyContext(self.spec, self.tracker, parent, data, self.cache_dir, self.report, self.progress, force)
-        status = "FAILED"
+        study = StudyContext(
+            self.spec,
+            self.tracker,
+            parent,
+            data,
+            self.cache_dir,
+            self.report,
+            self.progress,
+            force,
+            fail_fast=fail_fast,
+        )
+        status = FAILED
         try:
             self.executor.run(study, cells, finished, self.outcomes)
-            if not any(o.status == "FAILED" for o in self.outcomes):
-                status = "FINISHED"
+            if not any(o.status in (FAILED, NOT_RUN) for o in self.outcomes):
+                status = FINISHED
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -151,4 +163,5 @@ class StudyRunner:
             "run_id": outcome.run_id,
             "status": outcome.status,
             "where": outcome.where,
+            "error": outcome.error,
         }

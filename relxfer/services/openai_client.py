@@ -2,7 +2,7 @@
 with per-request timeouts and bounded retries, and many requests in flight at once.
 
 Retried: connection errors, timeouts, HTTP 429 and 5xx, with exponential backoff (0.5 s, 1 s,
-2 s, ... capped at 8 s). Anything else (a 4xx: the server refuses the request itself) fails at
+2 s, ... capped at 8 s), unless the caller knows the server is gone (`give_up`). Anything else (a 4xx: the server refuses the request itself) fails at
 once. Every failure is one `ServerError` line naming the server and what went wrong; the API key
 goes into the Authorization header only and is never part of a message.
 """
@@ -48,6 +48,7 @@ class OpenAIClient:
         max_retries: int = 4,
         max_in_flight: int = 32,
         backoff: float = 0.5,
+        give_up: Callable[[], bool] = lambda: False,
     ):
         self.base_url = base_url.rstrip("/")
         self._headers = {"Content-Type": "application/json"}
@@ -57,6 +58,8 @@ class OpenAIClient:
         self.max_retries = int(max_retries)
         self.max_in_flight = max(1, int(max_in_flight))
         self.backoff = float(backoff)
+        # Asked before each retry: True stops retrying (e.g. the server's process has exited).
+        self.give_up = give_up
         self._local = threading.local()  # one keep-alive session per thread
 
     def __repr__(self) -> str:  # never shows the key
@@ -106,6 +109,8 @@ class OpenAIClient:
                 if status not in RETRY_STATUS:
                     break
             if attempt < retries:
+                if status is None and self.give_up():
+                    break
                 time.sleep(min(8.0, self.backoff * 2**attempt))
         tries = f" after {retries + 1} tries" if retries and (status is None or status in RETRY_STATUS) else ""
         raise ServerError(f"model server {self.base_url}: {method} {path}: {problem}{tries}", status, body)

@@ -5,6 +5,10 @@ exist in every distribution of vLLM), an argv list and never a shell, bound to 1
 output goes to a log file (the runner keeps it as an artifact). Startup waits for `/health`
 within a bound and shows the last log lines when the server does not come up.
 
+One thread per server waits for its process (the only caller of `wait` while it runs, since
+concurrent `poll` calls can answer "running" for a dead process): `alive()` and `exited()` read
+what it saw, so a request that fails because the server died can be told so at once.
+
 No orphaned server: the server runs in its own process group, stopped (SIGTERM, then SIGKILL)
 on `stop()`, at interpreter exit and on SIGTERM to relxfer (Ctrl-C reaches the runner as
 KeyboardInterrupt, which closes the engine); on Linux the kernel also sends it SIGTERM when the
@@ -117,6 +121,8 @@ class VllmServer:
         self.env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **(env or {})}
         self.process: subprocess.Popen | None = None
         self.started_in_s: float | None = None
+        self.exit_code: int | None = None  # set by the watch when the process has exited
+        self._exited = threading.Event()
 
     @property
     def root_url(self) -> str:
@@ -138,6 +144,11 @@ class VllmServer:
                 start_new_session=True,
                 preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
+        self.exit_code = None
+        self._exited = threading.Event()
+        threading.Thread(
+            target=self._watch, args=(self.process, self._exited), name=f"vllm-watch-{self.port}", daemon=True
+        ).start()
         VllmServer._live.add(self)
         report(f"vLLM server starting on {self.root_url} (pid {self.process.pid}, log {self.log_file})")
         try:
@@ -149,10 +160,22 @@ class VllmServer:
         report(f"vLLM server ready on {self.root_url} after {self.started_in_s:.0f} s")
         return self
 
+    def _watch(self, process: subprocess.Popen, exited: threading.Event) -> None:
+        code = process.wait()
+        if exited is self._exited:  # not a server started since
+            self.exit_code = code
+        exited.set()
+
+    def exited(self, timeout: float = 0.0) -> int | None:
+        """The server's exit code once it has exited (waiting up to `timeout` s for it), else None."""
+        if self.process is None and not self._exited.is_set():
+            return None
+        return self.exit_code if self._exited.wait(timeout) else None
+
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
         while True:
-            code = self.process.poll()
+            code = self.exited()
             if code is not None:
                 raise LaunchError(
                     f"vLLM server exited with code {code} while starting; last log lines: {self.log_tail()}"
@@ -180,7 +203,7 @@ class VllmServer:
         return " | ".join(line[:240] for line in tail) or "(empty log)"
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and not self._exited.is_set()
 
     def stop(self) -> None:
         """SIGTERM to the server's process group, SIGKILL after a grace period; waits for it."""
@@ -189,7 +212,7 @@ class VllmServer:
         if process is None:
             return
         try:
-            if process.poll() is None:
+            if not self._exited.is_set():
                 _signal_group(process, signal.SIGTERM)
                 try:
                     process.wait(timeout=STOP_GRACE_S)

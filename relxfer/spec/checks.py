@@ -231,6 +231,9 @@ class SpecChecks:
                 yield Problem(("models", i, "name"), f"duplicate model name '{model['name']}'")
             names.append(model["name"])
             yield from _builtin_source(model["source"], ("models", i, "source"))
+            problem = local_source_problem(model["source"], model.get("gguf_file"))
+            if problem:
+                yield Problem(("models", i, "source"), problem)
 
 
 def _builtin_source(source: str, where: Pointer) -> Iterator[Problem]:
@@ -244,6 +247,28 @@ def _builtin_source(source: str, where: Pointer) -> Iterator[Problem]:
         yield Problem(where, f"unknown built-in model {source!r}{hint or '; built-in models: ' + known}")
     elif ":" in source and not os.path.exists(os.path.expanduser(source)) and hint:
         yield Problem(where, f"{source!r} is not a hub id (org/name), a local directory or a built-in model{hint}")
+
+
+def is_local_path(source: str) -> bool:
+    """A source is a local path when it is absolute, starts with '.' or '~', or exists on disk;
+    anything else of the form 'org/name' is a hub id."""
+    return source.startswith(("/", ".", "~")) or os.path.exists(source)
+
+
+def local_source_problem(source: str, gguf_file: str | None = None) -> str | None:
+    """What is wrong with a local model directory (relative to the working directory, as loading
+    reads it): missing, unreadable, no checkpoint in it. None for a sound one, a hub id or a
+    built-in. Checked at validate, so a typo in a path never reaches `run`."""
+    if source.startswith("builtin:") or not is_local_path(source):
+        return None
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return f"model directory {str(path)!r} does not exist"
+    if not os.access(path, os.R_OK | os.X_OK):
+        return f"model directory {str(path)!r} is not readable"
+    if not (path / "config.json").is_file() and not gguf_file:
+        return f"model directory {str(path)!r} has no config.json (not a transformers checkpoint)"
+    return None
 
 
 def _unnegated(name: str) -> str:

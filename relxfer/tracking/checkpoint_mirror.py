@@ -64,6 +64,10 @@ class CheckpointMirror:
             if old != step:
                 self.tracker.delete_artifacts(self.run_id, f"{CHECKPOINTS}/step-{old}")
 
+    def has_checkpoint(self) -> bool:
+        """Whether the run holds a complete checkpoint to resume from."""
+        return any(self._stored().values())
+
     def restore(self, work_dir: Path) -> int:
         """Download the newest complete checkpoint into `work_dir/checkpoints/`; its step (0: none)."""
         complete = [step for step, ok in self._stored().items() if ok]

@@ -25,6 +25,8 @@ SUPPORTED_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", 
 PREDICTIONS_TABLE = "predictions.json"
 CELLS_TABLE = "cells.json"
 TAG = "relxfer."
+ERROR_TAG = TAG + "error"  # a failed run: why, in one line
+ERROR_ARTIFACT = "error.txt"  # a failed run: the full traceback
 # Design factors, logged as params too: MLflow's compare-runs page and its plots offer params only.
 DESIGN_PARAMS = ("model", "condition", "language", "group", "role", "family", "seed")
 
@@ -209,8 +211,12 @@ class Tracker:
 
     @server_call
     def reopen(self, run_id: str) -> None:
-        """Mark a run left behind by a killed process as RUNNING again, to resume into it."""
+        """Mark a run left behind by a killed process (or failed after a checkpoint) as RUNNING
+        again, to resume into it; a failure it recorded no longer applies."""
         self.client.update_run(run_id, status="RUNNING")
+        if ERROR_TAG in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, ERROR_TAG)
+            self.delete_artifacts(run_id, ERROR_ARTIFACT)
 
     @server_call
     def last_step(self, run_id: str, metric: str) -> int:
@@ -255,6 +261,15 @@ class Tracker:
     @server_call
     def log_dict(self, run_id: str, data, artifact_file: str) -> None:
         self.client.log_dict(run_id, data, artifact_file)
+
+    @server_call
+    def record_failure(self, run_id: str, cause: str, traceback_text: str) -> None:
+        """Why a run failed: the cause in words as the `relxfer.error` tag (a column of the runs
+        list) and the full traceback as the run's `error.txt` artifact."""
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(ERROR_TAG, cause[:5000])])
+        self.client.log_text(run_id, traceback_text, ERROR_ARTIFACT)
 
     @server_call
     def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:

@@ -31,8 +31,9 @@ from pathlib import Path
 
 from relxfer.errors import RelxferError, TrackingError
 from relxfer.plan.cells import Cell
-from relxfer.run.cell import CellOutcome, StudyContext, error_line
+from relxfer.run.cell import CellOutcome, StudyContext
 from relxfer.run.executors.ray_claims import NAMESPACE
+from relxfer.run.failures import error_line
 from relxfer.spec.resources import check_resources
 
 

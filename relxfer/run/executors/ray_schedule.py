@@ -1,6 +1,9 @@
 """The Ray driver's loop: claim the cells that are ready, submit them as tasks, collect what
-finishes, until every cell of the study has an outcome. One progress bar counts cells done
-across the cluster; Ctrl-C cancels what was submitted (see relxfer.run.executors.ray; the retry and polling constants live here)."""
+finishes, until every cell of the study has an outcome. What a failure means for the other cells
+is the study's ledger's to say (relxfer.run.ledger, as for every executor): the cells that need a
+failed fine-tune are recorded NOT_RUN, and with fail-fast the first failure cancels what was
+submitted. One progress bar counts cells done across the cluster; Ctrl-C cancels what was
+submitted (see relxfer.run.executors.ray; the retry and polling constants live here)."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ from collections import defaultdict
 import ray
 
 from relxfer.plan.cells import Cell
-from relxfer.run.cell import CellOutcome, StudyContext, error_line
+from relxfer.run.cell import FAILED, NOT_RUN, SKIPPED, CellOutcome, StudyContext
 from relxfer.run.executors import ray_tasks
 from relxfer.run.executors.ray_claims import ClusterClaims
+from relxfer.run.failures import describe, traceback_text
+from relxfer.run.ledger import Ledger
 from relxfer.spec.resources import cell_request
 
 MAX_RETRIES = 3  # retries of a task whose worker or node died (never of an error a cell raised)
@@ -37,9 +42,8 @@ class Schedule:
         self.outcomes = outcomes
         self.pending: list[Cell] = []
         self.inflight: dict[ray.ObjectRef, list[Cell]] = {}
-        self.finetune_runs: dict[str, str] = {}  # fine-tune key -> its FINISHED run
+        self.ledger = Ledger(outcomes, self._write, study.fail_fast)
         self.finetune_refs: dict[str, ray.ObjectRef] = {}  # fine-tunes this driver submitted
-        self.finetune_failed: dict[str, str] = {}  # fine-tune key -> error
         self.busy_reported: set[str] = set()
 
     def run(self, cells: list[Cell], finished: dict[str, str]) -> None:
@@ -49,20 +53,27 @@ class Schedule:
         self.claims = ClusterClaims()
         for cell in cells:
             if cell.key in finished:
-                self._record(CellOutcome(cell, finished[cell.key], "SKIPPED"))
+                self._record(CellOutcome(cell, finished[cell.key], SKIPPED))
             else:
                 self.pending.append(cell)
         try:
             while self.pending or self.inflight:
+                if self.ledger.stopped:  # fail-fast: nothing more starts, what runs is cancelled
+                    self._cancel("the study stopped at its first failure")
+                    for cell in self.pending:
+                        self._record(CellOutcome(cell, "", NOT_RUN, error=self.ledger.why_not(cell) or ""))
+                    self.pending.clear()
+                    break
                 self._submit_ready()
                 if not self.inflight:  # all that is left is held by another driver
                     wait_a_moment()
                     continue
                 done, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=POLL_S)
-                for ref in done:
+                # Fine-tunes first: an evaluation batch that failed with its fine-tune is then NOT_RUN.
+                for ref in sorted(done, key=lambda ref: self.inflight[ref][0].kind != "finetune"):
                     self._collect(ref)
         except KeyboardInterrupt:
-            self._cancel()
+            self._cancel("cancelling")
             raise
         finally:
             self.bar.close()
@@ -75,16 +86,13 @@ class Schedule:
 
     def _ready(self, cell: Cell) -> bool:
         key = cell.finetune_key
-        return cell.kind == "finetune" or not key or key in self.finetune_runs or key in self.finetune_refs
+        return cell.kind == "finetune" or not key or key in self.ledger.finetune_runs or key in self.finetune_refs
 
     def _submit_ready(self) -> None:
-        for cell in [c for c in self.pending if c.finetune_key in self.finetune_failed]:
+        for cell in [c for c in self.pending if self.ledger.why_not(c)]:
             self.pending.remove(cell)
-            self._record(
-                CellOutcome(
-                    cell, "", "FAILED", error=f"its fine-tune failed: {self.finetune_failed[cell.finetune_key]}"
-                )
-            )
+            self.ledger.admit(cell)  # records it NOT_RUN, with the reason
+            self.bar.update(1)
         ready = [c for c in self.pending if self._ready(c)]
         if not ready:
             return
@@ -102,7 +110,7 @@ class Schedule:
             self.pending.remove(cell)
             if cell.key in done:
                 self.claims.release([cell.key])
-                self._record(CellOutcome(cell, done[cell.key], "SKIPPED"))
+                self._record(CellOutcome(cell, done[cell.key], SKIPPED))
         submit = [c for c in claimed if c.key not in done]
         args = (self.uri, self.study.parent, self.study.force)
         for cell in (c for c in submit if c.kind == "finetune"):
@@ -112,7 +120,7 @@ class Schedule:
             self.finetune_refs[cell.key] = ref
         for batch in batches([c for c in submit if c.kind == "evaluate"], self.cells_per_task):
             key = batch[0].finetune_key
-            needs = self.finetune_runs.get(key) or self.finetune_refs.get(key) if key else None
+            needs = self.ledger.finetune_runs.get(key) or self.finetune_refs.get(key) if key else None
             name = f"eval/{batch[0].model}/{'adapter-' + key[:8] if key else 'base'} ({len(batch)} cells)"
             options = task_options(self.study.spec.model(batch[0].model), name, "evaluate")
             self.inflight[_task("evaluate_cells").options(**options).remote(*args, batch, needs)] = batch
@@ -125,12 +133,15 @@ class Schedule:
             results = ray.get(ref)
         except ray.exceptions.RayError as e:  # retries used up, cancelled, or a failed dependency
             cause = getattr(e, "cause", None) or e
-            results = [CellOutcome(c, "", "FAILED", error=error_line(cause)) for c in cells]
+            results = [
+                CellOutcome(c, "", NOT_RUN, error=why)
+                if (why := self.ledger.why_not(c))
+                else CellOutcome(c, "", FAILED, error=describe(cause, c.kind), traceback=traceback_text(cause))
+                for c in cells
+            ]
         seen = {o.cell.key for o in results}
         results += [
-            CellOutcome(c, "", "FAILED", error="the task returned no outcome for it")
-            for c in cells
-            if c.key not in seen
+            CellOutcome(c, "", FAILED, error="the task returned no outcome for it") for c in cells if c.key not in seen
         ]
         for outcome in results:
             self._record(outcome)
@@ -139,31 +150,32 @@ class Schedule:
     def _record(self, outcome: CellOutcome) -> None:
         cell = outcome.cell
         if cell.kind == "finetune":
-            if outcome.status == "FAILED":
-                self.finetune_failed[cell.key] = outcome.error
-            else:
-                self.finetune_runs[cell.key] = outcome.run_id
             self.finetune_refs.pop(cell.key, None)
-        self.outcomes.append(outcome)
+        where = f" on {outcome.where}" if outcome.where else ""
+        self.ledger.record(outcome, where)  # reports failures and cells not run
         m = outcome.metrics
-        if outcome.status == "SKIPPED":
-            line = f"skip  {cell.run_name} (finished run {outcome.run_id})"
-        elif outcome.status == "FAILED":
-            line = f"FAIL  {cell.run_name}: {outcome.error}" + (f" (run {outcome.run_id})" if outcome.run_id else "")
-        elif cell.kind == "finetune":
-            line = f"done  {cell.run_name}: final loss {m['final_loss']:.3f} after {m['steps']:g} steps"
-        else:
-            line = f"done  {cell.run_name}: accuracy {m['accuracy']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] n={m['n_items']:g}"
-        with self.bar.external_write_mode():
-            self.study.report(line + (f" on {outcome.where}" if outcome.where and outcome.status != "SKIPPED" else ""))
+        if outcome.status == SKIPPED:
+            self._write(f"skip  {cell.run_name} (finished run {outcome.run_id})")
+        elif outcome.status not in (FAILED, NOT_RUN) and cell.kind == "finetune":
+            self._write(f"done  {cell.run_name}: final loss {m['final_loss']:.3f} after {m['steps']:g} steps{where}")
+        elif outcome.status not in (FAILED, NOT_RUN):
+            self._write(
+                f"done  {cell.run_name}: accuracy {m['accuracy']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] "
+                f"n={m['n_items']:g}{where}"
+            )
         self.bar.update(1)
+
+    def _write(self, line: str) -> None:
+        """A report line that does not tear the progress bar."""
+        with self.bar.external_write_mode():
+            self.study.report(line)
 
     # --- Ctrl-C ----------------------------------------------------------------------------------
 
-    def _cancel(self) -> None:
+    def _cancel(self, why: str) -> None:
         refs = list(self.inflight)
-        with self.bar.external_write_mode():
-            self.study.report(f"cancelling {len(refs)} tasks")
+        if refs:
+            self._write(f"{why}: cancelling {len(refs)} tasks")
         for ref in refs:
             ray.cancel(ref, recursive=True)  # a running cell gets KeyboardInterrupt and ends FAILED
         ready, stuck = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
@@ -173,8 +185,8 @@ class Schedule:
             if ref in ready:
                 self._collect(ref)
             else:
-                cells = self.inflight.pop(ref)
-                self.outcomes += [CellOutcome(c, "", "FAILED", error="cancelled") for c in cells]
+                for cell in self.inflight.pop(ref):
+                    self._record(CellOutcome(cell, "", NOT_RUN, error=f"cancelled ({why})"))
         # A run whose worker was killed stays RUNNING: close it (a re-run would mark it KILLED anyway).
         tracker = self.study.tracker
         for run_id in tracker.running_children(self.study.parent):

@@ -17,12 +17,16 @@ from pathlib import Path
 from relxfer.errors import TrackingError
 from relxfer.plan.cells import Cell
 from relxfer.run.cell import (
+    FINISHED,
+    NOT_RUN,
+    SKIPPED,
     CellOutcome,
     CellRunner,
     StudyContext,
-    error_line,
+    attempt,
     study_from_parent_run,
 )
+from relxfer.run.ledger import finetune_failed
 from relxfer.tracking.client import ParentRun
 
 _studies: dict[str, StudyContext] = {}  # this worker process's study, by parent run id
@@ -47,22 +51,9 @@ def _runner(tracking_uri: str, parent: ParentRun, force: bool) -> CellRunner:
     return CellRunner(study)
 
 
-def _attempt(runner: CellRunner, cell: Cell, work) -> Exception | None:
-    """Run `work`; an error is returned, and recorded as the cell's FAILED outcome when the
-    cell failed before its run existed (the runner records the others)."""
-    recorded = len(runner.outcomes)
-    try:
-        work()
-        return None
-    except Exception as e:  # noqa: BLE001 - any failure of a cell becomes its outcome; the caller decides
-        if len(runner.outcomes) == recorded:
-            runner.outcomes.append(CellOutcome(cell, "", "FAILED", where=runner.study.where, error=error_line(e)))
-        return e
-
-
 def finetune_cell(tracking_uri: str, parent: ParentRun, force: bool, cell: Cell) -> list[CellOutcome]:
     runner = _runner(tracking_uri, parent, force)
-    _attempt(runner, cell, lambda: runner.finetune(cell))
+    attempt(runner, cell, lambda: runner.finetune(cell))
     return runner.outcomes
 
 
@@ -70,26 +61,27 @@ def _finetune_run(finetune) -> tuple[str | None, str]:
     """(run id, why not) from what the driver passed: a run id, or the fine-tune task's outcomes."""
     if finetune is None or isinstance(finetune, str):
         return finetune, ""
-    done = [o for o in finetune if o.status in ("FINISHED", "SKIPPED")]
+    done = [o for o in finetune if o.status in (FINISHED, SKIPPED)]
     if done:
         return done[-1].run_id, ""
-    return None, f"its fine-tune failed: {finetune[-1].error if finetune else 'no outcome'}"
+    return None, finetune_failed(finetune[-1].error if finetune else "no outcome")
 
 
 def evaluate_cells(tracking_uri: str, parent: ParentRun, force: bool, cells: list[Cell], finetune) -> list[CellOutcome]:
     """Evaluate `cells` (one model, one adapter) on one engine. A cell that fails is recorded
-    and the next one runs; a tracking server that is gone stops the batch."""
+    and the next one runs; a tracking server that is gone stops the batch (its other cells are
+    NOT_RUN)."""
     runner = _runner(tracking_uri, parent, force)
     finetune_run, why = _finetune_run(finetune)
     if cells[0].finetune_key and finetune_run is None:
-        return [CellOutcome(c, "", "FAILED", where=runner.study.where, error=why) for c in cells]
+        return [CellOutcome(c, "", NOT_RUN, where=runner.study.where, error=why) for c in cells]
     engine = runner.open_engine(cells[0].model)
     try:
         for i, cell in enumerate(cells):
-            error = _attempt(runner, cell, lambda cell=cell: runner.evaluate(cell, engine, finetune_run))
+            error = attempt(runner, cell, lambda cell=cell: runner.evaluate(cell, engine, finetune_run))
             if isinstance(error, TrackingError):
                 runner.outcomes += [
-                    CellOutcome(c, "", "FAILED", where=runner.study.where, error=f"not run: {error}")
+                    CellOutcome(c, "", NOT_RUN, where=runner.study.where, error=f"the tracking server is gone: {error}")
                     for c in cells[i + 1 :]
                 ]
                 break
