@@ -75,7 +75,9 @@ def test_missing_model_directory(tmp_path):
     raw = load("smoke.json")
     raw["models"][0]["source"] = str(tmp_path / "no-such-model")
     spec = write(tmp_path, raw)
-    assert run_cli(tmp_path, ["run", str(spec)]) == f"model directory '{tmp_path / 'no-such-model'}' does not exist"
+    assert run_cli(tmp_path, ["run", str(spec)]) == (
+        f"{spec}: /models/0/source: model directory '{tmp_path / 'no-such-model'}' does not exist"
+    )
 
 
 def test_model_directory_without_a_checkpoint(tmp_path):
@@ -84,7 +86,8 @@ def test_model_directory_without_a_checkpoint(tmp_path):
     raw["models"][0]["source"] = str(tmp_path / "empty-model")
     spec = write(tmp_path, raw)
     assert run_cli(tmp_path, ["run", str(spec)]) == (
-        f"model directory '{tmp_path / 'empty-model'}' has no config.json (not a transformers checkpoint)"
+        f"{spec}: /models/0/source: model directory '{tmp_path / 'empty-model'}' has no config.json "
+        "(not a transformers checkpoint)"
     )
 
 

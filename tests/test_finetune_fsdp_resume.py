@@ -112,10 +112,13 @@ def test_sigkill_of_one_rank_then_rerun_resumes_in_the_same_run(mlflow_server, r
         time.sleep(0.05)
     victim = ranks(tag)[1]
     os.kill(victim, signal.SIGKILL)
-    assert process.wait(timeout=300) == 2, log.read_text()[-3000:]
+    # The fine-tune fails; the study goes on with the cells that do not need its adapter.
+    assert process.wait(timeout=600) == 1, log.read_text()[-3000:]
     output = log.read_text()
-    assert "Error: torchrun fine-tune of model 'tiny' failed (exit code 1)" in output, output[-3000:]
-    assert "Traceback" not in output.split("Error: torchrun")[-1]
+    assert "failed   finetune/tiny/seed0: torchrun fine-tune of model 'tiny' failed (exit code 1)" in output, output[
+        -3000:
+    ]
+    assert "Traceback" not in output
     time.sleep(1)
     assert ranks(tag) == {}, "a rank outlived its group"
 

@@ -9,9 +9,7 @@ words, with the size asked; third-party warnings stay hidden unless --debug."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import socket
 import warnings
 from pathlib import Path
@@ -24,58 +22,18 @@ from mlflow import MlflowClient
 from relxfer.cli import main, quiet_libraries
 from relxfer.models.tiny import build_tiny_model
 from relxfer.run.failures import describe
-from tests.smoke_study import plumbing_variant, write_variant
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def smoke() -> dict:
-    return json.loads((REPO / "specs" / "smoke.json").read_text())
-
-
-def two_model_spec(path: Path, bad_dir: Path, bad_first: bool = False) -> Path:
-    """The smoke study made small (one related and one control language, 3 training steps,
-    baseline and fine-tuned) on two models: the built-in tiny model and a copy of it in
-    `bad_dir`."""
-    raw = plumbing_variant(smoke(), languages_per_group=1)
-    raw["name"] = path.stem
-    raw["data"]["source"]["n_passages"] = 30
-    raw["data"]["split"]["held_out"] = 10
-    raw["finetune"]["training"] = {"max_steps": 3, "learning_rate": 0.003, "batch_size": 8, "checkpoint_every": 0}
-    raw["conditions"] = ["baseline", "finetuned"]
-    good = {**raw["models"][0], "name": "good"}
-    bad = {**raw["models"][0], "name": "bad", "source": str(bad_dir)}
-    raw["models"] = [bad, good] if bad_first else [good, bad]
-    return write_variant(raw, path)
+from tests.smoke_study import write_variant
+from tests.support.failing_study import CORRUPT, REPO, cell_runs, corrupt_model, repair_model, smoke, two_model_spec
 
 
 @pytest.fixture
 def bad_model(relxfer_cache, tmp_path) -> Path:
-    """A copy of the tiny model whose weights file is corrupt (its header overwritten)."""
-    built = build_tiny_model(relxfer_cache)
-    bad = tmp_path / "bad-model"
-    shutil.copytree(built, bad)
-    weights = bad / "model.safetensors"
-    weights.write_bytes(b"\0" * 64 + weights.read_bytes()[64:])
-    return bad
+    return corrupt_model(relxfer_cache, tmp_path / "bad-model")
 
 
 def run(spec: Path, uri: str, cache: Path, *extra: str, debug: bool = False):
     args = (["--debug"] if debug else []) + ["run", str(spec), "--tracking-uri", uri, "--cache-dir", str(cache)]
     return CliRunner().invoke(main, [*args, "--no-progress", *extra])
-
-
-def cell_runs(client: MlflowClient, experiment: str) -> dict[str, list]:
-    """run name -> its runs, oldest first."""
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    runs: dict[str, list] = {}
-    for r in sorted(client.search_runs([experiment_id], max_results=1000), key=lambda r: r.info.start_time):
-        if r.data.tags.get("relxfer.cell_key"):
-            runs.setdefault(r.info.run_name, []).append(r)
-    return runs
-
-
-CORRUPT = "Error while deserializing header: invalid JSON in header: EOF while parsing a value at line 1 column 0"
 
 
 def test_a_model_with_corrupt_weights_fails_alone_and_a_rerun_after_the_fix_runs_only_its_cells(
@@ -118,7 +76,7 @@ def test_a_model_with_corrupt_weights_fails_alone_and_a_rerun_after_the_fix_runs
     assert sorted(cells[cells.status == "NOT_RUN"].error) == [f"its fine-tune failed: {cause}"] * 2
 
     # The fix: the real weights back. The re-run runs the bad model's five cells, nothing else.
-    shutil.copy(build_tiny_model(relxfer_cache) / "model.safetensors", bad_model / "model.safetensors")
+    repair_model(relxfer_cache, bad_model)
     again = run(spec, uri, relxfer_cache)
     assert again.exit_code == 0, again.output
     assert again.stdout.splitlines() == [

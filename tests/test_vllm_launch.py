@@ -1,8 +1,9 @@
 """A vLLM server relxfer launches itself (`{"kind": "vllm", "launch": ...}`, specs/vllm-smoke.json),
-for real: killed mid-cell, the cell fails with one line and relxfer leaves no server process;
-then `mlflow run . -P spec=...` starts a new server, completes the study (baseline, fine-tuned
-through the adapter loaded into the server, chain of thought) with exactly one FINISHED run per
-cell, logs the server's log, stops the server and leaves no process."""
+for real: killed mid-cell, that cell fails saying so (exit code, last log lines), the other cells
+run on a new server, and relxfer leaves no server process; then `mlflow run . -P spec=...` runs
+the failed cell again on a new server: exactly one FINISHED run per cell (baseline, fine-tuned
+through the adapter loaded into the server, chain of thought), the server's log logged, the
+server stopped and no process left."""
 
 from __future__ import annotations
 
@@ -83,19 +84,26 @@ def test_server_killed_mid_cell_then_mlflow_run_completes(mlflow_server, tmp_pat
         ready = wait_for(re.compile(r"vLLM server ready on"), log, process, timeout=600)
         assert ready, log.read_text()[-3000:]
         os.kill(pid, signal.SIGKILL)
-        code = process.wait(timeout=300)
+        code = process.wait(timeout=900)
     finally:
         if process.poll() is None:
             process.kill()
     output = log.read_text()
-    errors = [line for line in output.splitlines() if line.startswith("Error:")]
-    assert code == 2 and len(errors) == 1 and "Traceback" not in output, output[-3000:]
-    assert errors[0].startswith(
-        "Error: the vLLM server for model 'tiny' exited (code -9) during the cell; last log lines: "
-    )
+    # The cell in flight fails, told that the server died (whether the request or the process
+    # watch notices first); the next cells get a new server; the summary lists the one failure.
+    failed = [line for line in output.splitlines() if line.startswith("failed ")]
+    assert code == 1 and len(failed) == 1 and "Traceback" not in output, output[-3000:]
+    assert re.match(
+        r"failed   eval/tiny/\S+: the vLLM server for model 'tiny' exited \(code -9\) during the cell; "
+        r"last log lines: ",
+        failed[0],
+    ), failed[0]
+    assert "1 failed, 0 not run" in output
     assert_no_server_left(pid)
+    for restarted in STARTED.findall(output)[1:]:
+        assert_no_server_left(int(restarted))
 
-    # 2. `mlflow run` completes the study: one FINISHED run per cell, the failed one stays FAILED.
+    # 2. `mlflow run` runs the failed cell again: one FINISHED run per cell, the failed one stays FAILED.
     result = subprocess.run(
         [
             sys.executable,

@@ -1,7 +1,8 @@
 """No orphaned server: the process handling of relxfer's vLLM launcher (`VllmServer`) when the
 relxfer process gets SIGTERM, Ctrl-C (SIGINT) or SIGKILL. The server here is a small real HTTP
 server that answers /health and, like vLLM, runs a child process of its own; vLLM itself is
-exercised in test_vllm_launch.py (a launched server killed mid-cell, `mlflow run` stopping it)."""
+exercised in test_vllm_launch.py (a launched server killed mid-cell, `mlflow run` stopping it).
+A server that dies with requests in flight is told at once, with its exit code, to every one."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
 
+from relxfer.services.openai_client import OpenAIClient, ServerError
 from relxfer.services.vllm_launch import LaunchError, VllmServer, free_port
 from tests.servers.vllm_server import session_processes
 
@@ -106,3 +109,49 @@ def test_a_server_that_never_becomes_healthy_is_stopped_after_the_timeout(tmp_pa
     ):
         server.start()
     assert server.process is None
+
+
+SLOW_SERVER = textwrap.dedent("""
+    import http.server, sys, time
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # /health
+            self.send_response(200)
+            self.end_headers()
+        def do_POST(self):  # a request that is still in flight when the server dies
+            time.sleep(600)
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Slow).serve_forever()
+""")
+
+
+def test_requests_in_flight_when_the_server_dies_learn_its_exit_code_at_once(tmp_path):
+    """Sixteen requests in flight, the server SIGKILLed: every one of them stops retrying once the
+    process watch has seen the exit (well before the client's 7.5 s of retries) and reads the
+    exit code, all at the same time from their own threads."""
+    port = free_port()
+    server = VllmServer([sys.executable, "-c", SLOW_SERVER, str(port)], port, tmp_path / "server.log", 60).start()
+    client = OpenAIClient(server.root_url + "/v1", max_retries=4, give_up=lambda: not server.alive())
+    failures: list[tuple[float, int | None]] = []
+
+    def post() -> None:
+        try:
+            client.post("/completions", {"prompt": "x"})
+        except ServerError as e:
+            assert e.status is None
+            failures.append((time.monotonic(), server.exited()))
+
+    threads = [threading.Thread(target=post) for _ in range(16)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)  # every request has reached the server
+        killed = time.monotonic()
+        os.kill(server.process.pid, signal.SIGKILL)
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        server.stop()
+    assert [code for _, code in failures] == [-signal.SIGKILL] * 16
+    assert max(at for at, _ in failures) - killed < 3.0
+    assert not server.alive() and server.exited() == -signal.SIGKILL
