@@ -29,10 +29,11 @@ def error_line(e: BaseException) -> str:
 def _chain(e: BaseException):
     """`e` and the errors it was raised from (a loading error wraps the allocator's)."""
     seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
+    error: BaseException | None = e
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def _gigabytes(n_bytes: int) -> str:
