@@ -42,11 +42,14 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 def quiet_libraries() -> None:
     """Hide the warnings of the libraries relxfer drives (deprecations, notices meant for their
-    developers); relxfer's own stay. --debug shows them all."""
+    developers, also those they attribute to relxfer's calling line); relxfer's own
+    (RelxferWarning) stay. --debug shows them all."""
     import warnings
 
+    from relxfer.errors import RelxferWarning
+
     warnings.filterwarnings("ignore")
-    warnings.filterwarnings("default", module=r"relxfer(\.|$)")
+    warnings.filterwarnings("default", category=RelxferWarning)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 

@@ -19,3 +19,7 @@ class ModelError(RelxferError):
 
 class TrackingError(RelxferError):
     """The MLflow tracking server cannot be reached or refuses a request."""
+
+
+class RelxferWarning(UserWarning):
+    """A warning of relxfer's own: the CLI shows these, and hides the libraries' unless --debug."""

@@ -214,7 +214,7 @@ def test_the_adapter_count_is_what_peft_builds(relxfer_cache):
 # --- causes in words -------------------------------------------------------------------------
 
 
-def test_out_of_memory_on_the_cpu_is_told_with_the_size_asked_and_what_to_lower():
+def test_out_of_memory_is_told_with_the_size_asked_and_what_to_lower():
     with pytest.raises(RuntimeError) as torch_oom:
         torch.empty(2 * 10**15, dtype=torch.uint8)  # 2 PB: no machine has it
     assert describe(torch_oom.value, "finetune") == (
@@ -226,6 +226,15 @@ def test_out_of_memory_on_the_cpu_is_told_with_the_size_asked_and_what_to_lower(
     assert describe(python_oom.value, "evaluate") == (
         "out of memory on the CPU: lower evaluation.batch_size (or cot.max_new_tokens for CoT conditions)"
     )
+    # No GPU on the test machines: torch's own exception type, with the message its CUDA allocator writes.
+    cuda = torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 3.12 GiB "
+        "is free."
+    )
+    assert describe(cuda, "evaluate") == (
+        "out of memory on the GPU (asked for 20.00 GiB at once): lower evaluation.batch_size (or cot.max_new_tokens "
+        "for CoT conditions)"
+    )
     missing = Path("/nonexistent/adapter_config.json")
     with pytest.raises(FileNotFoundError) as gone:
         missing.read_text()
@@ -233,11 +242,20 @@ def test_out_of_memory_on_the_cpu_is_told_with_the_size_asked_and_what_to_lower(
 
 
 def test_library_warnings_are_hidden_and_relxfer_s_own_stay(monkeypatch):
+    from relxfer.errors import RelxferWarning
+
     monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
-    code = "import warnings\nwarnings.warn('said by {}', FutureWarning)"
+    code = "import warnings\nwarnings.warn({!r}, {})"
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         quiet_libraries()
-        for module in ("peft.tuners.lora", "transformers.modeling_utils", "relxfer.train.loop"):
-            exec(code.format(module), {"__name__": module})
-    assert [str(w.message) for w in seen] == ["said by relxfer.train.loop"]
+        cases = [
+            ("peft.utils.other", "FutureWarning"),
+            ("transformers.modeling_utils", "UserWarning"),
+            ("relxfer.train.loop", "FutureWarning"),  # a library's, attributed to relxfer's calling line
+            ("relxfer.run.cell", "RelxferWarning"),
+        ]
+        for module, category in cases:
+            scope = {"__name__": module, "RelxferWarning": RelxferWarning}
+            exec(code.format(f"{category} from {module}", category), scope)
+    assert [str(w.message) for w in seen] == ["RelxferWarning from relxfer.run.cell"]
