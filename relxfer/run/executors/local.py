@@ -73,8 +73,10 @@ class LocalExecutor:
         """Run `cell` unless what it needs failed (or the study stopped), and record what became of it."""
         if not self.ledger.admit(cell):
             return
-        error = attempt(self.runner, cell, lambda: self._claimed(cell, work))
-        self._record()
+        try:
+            error = attempt(self.runner, cell, lambda: self._claimed(cell, work))
+        finally:  # Ctrl-C too: the interrupted cell's FAILED run goes into cells.json
+            self._record()
         if isinstance(error, TrackingError):
             raise error
 
