@@ -73,7 +73,7 @@ class Schedule:
                 for ref in sorted(done, key=lambda ref: self.inflight[ref][0].kind != "finetune"):
                     self._collect(ref)
         except KeyboardInterrupt:
-            self._cancel("cancelling")
+            self._cancel("interrupted")
             raise
         finally:
             self.bar.close()
