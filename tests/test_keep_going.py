@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -126,14 +128,28 @@ def test_fail_fast_stops_at_the_first_failure_and_debug_shows_its_traceback(tmp_
     assert "--- finetune/bad/seed0\nTraceback (most recent call last):" in result.stderr
 
 
-def test_mlflow_run_parameter_fail_fast_reaches_the_cli(tmp_path, relxfer_cache, bad_model):
-    """MLproject passes `-P fail_fast=true` on as `--fail_fast true`."""
-    mlproject = (REPO / "MLproject").read_text()
-    assert "--fail_fast {fail_fast}" in mlproject and 'fail_fast: {type: string, default: "false"}' in mlproject
+def test_mlflow_run_with_fail_fast_true_stops_at_the_first_failure(tmp_path, relxfer_cache, bad_model):
+    """`mlflow run . -P fail_fast=true` (MLproject): the project's run is the parent, ends FAILED."""
     spec = two_model_spec(tmp_path / "fail-fast-param.json", bad_model, bad_first=True)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run(spec, uri, relxfer_cache, "--fail_fast", "true")
-    assert result.exit_code == 1 and "0 cells run, 0 already finished, 1 failed, 9 not run" in result.stdout
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"} | {"MLFLOW_TRACKING_URI": uri}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `mlflow run` calls `relxfer`
+    result = subprocess.run(
+        [sys.executable, "-m", "mlflow", "run", str(REPO), "-P", f"spec={spec}", "-P", "fail_fast=true"]
+        + ["-P", f"cache_dir={relxfer_cache}", "--env-manager", "local", "--experiment-name", "fail-fast-param"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert f"{spec}: 0 cells run, 0 already finished, 1 failed, 9 not run; tracking URI {uri}" in output, output
+    runs = cell_runs(MlflowClient(uri), "fail-fast-param")
+    assert list(runs) == ["finetune/bad/seed0"]
+    parent = MlflowClient(uri).get_run(runs["finetune/bad/seed0"][0].data.tags["mlflow.parentRunId"])
+    assert (parent.info.status, parent.data.params["fail_fast"]) == ("FAILED", "true")
 
 
 # --- refused before anything starts ---------------------------------------------------------
