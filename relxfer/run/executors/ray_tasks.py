@@ -12,6 +12,7 @@ tracking server, so a retry on any node resumes where the dead worker's last che
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 from relxfer.errors import TrackingError
@@ -78,7 +79,7 @@ def evaluate_cells(tracking_uri: str, parent: ParentRun, force: bool, cells: lis
     engine = runner.open_engine(cells[0].model)
     try:
         for i, cell in enumerate(cells):
-            error = attempt(runner, cell, lambda cell=cell: runner.evaluate(cell, engine, finetune_run))
+            error = attempt(runner, cell, partial(runner.evaluate, cell, engine, finetune_run))
             if isinstance(error, TrackingError):
                 runner.outcomes += [
                     CellOutcome(c, "", NOT_RUN, where=runner.study.where, error=f"the tracking server is gone: {error}")
