@@ -346,6 +346,8 @@ def _write_and_log(
     import tempfile
 
     from relxfer.compare.report import headline_metrics, write_outputs
+    from relxfer.provenance import provenance_tags
+    from relxfer.tracking.client import TAG
     from relxfer.tracking.study_view import (
         latest_study_run,
         publish_comparison,
@@ -371,6 +373,7 @@ def _write_and_log(
             headline_metrics(report),
             target,
             [*report.warnings(), *(s["summary"] for s in report.summaries())],
+            {TAG + k: v for k, v in provenance_tags().items()},
         )
         where = f" under study run {parent_id}" if parent_id else ""
         if published.kept:

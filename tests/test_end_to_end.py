@@ -19,6 +19,7 @@ from relxfer.cli import main
 from relxfer.plan.cells import count_by_kind, plan
 from relxfer.spec.load import load_spec
 from tests.smoke_study import findings, smoke_failures
+from tests.support.provenance import assert_provenance
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "specs" / "smoke.json"
@@ -100,6 +101,10 @@ def test_cell_runs_carry_design_tags_metrics_and_tables(smoke_study):
     assert len(losses) == finetune.data.metrics["steps"]
     assert [m.step for m in sorted(losses, key=lambda m: m.step)] == list(range(1, len(losses) + 1))
     assert "adapter" in {a.path for a in client.list_artifacts(finetune.info.run_id)}
+    # Each run says what made it (relxfer, its git state, package versions, the device).
+    parent = next(r for r in runs if r.data.tags.get("relxfer.kind") == "study")
+    for run in (parent, finetune, *evaluations):
+        assert_provenance(run.data.tags)
 
 
 def _table_accuracy(client: MlflowClient, run_id: str, tmp_path: Path) -> tuple[float, int]:
@@ -274,6 +279,7 @@ def test_repeated_compare_keeps_one_comparison_run_under_the_parent(smoke_study,
     assert "is up to date (same runs, same settings)" in compare(mlflow_server)
     [first] = comparisons()
     assert (first.info.run_name, first.data.tags["mlflow.parentRunId"]) == ("compare", parent)
+    assert_provenance(first.data.tags)
     # The study's answer is on its parent run: plots, headline numbers, summary and images.
     study = client.get_run(parent)
     plots = {a.path for a in client.list_artifacts(parent, "plots")}

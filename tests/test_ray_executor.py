@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -224,10 +225,15 @@ def test_same_cells_keys_accuracies_and_layout_as_the_local_executor(
         for run in cell_runs(client, experiment):
             parent = client.get_run(run.data.tags["mlflow.parentRunId"])
             assert parent.data.tags["relxfer.kind"] == "study" and parent.info.status == "FINISHED"
-            relxfer_tags = {k: v for k, v in run.data.tags.items() if k.startswith("relxfer.")}
+            # Only the runs made on Ray record Ray's version.
+            ray_version = run.data.tags.get("relxfer.versions.ray")
+            relxfer_tags = {
+                k: v for k, v in run.data.tags.items() if k.startswith("relxfer.") and k != "relxfer.versions.ray"
+            }
             artifacts = sorted(a.path for a in client.list_artifacts(run.info.run_id))
             out[run.data.tags["relxfer.cell_key"]] = (
                 run.info.run_name,
+                ray_version,
                 relxfer_tags,
                 run.data.params,
                 sorted(run.data.metrics),
@@ -235,7 +241,9 @@ def test_same_cells_keys_accuracies_and_layout_as_the_local_executor(
             )
         return out
 
-    assert layout("ray-local-twin") == layout("ray-reference")
+    ray, local = layout("ray-reference"), layout("ray-local-twin")
+    assert {v[1] for v in ray.values()} == {metadata.version("ray")} and {v[1] for v in local.values()} == {None}
+    assert {k: (v[0], *v[2:]) for k, v in local.items()} == {k: (v[0], *v[2:]) for k, v in ray.items()}
 
 
 def test_worker_killed_mid_finetune_resumes_from_its_uploaded_checkpoint(

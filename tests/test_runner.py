@@ -12,6 +12,7 @@ from relxfer.run.runner import StudyRunner
 from relxfer.spec.load import load_spec
 from relxfer.tracking.client import Tracker
 from tests.smoke_study import plumbing_variant
+from tests.support.provenance import assert_provenance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,12 +33,17 @@ def small_spec(tmp_path: Path, name: str, edit=None):
 def test_chat_template_runs_through_training_and_evaluation(tmp_path, relxfer_cache):
     spec = small_spec(tmp_path, "chat", lambda r: r["prompt"].update(chat_template=True))
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    outcomes = StudyRunner(spec, tracker, relxfer_cache, progress=False).run()
+    runner = StudyRunner(spec, tracker, relxfer_cache, progress=False)
+    outcomes = runner.run()
     assert [o.status for o in outcomes] == ["FINISHED"] * len(plan(spec))
     run = tracker.client.get_run(next(o.run_id for o in outcomes if o.cell.kind == "evaluate"))
     chat_id = PromptBuilder.from_spec(spec.prompt).template_id
     assert run.data.tags["relxfer.template"] == chat_id
     assert chat_id != PromptBuilder.from_spec({**spec.prompt, "chat_template": False}).template_id
+    # Every run says what made it: the parent, the fine-tune and the evaluation runs.
+    finetune = tracker.client.get_run(next(o.run_id for o in outcomes if o.cell.kind == "finetune"))
+    for recorded in (tracker.client.get_run(runner.parent.run_id), finetune, run):
+        assert_provenance(recorded.data.tags)
 
 
 def test_changing_the_learning_rate_reruns_only_finetune_cells(tmp_path, relxfer_cache):

@@ -126,6 +126,7 @@ def test_belebele_label_logprobs_and_predictions_equal_local(engine, local, bele
         "server_version": "0.32.0",
         "dtype": "float32",
         "scoring_mode": "label_ids+prompt_logprobs",
+        "versions.vllm": "0.32.0",
     }
 
 

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,7 @@ def test_tinker_study_kill_resume_and_parity(skyrl_server, tracking_server, bele
     assert len(finished) == 1, [(r.info.run_id, r.info.status) for r in finetunes]
     run = finished[0]
     assert run.data.tags["relxfer.engine"] == "tinker" and run.data.tags["relxfer.resumed"] == "true"
+    assert run.data.tags["relxfer.versions.tinker"] == metadata.version("tinker")
     assert run.data.tags["relxfer.tinker.state_path"].startswith("tinker://")
     assert run.data.metrics["resumed_from_step"] == resumed_at >= CHECKPOINT_EVERY
 
@@ -232,6 +234,7 @@ def check_tables_against_local(client, runs, spec_path: Path, adapter: Path, cac
     for run in (r for r in runs if r.data.tags.get("relxfer.kind") == "evaluate" and r.info.status == "FINISHED"):
         condition, language = run.data.tags["relxfer.condition"], run.data.tags["relxfer.language"]
         assert run.data.tags["relxfer.engine"] == "tinker"
+        assert run.data.tags["relxfer.versions.tinker"] == metadata.version("tinker")
         path = client.download_artifacts(run.info.run_id, "predictions.json", str(tmp_path / run.info.run_id))
         table = json.loads(Path(path).read_text())
         service = [dict(zip(table["columns"], row)) for row in table["data"]]

@@ -149,9 +149,10 @@ def test_server_killed_mid_cell_then_mlflow_run_completes(mlflow_server, tmp_pat
         assert (
             tags["relxfer.engine"],
             tags["relxfer.server_version"],
+            tags["relxfer.versions.vllm"],
             tags["relxfer.dtype"],
             tags["relxfer.scoring_mode"],
-        ) == ("vllm", "0.32.0", "float32", "label_ids+prompt_logprobs"), tags
+        ) == ("vllm", "0.32.0", "0.32.0", "float32", "label_ids+prompt_logprobs"), tags
     parent = next(r for r in runs if r.info.run_id == evaluations[0].data.tags["mlflow.parentRunId"])
     logged = [a.path for a in client.list_artifacts(parent.info.run_id, "servers/tiny")]
     assert logged and all(path.endswith(".log") for path in logged)

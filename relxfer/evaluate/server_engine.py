@@ -22,6 +22,7 @@ from relxfer.errors import RelxferError
 from relxfer.evaluate.base import Adapter
 from relxfer.evaluate.scoring_modes import SCORING_MODES
 from relxfer.evaluate.server_backend import ScoringState, ServerBackend
+from relxfer.provenance import VERSIONS
 from relxfer.services.openai_client import OpenAIClient, ServerError, one_line
 from relxfer.services.vllm_launch import (
     LaunchError,
@@ -122,6 +123,8 @@ class ServerEngine:
         }
         if self.launch:
             tags["tensor_parallel_size"] = str(self.launch["tensor_parallel_size"])
+        if self.kind == "vllm":  # an `openai` server may be any server: its version stays server_version
+            tags[VERSIONS + "vllm"] = self.version
         return tags
 
     def log_files(self) -> dict[str, Path]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from relxfer.evaluate.base import Adapter
 from relxfer.models.tokenization import TokenizerMethods
+from relxfer.provenance import VERSIONS
 from relxfer.services.tinker_client import (
     TinkerError,
     call,
@@ -120,7 +121,7 @@ class TinkerEngine:
         return {
             "engine": self.kind,
             "tinker.base_model": self.base_model,
-            "tinker.sdk": sdk_version(),
+            VERSIONS + "tinker": sdk_version(),
             "tinker.scoring": scoring,
         }
 

@@ -33,6 +33,7 @@ from relxfer.evaluate.base import Adapter
 from relxfer.evaluate.loop import evaluate_items
 from relxfer.plan.cells import COT_CONDITIONS, Cell
 from relxfer.plan.study_data import StudyData, load_study_data
+from relxfer.provenance import provenance_tags
 from relxfer.run.failures import describe, traceback_text
 from relxfer.spec.engines import EngineContext, evaluation_engine, trainer
 from relxfer.spec.load import Spec, spec_from_dict
@@ -77,10 +78,18 @@ class StudyContext:
     force: bool = False
     where: str = field(default_factory=socket.gethostname)
     fail_fast: bool = False  # stop at the first failed cell (the driver's choice; workers never stop on their own)
+    # Packages the cells run through beside relxfer's own (the `ray` executor: ray), whose
+    # versions every run records.
+    packages: tuple[str, ...] = ()
+
+
+def run_provenance(packages: tuple[str, ...] = ()) -> dict[str, str]:
+    """What this process makes runs with (relxfer.provenance), as tags of every run it records."""
+    return {TAG + k: v for k, v in provenance_tags(packages).items()}
 
 
 def study_from_parent_run(
-    tracking_uri: str, parent: ParentRun, cache_dir: Path, force: bool, where: str
+    tracking_uri: str, parent: ParentRun, cache_dir: Path, force: bool, where: str, packages: tuple[str, ...] = ()
 ) -> StudyContext:
     """The study as a worker sees it: the resolved spec and held-out ids from the parent run,
     the data loaded from the spec's source on this machine and checked against those ids."""
@@ -103,7 +112,9 @@ def study_from_parent_run(
             f"{where}: the study's data here differ from the driver's (other held-out question ids): "
             f"give every node the same data source ({data.source})"
         )
-    return StudyContext(spec, tracker, parent, data, cache_dir, progress=False, force=force, where=where)
+    return StudyContext(
+        spec, tracker, parent, data, cache_dir, progress=False, force=force, where=where, packages=packages
+    )
 
 
 def cell_tags(spec: Spec, cell: Cell, builder: PromptBuilder) -> dict[str, str]:
@@ -316,14 +327,18 @@ class CellRunner:
         a new run otherwise. Orphans still marked RUNNING are marked KILLED so only one run can
         end FINISHED; FAILED runs stay FAILED, with why."""
         parent = self.study.parent
+        provenance = run_provenance(self.study.packages)
         resumable = [o for o in orphans if o.info.status != FAILED or self._has_checkpoint(o.info.run_id)]
         if resume and resumable:
             run_id = resumable[-1].info.run_id
             self.tracker.reopen(run_id)
-            self.tracker.set_tags(run_id, {"mlflow.parentRunId": parent.run_id, f"{TAG}resumed": "true"})
+            # The install that finishes the run is the one it records.
+            self.tracker.set_tags(run_id, {"mlflow.parentRunId": parent.run_id, f"{TAG}resumed": "true", **provenance})
             orphans = [o for o in orphans if o.info.run_id != run_id]
         else:
-            run_id = self.tracker.start_child(parent, cell.run_name, cell_tags(self.spec, cell, self.builder))
+            run_id = self.tracker.start_child(
+                parent, cell.run_name, cell_tags(self.spec, cell, self.builder) | provenance
+            )
         for orphan in orphans:
             if orphan.info.status not in ("KILLED", FAILED):
                 self.tracker.end(orphan.info.run_id, "KILLED")

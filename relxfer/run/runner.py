@@ -17,7 +17,17 @@ from pathlib import Path
 from relxfer.errors import RelxferError
 from relxfer.plan.cells import plan
 from relxfer.plan.study_data import StudyData, load_study_data
-from relxfer.run.cell import FAILED, FINISHED, HELD_OUT_IDS, NOT_RUN, RESOLVED_SPEC, SKIPPED, CellOutcome, StudyContext
+from relxfer.run.cell import (
+    FAILED,
+    FINISHED,
+    HELD_OUT_IDS,
+    NOT_RUN,
+    RESOLVED_SPEC,
+    SKIPPED,
+    CellOutcome,
+    StudyContext,
+    run_provenance,
+)
 from relxfer.spec.engines import EngineContext, evaluation_engine, trainer
 from relxfer.spec.load import Spec
 from relxfer.tracking.client import CELLS_TABLE, TAG, ParentRun, Tracker
@@ -98,6 +108,7 @@ class StudyRunner:
                 f"{TAG}spec_hash": self.spec.hash,
                 f"{TAG}spec_name": self.spec.name,
                 NOTE_TAG: study_note(self.spec),
+                **run_provenance(self.executor.packages),
             },
             params={"cache_dir": str(self.cache_dir)},
         )
@@ -116,6 +127,7 @@ class StudyRunner:
             self.progress,
             force,
             fail_fast=fail_fast,
+            packages=self.executor.packages,
         )
         status = FAILED
         try:

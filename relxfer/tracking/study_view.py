@@ -148,11 +148,13 @@ def publish_comparison(
     metrics: dict[str, float],
     out_dir: Path,
     answer: list[str],
+    provenance: dict[str, str],
 ) -> Published:
     """Log a comparison as the one comparison run (per settings) under `parent_id`, and put its
     plots, headline numbers and `answer` (plain sentences) on the parent run as well. A comparison of the same runs
     with the same settings (by the same relxfer version) counts as unchanged: its statistics are
-    the same up to the last digits of iterative fits."""
+    the same up to the last digits of iterative fits. `provenance`: tags saying what the
+    comparison was made with (relxfer.provenance, keys with the `relxfer.` prefix)."""
     settings_tag = json.dumps(settings, sort_keys=True)
     digest = _digest(json.dumps([sorted(compared_run_ids), settings_tag, subject, __version__]))
     same_settings = [
@@ -171,7 +173,7 @@ def publish_comparison(
     name = "compare" + (" (" + ", ".join(f"{k}={v}" for k, v in changed.items()) + ")" if changed else "")
     tags = {f"{TAG}compared": subject, f"{TAG}compare_settings": settings_tag, f"{TAG}report_digest": digest}
     parent = {"mlflow.parentRunId": parent_id} if parent_id else {}
-    run_id = tracker.log_comparison(experiment_id, name, tags | parent, metrics, out_dir)
+    run_id = tracker.log_comparison(experiment_id, name, provenance | tags | parent, metrics, out_dir)
     if parent_id is not None and not changed:  # the parent shows the comparison with default settings
         _show_on_parent(tracker, parent_id, name, metrics, out_dir, answer)
     for run in same_settings:  # only once the new comparison is complete

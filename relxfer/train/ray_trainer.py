@@ -15,6 +15,7 @@ import os
 import threading
 
 from relxfer.errors import ModelError
+from relxfer.provenance import VERSIONS, package_version
 from relxfer.spec.engines import EngineContext
 from relxfer.train import launch
 from relxfer.train.base import StepCallback, TrainRequest
@@ -65,7 +66,8 @@ class RayTrainer:
         return ray.is_initialized()
 
     def run_tags(self) -> dict[str, str]:
-        return launch.run_tags(self.kind, self.context, self.config["num_workers"])
+        tags = launch.run_tags(self.kind, self.context, self.config["num_workers"])
+        return tags | {VERSIONS + "ray": package_version("ray") or "unknown"}
 
     def train(self, request: TrainRequest, on_step: StepCallback):
         import ray

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 
+import relxfer
 from relxfer.errors import ModelError
 from relxfer.models import tiny
+from relxfer.provenance import TRAINING_PACKAGES, package_versions
 
 FINETUNE_JSON = "relxfer_finetune.json"
 
@@ -81,14 +83,6 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def versions() -> dict:
-    import bitsandbytes
-    import peft
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "bitsandbytes": bitsandbytes.__version__,
-    }
+def versions() -> dict[str, str]:
+    """relxfer's version and the installed versions of the training stack (as every run records them)."""
+    return {"relxfer": relxfer.__version__, **package_versions(TRAINING_PACKAGES)}

@@ -32,6 +32,7 @@ import shutil
 import time
 from pathlib import Path
 
+from relxfer.provenance import VERSIONS
 from relxfer.services.tinker_client import (
     TinkerError,
     call,
@@ -74,7 +75,7 @@ class TinkerTrainer:
             lora_groups(resolve_finetune(self.context.spec.finetune)["lora"]["target_modules"])
 
     def run_tags(self) -> dict[str, str]:
-        tags = {"engine": self.kind, "tinker.base_model": self.base_model, "tinker.sdk": sdk_version()}
+        tags = {"engine": self.kind, "tinker.base_model": self.base_model, VERSIONS + "tinker": sdk_version()}
         if self.context.spec.finetune is not None:
             from relxfer.train import resolve_finetune
 

@@ -15,6 +15,7 @@ class Executor(Protocol):
     """Built by `relxfer.run.executors.make_executor(kind, ...)`; used by `relxfer.run.runner.StudyRunner`."""
 
     kind: str
+    packages: tuple[str, ...]  # what it runs cells through (e.g. ray), recorded with every run's versions
 
     def check(self, spec: Spec, tracker: Tracker) -> None:
         """Fail (RelxferError, one line) before any run exists when the study cannot run here:

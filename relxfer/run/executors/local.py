@@ -31,6 +31,7 @@ RUNS_HERE = ("local", "torchrun")
 
 class LocalExecutor:
     kind = "local"
+    packages: tuple[str, ...] = ()
 
     def check(self, spec, tracker) -> None:
         """Refuse a fine-tune whose memory floor exceeds this machine (the runner's preflight

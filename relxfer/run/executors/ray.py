@@ -33,12 +33,14 @@ from relxfer.errors import RelxferError, TrackingError
 from relxfer.plan.cells import Cell
 from relxfer.run.cell import CellOutcome, StudyContext
 from relxfer.run.executors.ray_claims import NAMESPACE
+from relxfer.run.executors.ray_tasks import PACKAGES
 from relxfer.run.failures import error_line
 from relxfer.spec.resources import check_resources
 
 
 class RayExecutor:
     kind = "ray"
+    packages = PACKAGES
 
     def __init__(self, address: str | None = None, cells_per_task: int | None = None):
         self.address = address or os.environ.get("RAY_ADDRESS") or "auto"

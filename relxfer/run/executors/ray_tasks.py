@@ -30,6 +30,7 @@ from relxfer.run.cell import (
 from relxfer.run.ledger import finetune_failed
 from relxfer.tracking.client import ParentRun
 
+PACKAGES = ("ray",)  # the runs of a study on Ray record Ray's version (relxfer.provenance)
 _studies: dict[str, StudyContext] = {}  # this worker process's study, by parent run id
 
 
@@ -47,7 +48,7 @@ def _runner(tracking_uri: str, parent: ParentRun, force: bool) -> CellRunner:
     study = _studies.get(parent.run_id)
     if study is None:
         _studies.clear()
-        study = study_from_parent_run(tracking_uri, parent, node_cache_dir(), force, _where())
+        study = study_from_parent_run(tracking_uri, parent, node_cache_dir(), force, _where(), PACKAGES)
         _studies[parent.run_id] = study
     return CellRunner(study)
 
