@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -141,7 +142,7 @@ def plan(
 
 
 def _table(
-    header: tuple[str, ...], rows: list[tuple[str, ...]], right: tuple[str, ...] = (), indent: str = "  "
+    header: tuple[str, ...], rows: Sequence[tuple[str, ...]], right: tuple[str, ...] = (), indent: str = "  "
 ) -> str:
     """A plain-text table: columns as wide as their longest cell, `right` columns right-aligned."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
@@ -236,7 +237,8 @@ def run(
     )
     outcomes = runner.run(force=force, fail_fast=fail_fast or bool(fail_fast_param))
     parent = runner.parent
-    _summary(spec, outcomes, tracker.uri, parent and runs_link(tracker.uri, parent.experiment_id, parent.run_id))
+    link = runs_link(tracker.uri, parent.experiment_id, parent.run_id) if parent is not None else None
+    _summary(spec, outcomes, tracker.uri, link)
 
 
 def _summary(spec: Path, outcomes, uri: str, link: str | None) -> None:
@@ -367,7 +369,7 @@ def _write_and_log(
             tracker,
             experiment_id,
             parent_id,
-            experiment or parent_id,
+            experiment or str(parent_id),  # what was compared: one of the two is given
             settings,
             list(runs["run_id"]),
             headline_metrics(report),

@@ -7,9 +7,14 @@ statistics through the same code as logged ones."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
 from relxfer.tracking.client import TAG, Tracker
+
+if TYPE_CHECKING:
+    from relxfer.tracking.client import Run
 
 ITEM_COLUMNS = [
     "model",
@@ -30,19 +35,21 @@ FACTORS = ("model", "condition", "language", "group", "role", "family", "seed")
 RUN_COLUMNS = [*FACTORS, "run_id", "experiment_id", "logged_accuracy", "n_items"]
 
 
-def run_row(tags: dict, run_id: str, experiment_id: str = "", metrics: dict | None = None) -> dict:
+def run_row(
+    tags: dict[str, str], run_id: str, experiment_id: str = "", metrics: dict[str, float] | None = None
+) -> dict[str, str | float | None]:
     """One evaluation run's factors (from its `relxfer.*` tags) and its logged accuracy."""
-    metrics = metrics or {}
-    row = {factor: tags.get(f"{TAG}{factor}", "") for factor in FACTORS}
+    logged = metrics or {}
+    row: dict[str, str | float | None] = {factor: tags.get(f"{TAG}{factor}", "") for factor in FACTORS}
     return row | {
         "run_id": run_id,
         "experiment_id": experiment_id,
-        "logged_accuracy": metrics.get("accuracy"),
-        "n_items": metrics.get("n_items"),
+        "logged_accuracy": logged.get("accuracy"),
+        "n_items": logged.get("n_items"),
     }
 
 
-def runs_frame(runs: list) -> pd.DataFrame:
+def runs_frame(runs: list[Run]) -> pd.DataFrame:
     """One row per evaluation run (MLflow Run objects): its factors and its logged accuracy."""
     rows = [run_row(r.data.tags, r.info.run_id, r.info.experiment_id, r.data.metrics) for r in runs]
     return pd.DataFrame(rows, columns=RUN_COLUMNS)

@@ -6,6 +6,7 @@ Each function takes the frames the statistics return, writes one PNG and returns
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,10 +16,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 ROLE_COLOURS = {"related": "#c0392b", "control": "#2471a3"}
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from relxfer.compare.stats.alignment import TaskAlignmentResult
+    from relxfer.compare.stats.baseline import BaselineGainResult
+    from relxfer.compare.stats.family import FamilyGapResult
+
 DPI = 120
 
 
-def plot_gain_vs_baseline(cells: pd.DataFrame, path, fit=None) -> Path:
+def plot_gain_vs_baseline(cells: pd.DataFrame, path: str | Path, fit: BaselineGainResult | None = None) -> Path:
     """Gain against baseline per model x language cell, coloured by role, with the corrected,
     split-half and naive regression lines.
 
@@ -40,7 +48,8 @@ def plot_gain_vs_baseline(cells: pd.DataFrame, path, fit=None) -> Path:
             edgecolor="white",
         )
     xs = np.linspace(cells["baseline"].min(), cells["baseline"].max(), 50)
-    if fit is not None and fit.naive_slope is not None:
+    naive: tuple[float, float]
+    if fit is not None and fit.naive_slope is not None and fit.naive_intercept is not None:
         naive = (fit.naive_intercept, fit.naive_slope)
     else:
         slope, intercept = np.polyfit(cells["baseline"], cells["gain"], 1)
@@ -52,7 +61,7 @@ def plot_gain_vs_baseline(cells: pd.DataFrame, path, fit=None) -> Path:
         linestyle="--",
         label=f"naive fit, slope {naive[1]:.2f} (not corrected for measurement error)",
     )
-    if fit is not None and fit.split_half_slope is not None:
+    if fit is not None and fit.split_half_slope is not None and fit.split_half_intercept is not None:
         ax.plot(
             factor * xs,
             factor * (fit.split_half_intercept + fit.split_half_slope * xs),
@@ -60,7 +69,7 @@ def plot_gain_vs_baseline(cells: pd.DataFrame, path, fit=None) -> Path:
             linestyle=":",
             label=f"split-half fit (check), slope {fit.split_half_slope:.2f}",
         )
-    if fit is not None and getattr(fit, "corrected_slope", None) is not None:
+    if fit is not None and fit.corrected_slope is not None and fit.corrected_intercept is not None:
         ax.plot(
             factor * xs,
             factor * (fit.corrected_intercept + fit.corrected_slope * xs),
@@ -78,7 +87,7 @@ def plot_gain_vs_baseline(cells: pd.DataFrame, path, fit=None) -> Path:
     return _save(fig, path)
 
 
-def plot_language_gains(gains: pd.DataFrame, path) -> Path:
+def plot_language_gains(gains: pd.DataFrame, path: str | Path) -> Path:
     """Per-language gain with its 95% interval, one marker per model (x seed), languages
     grouped by role. `gains` is the frame `paired_gains` returns."""
     gains = gains.sort_values(["role", "language"], ascending=[False, True])
@@ -114,7 +123,7 @@ def plot_language_gains(gains: pd.DataFrame, path) -> Path:
     return _save(fig, path)
 
 
-def plot_ft_vs_cot(cells: pd.DataFrame, path, fit=None) -> Path:
+def plot_ft_vs_cot(cells: pd.DataFrame, path: str | Path, fit: TaskAlignmentResult | None = None) -> Path:
     """Fine-tuning gain against CoT gain per model x language cell, coloured by role.
 
     `cells` is `TaskAlignmentResult.cells` (columns ft_gain, cot_gain, role); with `fit` (the
@@ -149,7 +158,7 @@ def plot_ft_vs_cot(cells: pd.DataFrame, path, fit=None) -> Path:
     return _save(fig, path)
 
 
-def plot_family_gap(fit, path) -> Path:
+def plot_family_gap(fit: FamilyGapResult, path: str | Path) -> Path:
     """The family gap at a glance: left, each language's gain (one small marker per model, a
     large one for the language's mean over models) with each family's mean as a line; right,
     the gap with its 95% interval, and the baseline-adjusted sensitivity estimate beside it.
@@ -205,7 +214,7 @@ def plot_family_gap(fit, path) -> Path:
             )
         )
     for i, (_label, value, low, high, colour) in enumerate(estimates):
-        if value is None:
+        if value is None or low is None or high is None:
             continue
         right.errorbar(
             [i],
@@ -229,7 +238,7 @@ def plot_family_gap(fit, path) -> Path:
         "inconclusive": "inconclusive",
         "refused": "too few languages",
     }
-    right.set_title(verdict.get(fit.conclusion, fit.conclusion or ""), fontsize=10)
+    right.set_title(verdict.get(fit.conclusion or "", fit.conclusion or ""), fontsize=10)
     fig.suptitle(
         f"Family gap, {fit.condition} vs {fit.reference}: {fit.n_related} related vs {fit.n_control} control languages",
         fontsize=11,
@@ -237,16 +246,16 @@ def plot_family_gap(fit, path) -> Path:
     return _save(fig, path)
 
 
-def _by_role(cells: pd.DataFrame):
+def _by_role(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """(role, rows) for related, then control, then any other role, skipping empty ones."""
     roles = [*ROLE_COLOURS, *sorted(set(cells["role"].unique()) - set(ROLE_COLOURS))]
     return [(role, cells[cells["role"] == role]) for role in roles if (cells["role"] == role).any()]
 
 
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _save(fig: Figure, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI, format="png")
+    fig.savefig(out, dpi=DPI, format="png")
     plt.close(fig)
-    return path
+    return out

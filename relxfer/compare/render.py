@@ -4,6 +4,8 @@ sentence with its technical detail indented under it."""
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -11,11 +13,14 @@ from relxfer.compare.stats import RULE
 from relxfer.compare.stats.accuracy import HIGH_PARSE_FAILURE, accuracy_summary
 from relxfer.compare.stats.common import fmt_p_value
 
+if TYPE_CHECKING:
+    from relxfer.compare.report import Analysis, Report
+
 WIDTH = 100
 VERDICT_WORDS = {"above": "gain", "below": "loss", "none": "-", "inconclusive": "inconclusive"}
 
 
-def render_text(report) -> str:
+def render_text(report: Report) -> str:
     lines = [*_accuracy_section(report)]
     if not report.gains.empty:
         lines += ["", *_gains_section(report)]
@@ -29,7 +34,7 @@ def render_text(report) -> str:
     return "\n".join(lines)
 
 
-def _accuracy_section(report) -> list[str]:
+def _accuracy_section(report: Report) -> list[str]:
     acc = report.accuracy.copy()
     several_seeds = acc.loc[acc["seed"] >= 0, "seed"].nunique() > 1
     acc["column"] = [
@@ -55,7 +60,7 @@ def _accuracy_section(report) -> list[str]:
     return lines
 
 
-def _gains_section(report) -> list[str]:
+def _gains_section(report: Report) -> list[str]:
     g = report.gains
     table = pd.DataFrame(
         {
@@ -83,11 +88,10 @@ def _gains_section(report) -> list[str]:
     return [*textwrap.wrap(header[0], WIDTH), table.to_string(index=False)]
 
 
-def _analysis_lines(results) -> list[str]:
-    lines = []
+def _analysis_lines(results: Iterable[Analysis]) -> list[str]:
+    lines: list[str] = []
     for result in results:
         lines += textwrap.wrap(result.summary, WIDTH, initial_indent="  ", subsequent_indent="  ")
-        detail = getattr(result, "detail", "")
-        if detail:
+        if detail := result.detail:
             lines += textwrap.wrap(detail, WIDTH, initial_indent="      ", subsequent_indent="      ")
     return lines

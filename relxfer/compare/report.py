@@ -8,6 +8,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import pandas as pd
 
@@ -15,6 +16,10 @@ from relxfer.compare import plots
 from relxfer.compare.render import render_text
 from relxfer.compare.stats import (
     RULE,
+    BaselineGainResult,
+    FamilyGapResult,
+    MixedModelResult,
+    TaskAlignmentResult,
     accuracy_table,
     baseline_gain,
     family_gap,
@@ -23,9 +28,9 @@ from relxfer.compare.stats import (
     task_alignment,
 )
 from relxfer.compare.stats.accuracy import parse_failure_warnings
-from relxfer.compare.stats.common import AnalysisResult
 
 __all__ = [
+    "Analysis",
     "Report",
     "build_report",
     "headline_metrics",
@@ -37,26 +42,37 @@ __all__ = [
 ]
 
 
+Analysis: TypeAlias = FamilyGapResult | BaselineGainResult | MixedModelResult | TaskAlignmentResult
+
+
 @dataclass
 class Report:
     reference: str
     scale: str
     accuracy: pd.DataFrame
     gains: pd.DataFrame
-    family_gap: dict[str, AnalysisResult] = field(default_factory=dict)
-    baseline_gain: dict[str, AnalysisResult] = field(default_factory=dict)
-    mixed_model: dict[str, AnalysisResult] = field(default_factory=dict)
-    task_alignment: AnalysisResult | None = None
+    family_gap: dict[str, FamilyGapResult] = field(default_factory=dict)
+    baseline_gain: dict[str, BaselineGainResult] = field(default_factory=dict)
+    mixed_model: dict[str, MixedModelResult] = field(default_factory=dict)
+    task_alignment: TaskAlignmentResult | None = None
 
-    def analyses(self) -> list[tuple[str, AnalysisResult]]:
-        out = []
-        for name in ("family_gap", "baseline_gain", "mixed_model"):
-            out += [(f"{name}[{condition}]", result) for condition, result in getattr(self, name).items()]
+    def analyses(self) -> list[tuple[str, Analysis]]:
+        out: list[tuple[str, Analysis]] = []
+        by_condition: dict[
+            str, dict[str, FamilyGapResult] | dict[str, BaselineGainResult] | dict[str, MixedModelResult]
+        ]
+        by_condition = {
+            "family_gap": self.family_gap,
+            "baseline_gain": self.baseline_gain,
+            "mixed_model": self.mixed_model,
+        }
+        for name, results in by_condition.items():
+            out += [(f"{name}[{condition}]", result) for condition, result in results.items()]
         if self.task_alignment is not None:
             out.append(("task_alignment", self.task_alignment))
         return out
 
-    def summaries(self) -> list[dict]:
+    def summaries(self) -> list[dict[str, str]]:
         """One entry per analysis, naming the analysis, its condition, reference and scale."""
         return [
             {
@@ -65,7 +81,7 @@ class Report:
                 "reference": result.reference,
                 "scale": result.scale,
                 "summary": result.summary,
-                "detail": getattr(result, "detail", ""),
+                "detail": result.detail,
             }
             for name, result in self.analyses()
         ]
@@ -101,7 +117,7 @@ def build_report(items: pd.DataFrame, reference: str = "baseline", scale: str = 
 def headline_metrics(report: Report) -> dict[str, float]:
     """The numbers a comparison run logs: family gap (and its sensitivity analysis), slopes and
     the alignment correlation."""
-    metrics = {}
+    metrics: dict[str, float | None] = {}
     for condition, r in report.family_gap.items():
         metrics |= {
             f"family_gap_{condition}": r.estimate,
@@ -111,12 +127,12 @@ def headline_metrics(report: Report) -> dict[str, float]:
             f"family_gap_adjusted_{condition}": r.adjusted_estimate,
             f"family_gap_raw_{condition}": r.raw_gap,
         }
-    for condition, r in report.baseline_gain.items():
+    for condition, slopes in report.baseline_gain.items():
         metrics |= {
-            f"slope_corrected_{condition}": r.corrected_slope,
-            f"slope_detectable_{condition}": r.detectable_slope,
-            f"slope_split_half_{condition}": r.split_half_slope,
-            f"slope_naive_{condition}": r.naive_slope,
+            f"slope_corrected_{condition}": slopes.corrected_slope,
+            f"slope_detectable_{condition}": slopes.detectable_slope,
+            f"slope_split_half_{condition}": slopes.split_half_slope,
+            f"slope_naive_{condition}": slopes.naive_slope,
         }
     if report.task_alignment is not None:
         metrics |= {
@@ -163,7 +179,7 @@ GAIN_COLUMNS = [
 ]
 
 
-def _clean(value):
+def _clean(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     if hasattr(value, "item"):  # numpy scalars
@@ -171,13 +187,13 @@ def _clean(value):
     return value
 
 
-def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict]:
+def _records(frame: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
     if frame.empty:
         return []
     return [{k: _clean(v) for k, v in row.items()} for row in frame[columns].to_dict(orient="records")]
 
 
-def to_dict(report: Report) -> dict:
+def to_dict(report: Report) -> dict[str, Any]:
     """Everything as plain data. A seedless run (baseline, CoT) has seed -1, as in cells.json."""
     return {
         "reference": report.reference,
@@ -216,10 +232,10 @@ def write_plots(report: Report, out_dir: Path) -> list[Path]:
     for condition, fit in report.family_gap.items():
         if fit.reason is None and not fit.cells.empty:
             written.append(plots.plot_family_gap(fit, out_dir / f"family_gap_{condition}.png"))
-    for condition, fit in report.baseline_gain.items():
-        if fit.reason is None and not fit.cells.empty:
+    for condition, slopes in report.baseline_gain.items():
+        if slopes.reason is None and not slopes.cells.empty:
             written.append(
-                plots.plot_gain_vs_baseline(fit.cells, out_dir / f"gain_vs_baseline_{condition}.png", fit=fit)
+                plots.plot_gain_vs_baseline(slopes.cells, out_dir / f"gain_vs_baseline_{condition}.png", fit=slopes)
             )
     if not report.gains.empty:
         for condition, block in report.gains.groupby("condition"):

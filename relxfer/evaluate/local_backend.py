@@ -128,12 +128,12 @@ class LocalBackend(TokenizerMethods):
         out = np.zeros((len(prompts), n_labels.pop() if n_labels else 0), dtype=np.float64)
         requests = build_requests(prompts, continuations)
         # Rows that may take the tree mask, and rows that must keep the model's own masks.
-        limit = self._shareable_length()
-        if limit is None:
+        limit, min_shared = self._shareable_length(), self.min_shared_prefix
+        if limit is None or min_shared is None:
             pools = [[Row.single(r) for r in requests]]
         else:
             pools = [
-                shared_prefix_rows([r for r in requests if len(r.input_ids) < limit], self.min_shared_prefix),
+                shared_prefix_rows([r for r in requests if len(r.input_ids) < limit], min_shared),
                 [Row.single(r) for r in requests if len(r.input_ids) >= limit],
             ]
 

@@ -97,7 +97,7 @@ def read_next_token(
     tops = logprobs.get("top_logprobs") or []
     if not tops or not isinstance(tops[0], dict):
         raise AnswerError("answer without top_logprobs")
-    found: dict[int, float] = {}
+    found: dict[int, float | None] = {}
     for key, value in tops[0].items():
         token = _token_id(key, decoded)
         if token is not None:
@@ -133,4 +133,5 @@ def read_continuation(mode: str, answer: dict, prompt: Sequence[int], continuati
         values = [_finite(v) for v in token_logprobs[start : len(full)]]
     else:
         raise ValueError(f"not a continuation mode: {mode}")
-    return None if any(v is None for v in values) else float(sum(values))
+    present = [v for v in values if v is not None]
+    return float(sum(present)) if len(present) == len(values) else None

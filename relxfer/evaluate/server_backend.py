@@ -72,9 +72,12 @@ class ServerBackend(TokenizerMethods):
 
     def _post(self, body: dict) -> dict:
         try:
-            return self.client.post("/completions", body)
+            answer = self.client.post("/completions", body)
         except ServerError as e:
             raise self.explain(e) from None
+        if not isinstance(answer, dict):
+            raise ServerError(f"{self.where}: /completions answered with text, not JSON: {answer[:200]!r}", 200, answer)
+        return answer
 
     def _map(self, bodies: list[dict], progress: bool = False, desc: str = "requests") -> list[dict]:
         return self.client.map(self._post, bodies, progress=progress, desc=desc)
@@ -110,8 +113,9 @@ class ServerBackend(TokenizerMethods):
         if not prompts:
             return out
         plan = self.plan(prompts, continuations)
-        # One job per question where the labels are single tokens, else one per question and label.
-        jobs: list[tuple[int, int | None, dict]] = []
+        # One job per question where the labels are single tokens, else one per question and label
+        # (with the label's index and the continuation mode that scores it).
+        jobs: list[tuple[int, tuple[int, str] | None, dict]] = []
         for i, (prompt, conts) in enumerate(zip(prompts, continuations)):
             if plan.label_ids and all(len(c) == 1 for c in conts):
                 jobs.append((i, None, label_ids_request(self.served_model, prompt, [c[0] for c in conts])))
@@ -122,20 +126,21 @@ class ServerBackend(TokenizerMethods):
                 )
             else:
                 jobs += [
-                    (i, j, continuation_request(plan.continuation, self.served_model, prompt, c))
+                    (i, (j, plan.continuation), continuation_request(plan.continuation, self.served_model, prompt, c))
                     for j, c in enumerate(conts)
                 ]
         answers = self._run_jobs([body for _, j, body in jobs], [j is not None for _, j, _ in jobs], progress)
-        for (i, j, _), answer in zip(jobs, answers):
+        for (i, label, _), answer in zip(jobs, answers):
             try:
-                if j is None:
+                if label is None:
                     values = read_next_token(answer, [c[0] for c in continuations[i]])
                     missing = [continuations[i][k][0] for k, v in enumerate(values) if v is None]
                     if missing:
                         raise AnswerError(f"label ids {missing} missing from the answer (a truncated top-k?)")
                     out[i] = values
                 else:
-                    value = read_continuation(plan.continuation, answer, prompts[i], continuations[i][j])
+                    j, mode = label
+                    value = read_continuation(mode, answer, prompts[i], continuations[i][j])
                     if value is None:
                         raise AnswerError("a label token's log-prob missing from the answer")
                     out[i, j] = value

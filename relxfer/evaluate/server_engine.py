@@ -73,7 +73,7 @@ class ServerEngine:
         )
         self.server: VllmServer | None = None
         self.client: OpenAIClient | None = None
-        self.served_model: str | None = None
+        self.served_model = ""  # the base model's name on the server, once started
         self.version = "unknown"
         self.tokenizer = None
         self.adapters: dict[str, str] = {}  # adapter key -> served name
@@ -111,7 +111,7 @@ class ServerEngine:
         self._start()
         served = self.served_model if adapter is None else self._load_adapter(adapter)
         return ServerBackend(
-            self.client, self.tokenizer, served, self.model["name"], self.scoring, explain=self._explain
+            self._connected(), self.tokenizer, served, self.model["name"], self.scoring, explain=self._explain
         )
 
     def run_tags(self) -> dict[str, str]:
@@ -166,7 +166,7 @@ class ServerEngine:
 
         self.tokenizer = load_tokenizer(self.model, self.context.cache_dir)
         if self.launch:
-            self._launch(resolve_source(self.model, self.context.cache_dir))
+            self._launch(self.launch, resolve_source(self.model, self.context.cache_dir))
         else:
             self.client = self._client()
         try:
@@ -176,48 +176,52 @@ class ServerEngine:
             raise self._explain(e) from None
         self.version = str(version.get("version", "unknown")) if isinstance(version, dict) else "unknown"
 
-    def _launch(self, model_dir: str) -> None:
-        port = self.launch["port"] or free_port()
+    def _launch(self, launch: dict, model_dir: str) -> None:
+        port = launch["port"] or free_port()
         name = self.config.get("served_model_name") or self.model["name"]
-        lora = lora_rank_limit(self.launch["max_lora_rank"], self._finetune_rank()) if self._needs_lora() else None
-        argv = server_argv(
-            vllm_python(), model_dir, name, port, self.launch, lora, bool(self.model["trust_remote_code"])
-        )
+        lora = lora_rank_limit(launch["max_lora_rank"], self._finetune_rank()) if self._needs_lora() else None
+        argv = server_argv(vllm_python(), model_dir, name, port, launch, lora, bool(self.model["trust_remote_code"]))
         log_file = self.context.cache_dir / "servers" / f"{self.model['name']}-{port}.log"
         if log_file != self._log_file:  # a server started again on the same port keeps the dead one's log
             log_file.unlink(missing_ok=True)
         self._log_file = log_file
         serial = self.config["requests"]["serial_prompt_logprobs"]
         self.scoring.serial_continuations = (lora is not None and not _has_cuda()) if serial is None else serial
-        self.server = VllmServer(argv, port, self._log_file, self.launch["startup_timeout_s"])
+        self.server = VllmServer(argv, port, self._log_file, launch["startup_timeout_s"])
         self.server.start(self.context.report)
         server = self.server
         self.client = self._client(server.root_url + "/v1", give_up=lambda: not server.alive())
 
-    def _get(self, path: str, root: bool = False):
+    def _connected(self) -> OpenAIClient:
+        """The client of the started server (`_start` makes it)."""
+        if self.client is None:
+            raise EngineError(f"model {self.model['name']!r}: its model server has not been started")
+        return self.client
+
+    def _get(self, path: str, root: bool = False) -> dict | str | None:
         """An optional endpoint (e.g. /version): None when the server answers with an error."""
         try:
-            return self.client.get(path, root=root, retries=0, timeout=30)
+            return self._connected().get(path, root=root, retries=0, timeout=30)
         except ServerError as e:
             if e.status is None:
                 raise
             return None
 
     def _served_model(self) -> str:
-        listed = self.client.get("/models")
+        listed = self._connected().get("/models")
         # LoRA adapters are listed too, with their base model as `parent` (vLLM).
         ids = [m.get("id") for m in listed.get("data", []) if not m.get("parent")] if isinstance(listed, dict) else []
         wanted = self.config.get("served_model_name") or (self.model["name"] if self.launch else None)
         if wanted:
             if ids and wanted not in ids:
                 raise EngineError(
-                    f"model server {self.client.base_url} does not serve {wanted!r} (it lists {', '.join(ids)}); "
+                    f"model server {self._connected().base_url} does not serve {wanted!r} (it lists {', '.join(ids)}); "
                     f"set engines.evaluate.served_model_name"
                 )
             return wanted
         if len(ids) != 1:
             raise EngineError(
-                f"model server {self.client.base_url} lists {len(ids)} models ({', '.join(map(str, ids))}); "
+                f"model server {self._connected().base_url} lists {len(ids)} models ({', '.join(map(str, ids))}); "
                 f"name one in engines.evaluate.served_model_name"
             )
         return ids[0]
@@ -249,7 +253,8 @@ class ServerEngine:
         )
 
     def _finetune_rank(self) -> int | None:
-        return int(self.context.spec.finetune["lora"]["r"]) if self._needs_lora() else None
+        finetune = self.context.spec.finetune
+        return int(finetune["lora"]["r"]) if finetune is not None and self._needs_lora() else None
 
     def _lora_limit(self) -> int | None:
         if self.launch:
@@ -272,7 +277,7 @@ class ServerEngine:
         served = f"relxfer-{adapter.key}"
         path = str(Path(adapter.path).resolve())
         try:
-            self.client.post("/load_lora_adapter", {"lora_name": served, "lora_path": path}, retries=1)
+            self._connected().post("/load_lora_adapter", {"lora_name": served, "lora_path": path}, retries=1)
         except ServerError as e:
             if e.status is None:
                 raise self._explain(e) from None
@@ -282,7 +287,7 @@ class ServerEngine:
         return served
 
     def _adapter_error(self, error: ServerError, path: str) -> RelxferError:
-        host = urllib.parse.urlparse(self.client.base_url).hostname or ""
+        host = urllib.parse.urlparse(self._connected().base_url).hostname or ""
         remote = (
             ""
             if host in LOOPBACK
@@ -293,11 +298,11 @@ class ServerEngine:
         )
         if error.status == 404:
             return EngineError(
-                f"{self.client.base_url} cannot load LoRA adapters at run time (404 on /v1/load_lora_adapter): "
+                f"{self._connected().base_url} cannot load LoRA adapters at run time (404 on /v1/load_lora_adapter): "
                 f"start vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.{remote}"
             )
         return EngineError(
-            f"{self.client.base_url} could not load the adapter {path}: {one_line(error.body or str(error), 240)}.{remote}"
+            f"{self._connected().base_url} could not load the adapter {path}: {one_line(error.body or str(error), 240)}.{remote}"
         )
 
     def _explain(self, error: ServerError) -> Exception:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,6 +39,9 @@ from relxfer.services.tinker_client import (
 )
 from relxfer.spec.engines import EngineContext
 from relxfer.spec.load import FINETUNE_CONDITIONS
+
+if TYPE_CHECKING:
+    import tinker
 
 RECORD_FILE = "relxfer_finetune.json"  # relxfer.train.FINETUNE_JSON, without importing torch here
 
@@ -61,7 +66,7 @@ class TinkerEngine:
         self.config = config
         self.context = context
         self.base_model = config.get("base_model") or str(context.model["source"])
-        self._client = None
+        self._client: tinker.ServiceClient | None = None
         self._tokenizer = None
         self._backend: tuple[str | None, TinkerBackend] | None = None
 
@@ -83,14 +88,12 @@ class TinkerEngine:
             if self._client is None:
                 self._client = service_client(timeout)
                 check_base_model(self._client, self.base_model, timeout)
-            if adapter is None:
-                target = {"base_model": self.base_model}
-            else:
-                target = {"model_path": sampler_path(adapter.path)}
             client = self._client
-            sampling = call(
-                lambda: client.create_sampling_client(**target), timeout, retries=2, base_model=self.base_model
-            )
+            if adapter is None:
+                make = partial(client.create_sampling_client, base_model=self.base_model)
+            else:
+                make = partial(client.create_sampling_client, model_path=sampler_path(adapter.path))
+            sampling = call(make, timeout, retries=2, base_model=self.base_model)
             self._backend = (
                 key,
                 TinkerBackend(

@@ -128,7 +128,9 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCa
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    return model.to(torch.float32).eval()
+    # transformers wraps PreTrainedModel.to with functools.wraps(Module.to); mypy then reads the
+    # wrapper's first parameter as the model, so its call signature is wrong.
+    return model.to(torch.float32).eval()  # type: ignore[arg-type]
 
 
 def tiny_model_dir(cache_dir: Path, seed: int = 0) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 from relxfer.errors import ModelError
 
@@ -97,7 +98,7 @@ class TokenizerMethods:
     for every backend that builds token-id prompts with the model's own tokenizer (this one, and
     the model-server backend). Needs `tokenizer`, `add_bos_token` and `name`."""
 
-    tokenizer: object
+    tokenizer: Any  # a Hugging Face tokenizer; AutoTokenizer picks its class at run time
     add_bos_token: bool
     name: str
     _last_context: tuple[str, list[int]] | None = None

@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from relxfer.data.prompts import PromptBuilder
 from relxfer.errors import DataError, RelxferError, TrackingError
@@ -42,6 +43,7 @@ from relxfer.tracking.client import TAG, UNFINISHED, ParentRun, Tracker
 from relxfer.train.base import TrainRequest
 
 Report = Callable[[str], None]
+T = TypeVar("T")
 RESOLVED_SPEC = "spec/resolved.json"  # artifacts of the parent run a worker rebuilds the study from
 HELD_OUT_IDS = "data/held_out_ids.json"
 
@@ -142,13 +144,22 @@ def cell_tags(spec: Spec, cell: Cell, builder: PromptBuilder) -> dict[str, str]:
     return tags
 
 
-def _flatten(prefix: str, value) -> dict:
+def _flatten(prefix: str, value: object) -> dict[str, str]:
+    """Nested settings as dotted keys, each value as MLflow records it (lists as JSON)."""
     if isinstance(value, dict):
-        out = {}
+        out: dict[str, str] = {}
         for k, v in value.items():
             out |= _flatten(f"{prefix}.{k}" if prefix else k, v)
         return out
-    return {prefix: json.dumps(value) if isinstance(value, list) else value}
+    return {prefix: json.dumps(value) if isinstance(value, list) else str(value)}
+
+
+def planned(value: T | None, what: str, cell: Cell) -> T:
+    """A field the plan sets on every cell of this kind (a fine-tune's seed, an evaluation's
+    language): its absence is a bug in the plan, not bad input."""
+    if value is None:
+        raise RelxferError(f"{cell.run_name}: planned without {what}")
+    return value
 
 
 class CellRunner:
@@ -239,10 +250,10 @@ class CellRunner:
 
             request = TrainRequest(
                 model,
-                self.spec.finetune,
+                planned(self.spec.finetune, "the spec's finetune section", cell),
                 examples,
                 work_dir,
-                cell.seed,
+                planned(cell.seed, "a seed", cell),
                 self.study.cache_dir,
                 self.study.progress,
                 on_checkpoint=mirror.upload,
@@ -280,9 +291,11 @@ class CellRunner:
             )
         data = self.study.data
 
+        language = planned(cell.language, "a language", cell)
+
         def work(run_id: str) -> dict:
             backend = engine.backend(adapter)
-            items = data.eval_items[cell.language]
+            items = data.eval_items[language]
             self.tracker.log_params(
                 run_id,
                 {
@@ -296,9 +309,7 @@ class CellRunner:
                 # Tags, not params: as params only CoT runs have, MLflow's compare page would plot
                 # them against the design factors as if they varied.
                 self.tracker.set_tags(run_id, _flatten(f"{TAG}cot", self.spec.cot))
-            self.tracker.log_dataset(
-                run_id, f"eval-{cell.language}", data.eval_digests[cell.language], data.source, "eval"
-            )
+            self.tracker.log_dataset(run_id, f"eval-{language}", data.eval_digests[language], data.source, "eval")
             result = evaluate_items(
                 backend,
                 items,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -115,7 +115,7 @@ class OpenAIClient:
         tries = f" after {retries + 1} tries" if retries and (status is None or status in RETRY_STATUS) else ""
         raise ServerError(f"model server {self.base_url}: {method} {path}: {problem}{tries}", status, body)
 
-    def post(self, path: str, payload: dict, **kwargs) -> dict:
+    def post(self, path: str, payload: dict, **kwargs) -> dict | str:
         return self.request("POST", path, payload, **kwargs)
 
     def get(self, path: str, **kwargs) -> dict | str:
@@ -156,7 +156,7 @@ class OpenAIClient:
         return out
 
 
-def _take(iterator: Iterable, n: int):
+def _take(iterator: Iterator[T], n: int) -> Iterator[T]:
     for _ in range(n):
         try:
             yield next(iterator)

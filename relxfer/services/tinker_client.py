@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from relxfer.errors import RelxferError
 
@@ -98,8 +98,9 @@ def is_transient(error: BaseException) -> bool:
 
 def call(
     submit: Callable[[], object], timeout: float, retries: int = 0, base_model: str | None = None, backoff: float = 2.0
-) -> object:
-    """`submit()` returns an SDK future (or a value); wait at most `timeout` seconds for it. With
+) -> Any:
+    """`submit()` returns an SDK future (or a value); wait at most `timeout` seconds for it and
+    return its result (whichever response type the SDK's request returns: Any). With
     `retries`, transient failures are submitted again (only for idempotent requests: sampling,
     scoring, downloads), at most that many times with exponential backoff. Any failure left ends
     as a TinkerError with one line."""

@@ -119,7 +119,7 @@ class VllmServer:
         self.log_file = Path(log_file)
         self.startup_timeout_s = float(startup_timeout_s)
         self.env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", **(env or {})}
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.started_in_s: float | None = None
         self.exit_code: int | None = None  # set by the watch when the process has exited
         self._exited = threading.Event()

@@ -13,12 +13,20 @@ import os
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import pandas as pd
 
 from relxfer.errors import TrackingError
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Run as Run  # re-exported: the type of the runs callers get back
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3's own default, in the working directory
 SUPPORTED_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
@@ -42,12 +50,15 @@ RETRY_DEFAULTS = {
 UNFINISHED = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
 
 
-def server_call(method):
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def server_call(method: Callable[Concatenate[Tracker, P], R]) -> Callable[Concatenate[Tracker, P], R]:
     """Turn a failure to talk to the tracking server (after MLflow's bounded retries) into a
     one-line TrackingError that names the URI and the operation."""
 
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: Tracker, /, *args: P.args, **kwargs: P.kwargs) -> R:
         from mlflow.exceptions import MlflowException
         from requests.exceptions import RequestException
 
@@ -57,10 +68,11 @@ def server_call(method):
             first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise TrackingError(f"tracking server {self.uri}: {method.__name__} failed: {first_line[:300]}") from e
 
+    functools.update_wrapper(wrapper, method)
     return wrapper
 
 
-def _mlflow():
+def _mlflow() -> tuple[ModuleType, type[MlflowClient]]:
     # Imported lazily: `relxfer validate` and `plan` should not pay MLflow's import time.
     import mlflow
     from mlflow import MlflowClient
@@ -105,10 +117,10 @@ class Tracker:
             logging.getLogger(noisy).setLevel(logging.WARNING)
         self.uri = resolve_tracking_uri(uri)
         self._check_reachable()
-        self._client = None
+        self._client: MlflowClient | None = None
 
     @property
-    def client(self):
+    def client(self) -> MlflowClient:
         """Created on first use, so checks that fail before any run leave no store behind."""
         if self._client is None:
             _, MlflowClient = _mlflow()
@@ -128,14 +140,13 @@ class Tracker:
     # --- experiments and the parent run -------------------------------------------------
 
     @server_call
-    def experiment_id(self, name: str, create: bool = True) -> str | None:
+    def experiment_id(self, name: str) -> str:
+        """The id of the experiment `name`, created when there is none."""
         from mlflow.exceptions import MlflowException
 
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
-            return experiment.experiment_id
-        if not create:
-            return None
+            return str(experiment.experiment_id)
         try:
             return self.client.create_experiment(name)
         except MlflowException:
@@ -144,7 +155,7 @@ class Tracker:
             experiment = self.client.get_experiment_by_name(name)
             if experiment is None:
                 raise
-            return experiment.experiment_id
+            return str(experiment.experiment_id)
 
     @server_call
     def open_study(self, experiment_name: str) -> Study:
@@ -185,7 +196,7 @@ class Tracker:
             self.client.set_experiment_tag(experiment_id, key, value)
 
     @server_call
-    def runs(self, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list:
+    def runs(self, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
         return self._search([experiment_id], filter_string, order_by)
 
     @server_call
@@ -205,7 +216,7 @@ class Tracker:
         return {run.data.tags[f"{TAG}cell_key"]: run.info.run_id for run in runs}
 
     @server_call
-    def cell_runs(self, experiment_id: str, cell_key: str) -> list:
+    def cell_runs(self, experiment_id: str, cell_key: str) -> list[Run]:
         """Every run of one cell (any status), oldest first: a fresh look just before running it."""
         return self._search([experiment_id], f"tags.`{TAG}cell_key` = '{cell_key}'", ["attributes.start_time ASC"])
 
@@ -232,8 +243,9 @@ class Tracker:
             tags={"mlflow.parentRunId": parent.run_id, **tags},
         )
         # A seedless cell (baseline, CoT) says so: a missing param would plot as a value.
-        self.log_params(run.info.run_id, {k: tags[TAG + k] or "none" for k in DESIGN_PARAMS if TAG + k in tags})
-        return run.info.run_id
+        run_id = str(run.info.run_id)
+        self.log_params(run_id, {k: tags[TAG + k] or "none" for k in DESIGN_PARAMS if TAG + k in tags})
+        return run_id
 
     @server_call
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
@@ -242,7 +254,7 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     @server_call
-    def log_params(self, run_id: str, params: dict) -> None:
+    def log_params(self, run_id: str, params: Mapping[str, object]) -> None:
         from mlflow.entities import Param
 
         self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
@@ -255,11 +267,11 @@ class Tracker:
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     @server_call
-    def log_table(self, run_id: str, records: list[dict], artifact_file: str = PREDICTIONS_TABLE) -> None:
+    def log_table(self, run_id: str, records: list[dict[str, Any]], artifact_file: str = PREDICTIONS_TABLE) -> None:
         self.client.log_table(run_id, pd.DataFrame.from_records(records), artifact_file)
 
     @server_call
-    def log_dict(self, run_id: str, data, artifact_file: str) -> None:
+    def log_dict(self, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
         self.client.log_dict(run_id, data, artifact_file)
 
     @server_call
@@ -344,9 +356,10 @@ class Tracker:
         filter_string: str,
         order_by: list[str] | None = None,
         page_size: int | None = None,
-    ) -> list:
+    ) -> list[Run]:
         """Every run matching `filter_string`, following search_runs' page tokens."""
-        runs, token = [], None
+        runs: list[Run] = []
+        token: str | None = None
         while True:
             page = self.client.search_runs(
                 experiment_ids,
@@ -363,7 +376,7 @@ class Tracker:
     @server_call
     def evaluation_runs(
         self, experiment_name: str | None = None, parent_id: str | None = None, page_size: int | None = None
-    ) -> list:
+    ) -> list[Run]:
         """FINISHED evaluation runs of an experiment (latest per cell) or of one spec's parent run
         (the cells it ran and the finished cells it reused, as listed in its cells table)."""
         finished_evaluations = f"tags.`{TAG}kind` = 'evaluate' and attributes.status = 'FINISHED'"
@@ -374,6 +387,8 @@ class Tracker:
             ids = {row[run_id] for row in cells["data"] if row[kind] == "evaluate"}
             runs = self._search([parent.info.experiment_id], finished_evaluations, page_size=page_size)
             return [r for r in runs if r.info.run_id in ids]
+        if experiment_name is None:
+            raise ValueError("evaluation_runs needs an experiment name or a parent run id")
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:
             raise TrackingError(f"no experiment named '{experiment_name}' at {self.uri}")
@@ -382,7 +397,7 @@ class Tracker:
         return list(latest.values())
 
     @server_call
-    def load_predictions(self, runs: list, workers: int | None = None) -> pd.DataFrame:
+    def load_predictions(self, runs: list[Run], workers: int | None = None) -> pd.DataFrame:
         """Per-item tables of `runs`, one frame with a run_id column, fetched from the server.
 
         Each run's `predictions.json` is downloaded from the run's own artifact location, through
@@ -399,7 +414,7 @@ class Tracker:
             tables = list(pool.map(lambda run: self._read_table(run, PREDICTIONS_TABLE), runs))
         return self._tables_frame(tables, [run.info.run_id for run in runs])
 
-    def _read_table(self, run, artifact_file: str) -> dict:
+    def _read_table(self, run: Run, artifact_file: str) -> dict[str, Any]:
         """One MLflow table artifact of `run` as logged: {"columns": [...], "data": [[...], ...]}
         (pandas' orient="split", what MlflowClient.log_table writes)."""
         import tempfile
@@ -432,10 +447,10 @@ class Tracker:
         return table
 
     @staticmethod
-    def _tables_frame(tables: list[dict], run_ids: list[str]) -> pd.DataFrame:
+    def _tables_frame(tables: list[dict[str, Any]], run_ids: list[str]) -> pd.DataFrame:
         """One frame from parsed tables plus a run_id column: one DataFrame per distinct column
         layout (not per run), then one concat, in which columns a layout lacks become NaN."""
-        layouts: dict[tuple, tuple[list, list]] = {}
+        layouts: dict[tuple[str, ...], tuple[list[list[Any]], list[str]]] = {}
         for table, run_id in zip(tables, run_ids):
             rows, ids = layouts.setdefault(tuple(table["columns"]), ([], []))
             rows.extend(table["data"])
@@ -452,9 +467,9 @@ class Tracker:
         self, experiment_id: str, run_name: str, tags: dict[str, str], metrics: dict[str, float], out_dir: Path
     ) -> str:
         """A FINISHED comparison run holding the report's headline numbers and its files."""
-        run_id = self.client.create_run(
-            experiment_id, run_name=run_name, tags={f"{TAG}kind": "compare", **tags}
-        ).info.run_id
+        run_id = str(
+            self.client.create_run(experiment_id, run_name=run_name, tags={f"{TAG}kind": "compare", **tags}).info.run_id
+        )
         try:
             self.log_metrics(run_id, metrics)
             self.log_artifacts(run_id, out_dir, "report")

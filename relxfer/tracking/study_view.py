@@ -143,7 +143,7 @@ def publish_comparison(
     experiment_id: str,
     parent_id: str | None,
     subject: str,
-    settings: dict,
+    settings: dict[str, str],
     compared_run_ids: list[str],
     metrics: dict[str, float],
     out_dir: Path,

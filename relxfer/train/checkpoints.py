@@ -174,7 +174,10 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     # Plain lists and tensors only, so the file loads with torch.load(weights_only=True).
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    legacy = np.random.get_state()  # a tuple: the global legacy generator is always MT19937
+    if not isinstance(legacy, tuple):
+        raise TypeError(f"numpy's global generator state is a {type(legacy).__name__}, not MT19937's tuple")
+    kind, keys, pos, has_gauss, gauss = legacy
     numpy_state = [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]
     state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -117,7 +117,8 @@ def train_lora(
         num_warmup_steps=round(train["warmup_ratio"] * steps),
         num_training_steps=steps,
     )
-    start_step, loss_history = 0, []
+    start_step = 0
+    loss_history: list[float] = []
     latest = latest_checkpoint(out_dir)
     if latest is not None:
         start_step, loss_history = load_checkpoint(latest, peft_model, optimizer, scheduler, run_hash, parallel)

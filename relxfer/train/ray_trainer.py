@@ -11,6 +11,7 @@ the final adapter): across nodes it must be on a file system every node mounts a
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -83,7 +84,7 @@ class RayTrainer:
         if connected_here:
             ray.init(
                 address=self.config["address"] or os.environ.get("RAY_ADDRESS"),
-                logging_level="ERROR",
+                logging_level=logging.ERROR,
                 log_to_driver=False,
             )
         queue = Queue()

@@ -22,6 +22,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from relxfer.errors import ModelError
 from relxfer.train.records import TrainResult, result_from_record
@@ -33,7 +34,7 @@ class JsonLinesSink:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.file = None
+        self.file: TextIO | None = None
 
     def __call__(self, event: dict) -> None:
         if self.file is None:

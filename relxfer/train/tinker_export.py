@@ -110,7 +110,8 @@ def to_peft(raw: Path, out: Path, base_model: str, rank: int) -> dict:
 
     config = LoraConfig(
         r=int(raw_config.get("r", rank)),
-        lora_alpha=float(raw_config.get("lora_alpha", 32)),
+        # peft annotates lora_alpha as int, but scales by alpha / r: a fractional alpha stays one.
+        lora_alpha=float(raw_config.get("lora_alpha", 32)),  # type: ignore[arg-type]
         target_modules=modules,
         lora_dropout=0.0,
         bias="none",

@@ -30,6 +30,8 @@ import os
 import resource
 import shutil
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from relxfer.provenance import VERSIONS
@@ -56,6 +58,11 @@ from relxfer.train.tinker_recipe import (
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"  # the name the checkpoint mirror waits for: the file is the whole checkpoint
+
+
+def _submitted(request: object) -> Callable[[], object]:
+    """What `call` waits for when the request is already submitted (never submitted again)."""
+    return lambda: request
 
 
 class TinkerTrainer:
@@ -148,13 +155,13 @@ class TinkerTrainer:
                 # Both submitted before waiting: the service runs them back to back, in order.
                 backward = training.forward_backward(data, "cross_entropy")
                 update = training.optim_step(adam_params(tinker.types, lr, train))
-                output = call(lambda backward=backward: backward, self.timeout, base_model=self.base_model)
-                call(lambda update=update: update, self.timeout, base_model=self.base_model)
+                output = call(_submitted(backward), self.timeout, base_model=self.base_model)
+                call(_submitted(update), self.timeout, base_model=self.base_model)
                 loss_history.append(_weighted_loss(output, data))
                 speeds.append(sum(len(ids) for ids, _ in batch) / (time.perf_counter() - started))
                 metrics = {"train_loss": loss_history[-1], "learning_rate": lr, "tokens_per_s": speeds[-1]}
                 if train["checkpoint_every"] and step % train["checkpoint_every"] == 0 and step < steps:
-                    saved = call(lambda step=step: training.save_state(f"relxfer-step-{step}"), self.timeout).path
+                    saved = call(partial(training.save_state, f"relxfer-step-{step}"), self.timeout).path
                     state["checkpoints"] = [{"step": step, "path": saved, "loss_history": loss_history}]
                     directory = _write_state(out_dir, step, state)
                     if request.on_checkpoint is not None:

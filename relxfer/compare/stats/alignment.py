@@ -116,14 +116,14 @@ def task_alignment(
     result.pearson_ci_low, result.pearson_ci_high = (float(v) for v in np.nanpercentile(boot_pearson, tails))
     result.spearman_ci_low, result.spearman_ci_high = (float(v) for v in np.nanpercentile(boot_spearman, tails))
     try:
-        _split_half(result, wide, cells, conditions, n_splits, seed)
+        _split_half(result, wide, cells, (reference, finetuned, cot), n_splits, seed)
     except DataError as error:
         result.method += f" Split-half skipped: {error}."
     _summary(result, finetuned, cot)
     return result
 
 
-def _bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int):
+def _bootstrap(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Pearson and Spearman r of `n_boot` resamples of the cells (NaN where a resample is
     constant in one variable)."""
     rng = np.random.default_rng(seed)
@@ -139,10 +139,17 @@ def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = b - b.mean(axis=1, keepdims=True)
     denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, (a * b).sum(axis=1) / denominator, np.nan)
+        return np.asarray(np.where(denominator > 0, (a * b).sum(axis=1) / denominator, np.nan))
 
 
-def _split_half(result, wide, cells, conditions, n_splits, seed) -> None:
+def _split_half(
+    result: TaskAlignmentResult,
+    wide: pd.DataFrame,
+    cells: pd.DataFrame,
+    conditions: tuple[str, str, str],
+    n_splits: int,
+    seed: int,
+) -> None:
     reference, finetuned, cot = conditions
     half_a, half_b = split_half_counts(wide, cells, conditions, n_splits, seed)
     ft = (half_a[finetuned] - half_a[reference]) / half_a["n"]
@@ -153,9 +160,10 @@ def _split_half(result, wide, cells, conditions, n_splits, seed) -> None:
 
 
 def _summary(result: TaskAlignmentResult, finetuned: str, cot: str) -> None:
-    if result.pearson_ci_low > 0:
+    low, high = result.pearson_ci_low, result.pearson_ci_high
+    if low is not None and low > 0:
         verdict = "the cells that gain from fine-tuning also gain from CoT, as task-format alignment predicts"
-    elif result.pearson_ci_high < 0:
+    elif high is not None and high < 0:
         verdict = "the cells that gain from fine-tuning tend to gain less from CoT"
     else:
         verdict = "no clear relation between the two gains"

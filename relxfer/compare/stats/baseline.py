@@ -20,14 +20,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
 from relxfer.compare.stats.baseline_text import describe
-from relxfer.compare.stats.cluster import DesignError, ols
+from relxfer.compare.stats.cluster import DesignError, OLSFit, ols
 from relxfer.compare.stats.common import AnalysisResult
 from relxfer.compare.stats.corrected_slope import corrected_slope
 from relxfer.compare.stats.data import (
+    Counts,
     gain_cells,
     missing_conditions,
     on_scale,
@@ -129,7 +131,7 @@ def baseline_gain(
     """
     result = BaselineGainResult(condition=condition, reference=reference, scale=scale, n_splits=n_splits)
     frame = validate_items(items)
-    conditions = [reference, condition]
+    conditions = (reference, condition)
     missing = missing_conditions(frame, conditions)
     if missing:
         result.reason = f"condition(s) {missing} have no items"
@@ -158,7 +160,14 @@ def baseline_gain(
     return describe(result)
 
 
-def _corrected(result: BaselineGainResult, wide, cells, conditions, cluster, level) -> None:
+def _corrected(
+    result: BaselineGainResult,
+    wide: pd.DataFrame,
+    cells: pd.DataFrame,
+    conditions: tuple[str, str],
+    cluster: str | None,
+    level: float,
+) -> None:
     v, w = error_moments(wide, cells, *conditions, result.scale)
     b, g = cells["baseline"].to_numpy(float), cells["gain"].to_numpy(float)
     result.baseline_reliability = reliability(b, v)
@@ -194,7 +203,7 @@ def _corrected(result: BaselineGainResult, wide, cells, conditions, cluster, lev
     result.conclusion = "above" if fit.ci_low > 0 else "below" if fit.ci_high < 0 else "none"
 
 
-def _se_setup(cells: pd.DataFrame, cluster: str | None):
+def _se_setup(cells: pd.DataFrame, cluster: str | None) -> tuple[np.ndarray | None, str]:
     if cluster is None:
         return None, "classical"
     if cluster != "model":
@@ -204,12 +213,20 @@ def _se_setup(cells: pd.DataFrame, cluster: str | None):
     return cells["model"].to_numpy(), "CR2"
 
 
-def _fit(x, y, groups, kind):
-    x = np.asarray(x, dtype=float)
-    return ols(np.asarray(y, dtype=float), np.column_stack([np.ones_like(x), x]), groups, kind)
+def _fit(x: npt.ArrayLike, y: npt.ArrayLike, groups: np.ndarray | None, kind: str) -> OLSFit:
+    baseline = np.asarray(x, dtype=float)
+    return ols(np.asarray(y, dtype=float), np.column_stack([np.ones_like(baseline), baseline]), groups, kind)
 
 
-def _split_half_fit(half_a, half_b, conditions, scale, groups, kind, level) -> dict:
+def _split_half_fit(
+    half_a: Counts,
+    half_b: Counts,
+    conditions: tuple[str, str],
+    scale: str,
+    groups: np.ndarray | None,
+    kind: str,
+    level: float,
+) -> dict[str, float]:
     reference, condition = conditions
     x = on_scale(half_a[reference], half_a["n"], scale)
     y = on_scale(half_b[condition], half_b["n"], scale) - on_scale(half_b[reference], half_b["n"], scale)

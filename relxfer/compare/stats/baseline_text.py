@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from relxfer.compare.stats.common import fmt_num, is_missing
 
+if TYPE_CHECKING:
+    from relxfer.compare.stats.baseline import BaselineGainResult
 
-def describe(result):
+
+def describe(result: BaselineGainResult) -> BaselineGainResult:
     """Fill `method`, `summary` and `detail` of a BaselineGainResult; returns it."""
     head = f"{result.condition} vs {result.reference}"
     se_text = {

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats
 
 KINDS = ("classical", "CR0", "CR1", "CR2")
@@ -55,7 +56,7 @@ class OLSFit:
         return float(2 * stats.t.sf(abs(self.coef[j] / self.se[j]), self.df[j]))
 
 
-def ols(y, X, groups=None, kind: str = "CR2") -> OLSFit:
+def ols(y: npt.ArrayLike, X: npt.ArrayLike, groups: npt.ArrayLike | None = None, kind: str = "CR2") -> OLSFit:
     """Fit y = X b by least squares with a classical or cluster-robust covariance.
 
     `groups` labels each row's cluster (required unless kind == "classical"). Raises
@@ -83,6 +84,7 @@ def ols(y, X, groups=None, kind: str = "CR2") -> OLSFit:
     if n_clusters < 2:
         raise DesignError("a cluster-robust variance needs at least 2 clusters")
     members = [np.flatnonzero(codes == g) for g in range(n_clusters)]
+    adjust: list[np.ndarray | None]
     if kind == "CR2":
         adjust = [_inv_sqrt_psd(np.eye(len(idx)) - X[idx] @ bread @ X[idx].T) for idx in members]
     else:
@@ -98,13 +100,13 @@ def ols(y, X, groups=None, kind: str = "CR2") -> OLSFit:
     return OLSFit(coef, vcov, df, kind, n, n_clusters)
 
 
-def _cluster_codes(groups, n: int) -> np.ndarray:
+def _cluster_codes(groups: npt.ArrayLike | None, n: int) -> np.ndarray:
     if groups is None:
         raise ValueError("a cluster-robust variance needs `groups`")
-    groups = np.asarray(groups)
-    if len(groups) != n:
-        raise ValueError(f"`groups` has {len(groups)} labels for {n} observations")
-    _, codes = np.unique(groups, return_inverse=True)
+    labels = np.asarray(groups)
+    if len(labels) != n:
+        raise ValueError(f"`groups` has {len(labels)} labels for {n} observations")
+    _, codes = np.unique(labels, return_inverse=True)
     return codes.ravel()
 
 
@@ -115,10 +117,12 @@ def _inv_sqrt_psd(matrix: np.ndarray) -> np.ndarray:
     keep = values > 1e-10
     inv_sqrt = np.zeros_like(values)
     inv_sqrt[keep] = 1 / np.sqrt(values[keep])
-    return (vectors * inv_sqrt) @ vectors.T
+    return np.asarray((vectors * inv_sqrt) @ vectors.T)
 
 
-def _bell_mccaffrey_df(X, bread, members, adjust) -> np.ndarray:
+def _bell_mccaffrey_df(
+    X: np.ndarray, bread: np.ndarray, members: list[np.ndarray], adjust: list[np.ndarray | None]
+) -> np.ndarray:
     """Bell-McCaffrey degrees of freedom of every coefficient (Imbens & Kolesar 2016, eq. 9).
 
     For coefficient j, with G_g = (I - H)[:, g] A_g X_g (X'X)^-1 e_j stacked as the columns
@@ -132,4 +136,4 @@ def _bell_mccaffrey_df(X, bread, members, adjust) -> np.ndarray:
     gram = np.einsum("njg,njh->jgh", stacked, stacked)
     trace = np.einsum("jgg->j", gram)
     trace_sq = np.einsum("jgh,jhg->j", gram, gram)
-    return trace**2 / trace_sq
+    return np.asarray(trace**2 / trace_sq)

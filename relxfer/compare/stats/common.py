@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pandas as pd
 
@@ -23,7 +24,7 @@ class AnalysisResult:
     """Base of every analysis result. `reason` is None when the analysis ran, otherwise it says
     why it could not (and the numeric fields are None)."""
 
-    def as_record(self) -> dict:
+    def as_record(self) -> dict[str, Any]:
         """Scalar fields only (no frames), e.g. to log as MLflow params and metrics."""
         return {
             f.name: getattr(self, f.name)
@@ -41,40 +42,53 @@ def conclusion(
     excludes zero, the other does not reject; a missing test counts as not rejecting);
     otherwise "none"."""
     side = "above" if ci_low > 0 else "below" if ci_high < 0 else None
-    rejects = not is_missing(exact_p) and exact_p < alpha
+    exact = known(exact_p)
+    rejects = exact is not None and exact < alpha
     if (side is not None) != rejects:
         return "inconclusive"
-    still = adjusted_p is None or (not is_missing(adjusted_p) and adjusted_p < alpha)
+    adjusted = known(adjusted_p)
+    still = adjusted_p is None or (adjusted is not None and adjusted < alpha)
     return side if side is not None and still else "none"
 
 
-def is_missing(value) -> bool:
+def is_missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def known(value: float | None) -> float | None:
+    """`value`, or None when it is missing (None or NaN)."""
+    return None if value is None or math.isnan(value) else value
 
 
 def fmt_p(p: float | None) -> str:
     """'p = 0.034', 'p < 0.001', 'p = 1.000': always three decimals."""
-    return "p = n/a" if is_missing(p) else f"p {fmt_p_value(p)}" if p < 0.001 else f"p = {fmt_p_value(p)}"
+    value = known(p)
+    if value is None:
+        return "p = n/a"
+    return f"p {fmt_p_value(value)}" if value < 0.001 else f"p = {fmt_p_value(value)}"
 
 
 def fmt_p_value(p: float | None) -> str:
     """A p-value for a table cell: '0.034', '<0.001', '1.000', 'n/a'."""
-    if is_missing(p):
+    value = known(p)
+    if value is None:
         return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def fmt_points(value: float) -> str:
-    """A proportion as percentage points, one decimal."""
-    return f"{100 * value:.1f}"
+def fmt_points(value: float | None) -> str:
+    """A proportion as percentage points, one decimal ('n/a' when missing)."""
+    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def fmt_num(value: float, digits: int = 2) -> str:
-    return f"{value:.{digits}f}"
+def fmt_num(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def fmt_signed(value: float, scale: str) -> str:
-    """+12.3 (points, from a proportion) or +0.45 (logits)."""
+def fmt_signed(value: float | None, scale: str) -> str:
+    """+12.3 (points, from a proportion) or +0.45 (logits); 'n/a' when missing."""
+    if value is None:
+        return "n/a"
     return f"{100 * value:+.1f}" if scale == "raw" else f"{value:+.2f}"
 
 
@@ -87,9 +101,11 @@ def unit(scale: str) -> str:
     return "points" if scale == "raw" else "logits"
 
 
-def compare_amounts(value: float, scale: str, subject: str, other: str, verb: str = "gained") -> str:
+def compare_amounts(value: float | None, scale: str, subject: str, other: str, verb: str = "gained") -> str:
     """'related languages gained 12.3 points more than controls', '... 4.0 points less ...', or
     '... about as much as controls (difference below 0.05 points)' when it rounds to zero."""
+    if value is None:
+        return f"how much more {subject} {verb} than {other} is not known"
     shown = abs(100 * value) if scale == "raw" else abs(value)
     digits = 1 if scale == "raw" else 2
     if round(shown, digits) == 0:
@@ -97,12 +113,12 @@ def compare_amounts(value: float, scale: str, subject: str, other: str, verb: st
     return f"{subject} {verb} {shown:.{digits}f} {unit(scale)} {'more' if value > 0 else 'less'} than {other}"
 
 
-def interval_text(low: float, high: float, scale: str) -> str:
+def interval_text(low: float | None, high: float | None, scale: str) -> str:
     """'95% CI +2.1 to +22.5 points'."""
     return f"95% CI {fmt_signed(low, scale)} to {fmt_signed(high, scale)} {unit(scale)}"
 
 
-def seed_label(seed) -> str:
+def seed_label(seed: int | str) -> str:
     """' (seed 3)', or '' for a seedless run (seed -1)."""
     return "" if int(seed) < 0 else f" (seed {int(seed)})"
 

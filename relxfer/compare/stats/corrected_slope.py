@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats
 
 POWER = 0.80  # for the smallest slope the design could detect
@@ -38,28 +39,37 @@ class CorrectedSlope:
     n_clusters: int
 
 
-def corrected_coefficients(b, g, v, w) -> np.ndarray:
+def corrected_coefficients(
+    b: npt.ArrayLike, g: npt.ArrayLike, v: npt.ArrayLike, w: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
     """[intercept, slope] solving the corrected normal equations (NaN when they are singular,
     e.g. when the baselines vary less than their noise)."""
-    X = np.column_stack([np.ones(len(b)), b])
+    X = np.column_stack([np.ones(np.shape(b)[0]), b])
     S = np.array([[0.0, 0.0], [0.0, float(np.sum(v))]])
     s = np.array([0.0, float(np.sum(np.asarray(w) - np.asarray(v)))])
     try:
-        return np.linalg.solve(X.T @ X - S, X.T @ np.asarray(g, dtype=float) - s)
+        return np.asarray(np.linalg.solve(X.T @ X - S, X.T @ np.asarray(g, dtype=float) - s), dtype=float)
     except np.linalg.LinAlgError:
         return np.full(2, np.nan)
 
 
-def corrected_slope(b, g, v, w, clusters, level: float = 0.95) -> CorrectedSlope:
+def corrected_slope(
+    b: npt.ArrayLike,
+    g: npt.ArrayLike,
+    v: npt.ArrayLike,
+    w: npt.ArrayLike,
+    clusters: npt.ArrayLike,
+    level: float = 0.95,
+) -> CorrectedSlope:
     """The corrected slope with its jackknife interval over `clusters` (one label per cell) and
     the smallest slope detectable with 80% power: (t_{1-alpha/2} + t_{power}) * se on G-1 df."""
-    b, g, v, w = (np.asarray(x, dtype=float) for x in (b, g, v, w))
-    clusters = np.asarray(clusters)
-    intercept, slope = corrected_coefficients(b, g, v, w)
-    labels = sorted(set(clusters.tolist()))
+    bs, gs, vs, ws = (np.asarray(x, dtype=float) for x in (b, g, v, w))
+    labels_of = np.asarray(clusters)
+    intercept, slope = corrected_coefficients(bs, gs, vs, ws)
+    labels = sorted(set(labels_of.tolist()))
     replicates = np.array(
         [
-            corrected_coefficients(b[clusters != c], g[clusters != c], v[clusters != c], w[clusters != c])[1]
+            corrected_coefficients(bs[labels_of != c], gs[labels_of != c], vs[labels_of != c], ws[labels_of != c])[1]
             for c in labels
         ]
     )

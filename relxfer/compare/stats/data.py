@@ -12,7 +12,10 @@ and question_id match.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from relxfer.errors import DataError
@@ -34,6 +37,8 @@ OPTIONAL_COLUMNS = ("extracted", "seedless")
 PAIR_KEYS = ["model", "seed", "language", "question_id"]
 ROLES = ("related", "control")
 SEEDLESS = -1  # the seed shown for a seedless run (as in the runner's cells.json)
+# "n" and each condition -> counts per cell (rows) and passage or split (columns)
+Counts = dict[str, npt.NDArray[np.float64]]
 
 
 def validate_items(items: pd.DataFrame) -> pd.DataFrame:
@@ -67,7 +72,7 @@ def validate_items(items: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def collapse_seedless(frame: pd.DataFrame, conditions=None) -> pd.DataFrame:
+def collapse_seedless(frame: pd.DataFrame, conditions: Sequence[str] | None = None) -> pd.DataFrame:
     """Seedless runs arrive once per seed of the study (copies); keep one copy of each, labelled
     seed -1 (`SEEDLESS`). With `conditions`, only when every row of those conditions is
     seedless (so a seedless reference stays paired with each seed of a seeded condition)."""
@@ -87,20 +92,20 @@ def available_conditions(items: pd.DataFrame) -> list[str]:
     return sorted(items["condition"].unique().tolist())
 
 
-def missing_conditions(items: pd.DataFrame, conditions) -> list[str]:
+def missing_conditions(items: pd.DataFrame, conditions: Sequence[str]) -> list[str]:
     """The requested conditions that have no rows."""
     present = set(items["condition"].unique())
     return [c for c in conditions if c not in present]
 
 
-def require_conditions(items: pd.DataFrame, conditions) -> None:
+def require_conditions(items: pd.DataFrame, conditions: Sequence[str]) -> None:
     """Raise DataError when a requested condition has no rows."""
     absent = missing_conditions(items, conditions)
     if absent:
         raise DataError(f"condition(s) {absent} not in the items; available: {available_conditions(items)}")
 
 
-def paired_wide(items: pd.DataFrame, conditions) -> pd.DataFrame:
+def paired_wide(items: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
     """One row per (model, seed, language, question_id) answered under every one of
     `conditions`, with a 0/1 column per condition plus passage_id, group and role (taken from
     the first condition's row).
@@ -120,7 +125,7 @@ def paired_wide(items: pd.DataFrame, conditions) -> pd.DataFrame:
     return wide
 
 
-def cell_table(wide: pd.DataFrame, conditions) -> pd.DataFrame:
+def cell_table(wide: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
     """Aggregate paired items to model x language cells, pooling seeds.
 
     Seeds are repeated fine-tuning runs of the same model, not new languages or models, so a
@@ -154,7 +159,7 @@ def cell_table(wide: pd.DataFrame, conditions) -> pd.DataFrame:
     return cells.sort_values(["model", "language"], ignore_index=True)
 
 
-def gain_cells(frame: pd.DataFrame, reference: str, condition: str, scale: str):
+def gain_cells(frame: pd.DataFrame, reference: str, condition: str, scale: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(wide, cells): the paired items (`paired_wide`) and their model x language cells
     (`cell_table`) with `baseline` and `gain` (condition minus reference) on `scale`."""
     wide = paired_wide(frame, [reference, condition])
@@ -164,32 +169,34 @@ def gain_cells(frame: pd.DataFrame, reference: str, condition: str, scale: str):
     return wide, cells
 
 
-def _codes(frame: pd.DataFrame, columns) -> np.ndarray:
+def _codes(frame: pd.DataFrame, columns: Sequence[str]) -> npt.NDArray[np.intp]:
     """One integer per distinct combination of `columns` (0..k-1, in order of appearance)."""
     if frame.empty:
         return np.zeros(0, dtype=int)
     codes = [pd.factorize(frame[c])[0] for c in columns]
     dims = [int(c.max()) + 1 for c in codes]
-    return pd.factorize(np.ravel_multi_index(codes, dims))[0]
+    return np.asarray(pd.factorize(np.ravel_multi_index(codes, dims))[0], dtype=np.intp)
 
 
-def logit_accuracy(k, n):
+def logit_accuracy(k: npt.ArrayLike, n: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Empirical logit log((k + 0.5) / (n - k + 0.5)): finite at 0% and 100% accuracy."""
-    k = np.asarray(k, dtype=float)
-    n = np.asarray(n, dtype=float)
-    return np.log((k + 0.5) / (n - k + 0.5))
+    correct = np.asarray(k, dtype=float)
+    total = np.asarray(n, dtype=float)
+    return np.asarray(np.log((correct + 0.5) / (total - correct + 0.5)), dtype=np.float64)
 
 
-def on_scale(k, n, scale: str):
+def on_scale(k: npt.ArrayLike, n: npt.ArrayLike, scale: str) -> npt.NDArray[np.float64]:
     """Cell accuracy k/n on the raw scale, or its empirical logit."""
     if scale == "raw":
-        return np.asarray(k, dtype=float) / np.asarray(n, dtype=float)
+        return np.asarray(np.asarray(k, dtype=float) / np.asarray(n, dtype=float), dtype=np.float64)
     if scale == "logit":
         return logit_accuracy(k, n)
     raise ValueError(f"scale must be 'raw' or 'logit', not {scale!r}")
 
 
-def split_half_counts(wide: pd.DataFrame, cells: pd.DataFrame, conditions, n_splits: int, seed: int):
+def split_half_counts(
+    wide: pd.DataFrame, cells: pd.DataFrame, conditions: Sequence[str], n_splits: int, seed: int
+) -> tuple[Counts, Counts]:
     """Counts of the two halves of `n_splits` random passage partitions, per cell.
 
     In every split each language's passages are shuffled and cut into halves A and B (the same
@@ -219,7 +226,9 @@ def split_half_counts(wide: pd.DataFrame, cells: pd.DataFrame, conditions, n_spl
     return half_a, half_b
 
 
-def passage_totals(wide: pd.DataFrame, cells: pd.DataFrame, conditions):
+def passage_totals(
+    wide: pd.DataFrame, cells: pd.DataFrame, conditions: Sequence[str]
+) -> tuple[Counts, npt.NDArray[np.intp], npt.NDArray[np.intp], dict[str, npt.NDArray[np.intp]]]:
     """Per cell and passage: item counts ("n") and correct counts per condition, as dense arrays
     of shape (len(cells), passages), rows in `cells` order. Returns (totals, row of each item,
     passage of each item, {language: passage columns it uses})."""

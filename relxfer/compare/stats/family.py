@@ -145,7 +145,7 @@ def family_gap(
         raise ValueError(f"adjustment must be one of {ADJUSTMENTS}, not {adjustment!r}")
     result = FamilyGapResult(condition=condition, reference=reference, scale=scale, adjustment=adjustment)
     frame = validate_items(items)
-    conditions = [reference, condition]
+    conditions = (reference, condition)
     missing = missing_conditions(frame, conditions)
     if missing:
         result.reason = f"condition(s) {missing} have no items"
@@ -199,7 +199,16 @@ def _describe_cells(result: FamilyGapResult, cells: pd.DataFrame) -> None:
     )
 
 
-def _sensitivity(result, wide, cells, conditions, n_splits, seed, level, n_perm) -> None:
+def _sensitivity(
+    result: FamilyGapResult,
+    wide: pd.DataFrame,
+    cells: pd.DataFrame,
+    conditions: tuple[str, str],
+    n_splits: int,
+    seed: int,
+    level: float,
+    n_perm: int | None,
+) -> None:
     """The baseline-adjusted gap of `result.adjustment`, and the baseline's reliability."""
     reference, condition = conditions
     v, _ = error_moments(wide, cells, reference, condition, result.scale)

@@ -18,10 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from relxfer.compare.stats.cluster import ols
-from relxfer.compare.stats.data import on_scale
+from relxfer.compare.stats.data import Counts, on_scale
 from relxfer.compare.stats.permutation import fwl_coefficients, indicator_matrix
 
 
@@ -37,7 +38,7 @@ class GapFit:
     exact: bool
 
 
-def design(cells: pd.DataFrame, covariate=None) -> np.ndarray:
+def design(cells: pd.DataFrame, covariate: npt.ArrayLike | None = None) -> np.ndarray:
     """Columns: intercept, related, [covariate], model dummies (first model dropped)."""
     columns = [np.ones(len(cells)), cells["related"].to_numpy(float)]
     if covariate is not None:
@@ -47,26 +48,33 @@ def design(cells: pd.DataFrame, covariate=None) -> np.ndarray:
     return np.column_stack(columns)
 
 
-def fit_ols(cells: pd.DataFrame, y, covariate=None, level: float = 0.95, n_perm=None, seed: int = 0) -> GapFit:
+def fit_ols(
+    cells: pd.DataFrame,
+    y: npt.ArrayLike,
+    covariate: npt.ArrayLike | None = None,
+    level: float = 0.95,
+    n_perm: int | None = None,
+    seed: int = 0,
+) -> GapFit:
     """Related coefficient of y ~ related [+ covariate] + model fixed effects; CR2 by language."""
     X = design(cells, covariate)
-    y = np.asarray(y, dtype=float)
-    fit = ols(y, X, cells["language"].to_numpy(), "CR2")
+    gains = np.asarray(y, dtype=float)
+    fit = ols(gains, X, cells["language"].to_numpy(), "CR2")
     indicators, exact = indicator_matrix(cells["language"].tolist(), _related(cells), n_perm, seed)
-    betas = fwl_coefficients(y, np.delete(X, 1, axis=1), indicators)
+    betas = fwl_coefficients(gains, np.delete(X, 1, axis=1), indicators)
     low, high = fit.ci(1, level)
     return GapFit(float(fit.coef[1]), float(fit.se[1]), float(fit.df[1]), low, high, fit.p_value(1), betas, exact)
 
 
 def fit_cross_fitted(
     cells: pd.DataFrame,
-    half_a: dict,
-    half_b: dict,
+    half_a: Counts,
+    half_b: Counts,
     reference: str,
     condition: str,
     scale: str,
     level: float = 0.95,
-    n_perm=None,
+    n_perm: int | None = None,
     seed: int = 0,
 ) -> GapFit:
     """gain(half B) ~ related + baseline(half A) + model, and the same with the halves swapped,
@@ -88,7 +96,16 @@ def _related(cells: pd.DataFrame) -> list[str]:
     return sorted(cells.loc[cells["related"] == 1, "language"].unique())
 
 
-def fit_corrected(cells: pd.DataFrame, y, baseline, v, w, level: float = 0.95, n_perm=None, seed: int = 0) -> GapFit:
+def fit_corrected(
+    cells: pd.DataFrame,
+    y: npt.ArrayLike,
+    baseline: npt.ArrayLike,
+    v: np.ndarray,
+    w: np.ndarray,
+    level: float = 0.95,
+    n_perm: int | None = None,
+    seed: int = 0,
+) -> GapFit:
     """gain ~ related + baseline + model with the baseline's measurement error removed from the
     normal equations (Fuller 1987, ch. 2): (X'X - S) b = X'y - s, S = sum(v) at the baseline's
     diagonal, s = sum(w - v) at its entry (`measurement.error_moments`: v the baseline's noise
@@ -97,28 +114,28 @@ def fit_corrected(cells: pd.DataFrame, y, baseline, v, w, level: float = 0.95, n
     from scipy import stats
 
     X = design(cells, baseline)
-    y = np.asarray(y, dtype=float)
+    gains = np.asarray(y, dtype=float)
     languages = cells["language"].to_numpy()
-    beta = _corrected(X, y, v, w)
+    beta = _corrected(X, gains, v, w)
     groups = sorted(set(languages))
     leave_out = np.array(
-        [_corrected(X[languages != g], y[languages != g], v[languages != g], w[languages != g]) for g in groups]
+        [_corrected(X[languages != g], gains[languages != g], v[languages != g], w[languages != g]) for g in groups]
     )
     G = len(groups)
     se = float(np.sqrt((G - 1) / G * np.sum((leave_out[:, 1] - leave_out[:, 1].mean()) ** 2)))
     q = stats.t.ppf(0.5 + level / 2, G - 1)
     indicators, exact = indicator_matrix(cells["language"].tolist(), _related(cells), n_perm, seed)
-    betas = np.array([_corrected(np.column_stack([X[:, :1], d, X[:, 2:]]), y, v, w)[1] for d in indicators.T])
+    betas = np.array([_corrected(np.column_stack([X[:, :1], d, X[:, 2:]]), gains, v, w)[1] for d in indicators.T])
     p = float(2 * stats.t.sf(abs(beta[1] / se), G - 1)) if se > 0 else float("nan")
     return GapFit(float(beta[1]), se, float(G - 1), float(beta[1] - q * se), float(beta[1] + q * se), p, betas, exact)
 
 
-def _corrected(X, y, v, w) -> np.ndarray:
+def _corrected(X: np.ndarray, y: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
     S = np.zeros((X.shape[1], X.shape[1]))
     S[2, 2] = np.sum(v)
     s = np.zeros(X.shape[1])
     s[2] = np.sum(w - v)
     try:
-        return np.linalg.solve(X.T @ X - S, X.T @ y - s)
+        return np.asarray(np.linalg.solve(X.T @ X - S, X.T @ y - s))
     except np.linalg.LinAlgError:
         return np.full(X.shape[1], np.nan)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from relxfer.compare.stats.common import (
     compare_amounts,
     fmt_magnitude,
@@ -12,10 +14,13 @@ from relxfer.compare.stats.common import (
     is_missing,
 )
 
+if TYPE_CHECKING:
+    from relxfer.compare.stats.family import FamilyGapResult
+
 MIN_LANGUAGES = 3  # family.MIN_LANGUAGES_PER_GROUP (repeated to keep the import one-way)
 
 
-def describe(result):
+def describe(result: FamilyGapResult) -> FamilyGapResult:
     """Fill `method`, `summary` and `detail` of a FamilyGapResult; returns it."""
     head = f"{result.condition} vs {result.reference}"
     kind = "an exact" if result.perm_exact else "a Monte Carlo"
@@ -63,14 +68,15 @@ def describe(result):
     return result
 
 
-def _verdict(result) -> str:
+def _verdict(result: FamilyGapResult) -> str:
     p = fmt_p(result.perm_p_value)
     if result.conclusion == "above":
         return f"a finding: related languages gained more (exact permutation {p})"
     if result.conclusion == "below":
         return f"a finding: controls gained more (exact permutation {p})"
     if result.conclusion == "inconclusive":
-        if result.ci_low > 0 or result.ci_high < 0:
+        low, high = result.ci_low, result.ci_high
+        if (low is not None and low > 0) or (high is not None and high < 0):
             return (
                 f"inconclusive: the interval excludes zero but the exact permutation test does not reject "
                 f"({p}){_unreachable(result)}"
@@ -81,16 +87,17 @@ def _verdict(result) -> str:
     return "not a finding"
 
 
-def _ruled_out(result) -> str:
+def _ruled_out(result: FamilyGapResult) -> str:
     """For a gap that is not a finding: the largest edge the interval rules out, next to the
     gap this design could detect, so "no edge" reads as "no edge larger than X"."""
     if result.conclusion in ("above", "below"):
         return ""
-    if result.ci_high <= 0 or result.ci_low >= 0:
-        return ""  # the interval lies on one side: its verdict already says where
+    low, high = result.ci_low, result.ci_high
+    if low is None or high is None or high <= 0 or low >= 0:
+        return ""  # no interval, or it lies on one side: its verdict already says where
     ruled = (
-        f" The data rule out an edge for related languages larger than {fmt_magnitude(result.ci_high, result.scale)} "
-        f"and for controls larger than {fmt_magnitude(-result.ci_low, result.scale)} (the interval's bounds)"
+        f" The data rule out an edge for related languages larger than {fmt_magnitude(high, result.scale)} "
+        f"and for controls larger than {fmt_magnitude(-low, result.scale)} (the interval's bounds)"
     )
     if result.detectable_gap is None:
         return ruled + "; no gap is detectable with this many languages."
@@ -100,7 +107,7 @@ def _ruled_out(result) -> str:
     )
 
 
-def _unreachable(result) -> str:
+def _unreachable(result: FamilyGapResult) -> str:
     """Why no finding is possible when the permutation test cannot reach p < 0.05."""
     if result.perm_min_p is None or result.perm_min_p < 0.05:
         return ""
@@ -110,14 +117,16 @@ def _unreachable(result) -> str:
     )
 
 
-def _higher_lower(difference) -> str:
+def _higher_lower(difference: float | None) -> str:
+    if difference is None:
+        return "at a level not known"
     points = f"{abs(100 * difference):.1f} points"
     if round(abs(100 * difference), 1) == 0:
         return "at the same level"
     return f"{points} {'higher' if difference > 0 else 'lower'}"
 
 
-def _adjustment_name(result) -> str:
+def _adjustment_name(result: FamilyGapResult) -> str:
     return {
         "cross-fitted": "the same regression with the baseline as covariate, cross-fitted (baseline from one half "
         "of each language's passages, gain from the other, both ways, stacked over random "
@@ -128,7 +137,7 @@ def _adjustment_name(result) -> str:
     }[result.adjustment]
 
 
-def _sensitivity_text(result) -> str:
+def _sensitivity_text(result: FamilyGapResult) -> str:
     if result.adjustment is None or is_missing(result.adjusted_estimate):
         return result.note
     label = (

@@ -59,7 +59,7 @@ def passage_moments(n_p: np.ndarray, s0: np.ndarray, s1: np.ndarray) -> tuple[np
 def _logit_slope(k: np.ndarray, n: np.ndarray) -> np.ndarray:
     """d logit(p) / dp at the empirical-logit proportion (k + 0.5) / (n + 1)."""
     p = (k + 0.5) / (n + 1)
-    return 1 / (p * (1 - p))
+    return np.asarray(1 / (p * (1 - p)))
 
 
 def reliability(measured: np.ndarray, v: np.ndarray) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -172,7 +173,7 @@ def _cap_rows(data: pd.DataFrame, max_rows: int | None) -> pd.DataFrame:
     return data[data["seed"].isin(keep)]
 
 
-def _fit(data: pd.DataFrame, formula: str):
+def _fit(data: pd.DataFrame, formula: str) -> Any:  # statsmodels' BayesMixedGLMResults (untyped)
     vc = {"question": "0 + C(question_id)", "language": "0 + C(language)"}
     model = BinomialBayesMixedGLM.from_formula(formula, vc, data)
     with warnings.catch_warnings():

@@ -4,7 +4,10 @@ and the verdict of the report's one rule (`common.conclusion`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
@@ -25,7 +28,7 @@ EXACT_BELOW = 25  # McNemar: exact binomial test when b + c < 25, chi-square oth
 TEST_NAME = "passage sign-flip (exact)"
 
 
-def holm_adjust(p_values) -> np.ndarray:
+def holm_adjust(p_values: npt.ArrayLike) -> np.ndarray:
     """Holm's step-down adjusted p-values: sorted ascending, p_(i) * (m - i), made monotone by a
     running maximum, capped at 1, returned in the input order. (Written out rather than calling
     statsmodels' multipletests, which runs a full garbage collection on every call: seconds per
@@ -153,7 +156,7 @@ def paired_gains_summary(gains: pd.DataFrame) -> str:
     )
 
 
-def _paired_interval(per_passage: pd.DataFrame, gain: float, level: float):
+def _paired_interval(per_passage: pd.DataFrame, gain: float, level: float) -> tuple[float, float]:
     n_clusters = len(per_passage)
     if n_clusters < 2:
         return float("nan"), float("nan")
@@ -170,7 +173,7 @@ VERDICTS = {
 }
 
 
-def _gain_sentence(r) -> str:
+def _gain_sentence(r: Any) -> str:  # a row of the gains frame (DataFrame.itertuples)
     return (
         f"{r.model}{seed_label(r.seed)}, {r.language}: {r.condition} {fmt_points(r.acc_cond)}% vs "
         f"{r.reference} {fmt_points(r.acc_ref)}%, gain {fmt_points(r.gain)} points "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -17,7 +18,9 @@ DEFAULT_MONTE_CARLO = 20_000
 TIE_TOLERANCE = 1e-9
 
 
-def language_assignments(languages, n_related: int, n_perm: int | None, seed: int):
+def language_assignments(
+    languages: Sequence[str], n_related: int, n_perm: int | None, seed: int
+) -> tuple[list[tuple[str, ...]], bool]:
     """Sets of languages to label related: all C(G, n_related) of them, or a random sample.
 
     Returns (assignments as a list of tuples, exact flag). A sample does not contain the
@@ -31,7 +34,9 @@ def language_assignments(languages, n_related: int, n_perm: int | None, seed: in
     return [tuple(rng.choice(languages, n_related, replace=False)) for _ in range(draws)], False
 
 
-def indicator_matrix(cell_languages, related_languages, n_perm: int | None, seed: int):
+def indicator_matrix(
+    cell_languages: Sequence[str], related_languages: Sequence[str], n_perm: int | None, seed: int
+) -> tuple[np.ndarray, bool]:
     """(indicators, exact): a cells x assignments 0/1 matrix, one column per assignment of
     len(related_languages) languages to the related group (the observed one included)."""
     languages = sorted(set(cell_languages))
@@ -56,7 +61,7 @@ def fwl_coefficients(y: np.ndarray, Z: np.ndarray, indicators: np.ndarray) -> np
         return np.where(denominators > TIE_TOLERANCE, residual.T @ y / denominators, np.nan)
 
 
-def permutation_p(betas: np.ndarray, observed: float) -> dict:
+def permutation_p(betas: np.ndarray, observed: float) -> dict[str, float]:
     """Two-sided p (|b| >= |observed|), one-sided p (b >= observed), the resolution and the
     smallest two-sided p the assignments can produce, over the usable (finite) betas."""
     betas = betas[np.isfinite(betas)]

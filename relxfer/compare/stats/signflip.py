@@ -19,9 +19,10 @@ bench/compare_simulations.py).
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 
-def signflip_p(passage_sums) -> float:
+def signflip_p(passage_sums: npt.ArrayLike) -> float:
     """Two-sided exact p-value P(|T| >= |t_observed|) of T = sum_k s_k d_k over all sign
     vectors s, for integer passage sums d_k; 1.0 when every d_k is 0."""
     d = np.abs(np.asarray(passage_sums, dtype=np.int64))
