@@ -57,17 +57,9 @@ class Report:
     task_alignment: TaskAlignmentResult | None = None
 
     def analyses(self) -> list[tuple[str, Analysis]]:
-        out: list[tuple[str, Analysis]] = []
-        by_condition: dict[
-            str, dict[str, FamilyGapResult] | dict[str, BaselineGainResult] | dict[str, MixedModelResult]
-        ]
-        by_condition = {
-            "family_gap": self.family_gap,
-            "baseline_gain": self.baseline_gain,
-            "mixed_model": self.mixed_model,
-        }
-        for name, results in by_condition.items():
-            out += [(f"{name}[{condition}]", result) for condition, result in results.items()]
+        out: list[tuple[str, Analysis]] = [(f"family_gap[{c}]", r) for c, r in self.family_gap.items()]
+        out += [(f"baseline_gain[{c}]", r) for c, r in self.baseline_gain.items()]
+        out += [(f"mixed_model[{c}]", r) for c, r in self.mixed_model.items()]
         if self.task_alignment is not None:
             out.append(("task_alignment", self.task_alignment))
         return out
