@@ -60,7 +60,7 @@ sys.path.insert(0, str(REPO))
 
 from relxfer.data.items import MCItem  # noqa: E402
 from relxfer.evaluate.base import Adapter  # noqa: E402
-from relxfer.plan.cells import COT_CONDITIONS, plan  # noqa: E402
+from relxfer.plan.cells import plan  # noqa: E402
 from relxfer.plan.study_data import StudyData  # noqa: E402
 from relxfer.run.cell import CellRunner, StudyContext  # noqa: E402
 from relxfer.run.runner import StudyRunner  # noqa: E402
@@ -216,7 +216,7 @@ def populate(
         baseline_noise=0.3,
         seed=0,
     )
-    model_names = {f"sim-m{i + 1}": m["name"] for i, m in enumerate(spec.models)}
+    model_names = {f"sim-m{i + 1}": m.name for i, m in enumerate(spec.models)}
     sim_langs = list(dict.fromkeys(sim["language"]))
     lang_names = dict(zip(sim_langs, related + control))
     sim["model"] = sim["model"].map(model_names)
@@ -266,7 +266,7 @@ def populate(
         index, cell = index_cell
         rng = np.random.default_rng(index)
         rows = by_cell[(cell.model, cell.condition, cell.language, 0 if cell.seed is None else cell.seed)]
-        backend = ScriptedBackend(*_script(rng, rows, labels, cot=cell.condition in COT_CONDITIONS), len(labels))
+        backend = ScriptedBackend(*_script(rng, rows, labels, cot=cell.condition.uses_cot), len(labels))
         # The script holds the fine-tuned answers too: the adapter is a name only.
         adapter = Adapter(cell.finetune_key, Path(), "scripted") if cell.finetune_key else None
         run_id = runner.evaluate(cell, ScriptedEngine(backend), None, adapter)

@@ -59,9 +59,10 @@ from relxfer.data.belebele import load_belebele  # noqa: E402
 from relxfer.data.prompts import PromptBuilder  # noqa: E402
 from relxfer.evaluate.local_backend import DEFAULT_MIN_SHARED_PREFIX, LocalBackend  # noqa: E402
 from relxfer.evaluate.loop import evaluate_items  # noqa: E402
-from relxfer.models.loading import resolve_model, resolve_source  # noqa: E402
+from relxfer.models.loading import resolve_source  # noqa: E402
 from relxfer.models.packaged_gemma import BUILTIN_ID as GEMMA_ID  # noqa: E402
 from relxfer.models.tiny import BUILTIN_ID as TINY_ID  # noqa: E402
+from relxfer.spec.types import ModelSpec  # noqa: E402
 from tests.support.lm_eval_tasks import write_belebele_tasks  # noqa: E402
 
 DEFAULT_BELEBELE = Path(__file__).resolve().parents[2] / "shared" / "data" / "belebele"
@@ -164,12 +165,12 @@ def main() -> None:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
-    model_dir = Path(resolve_source(resolve_model({"name": "bench", "source": args.model}), args.cache_dir))
+    model_dir = Path(resolve_source(ModelSpec.from_partial({"name": "bench", "source": args.model}), args.cache_dir))
     lm = HFLM(pretrained=str(model_dir), device="cpu", dtype="float32", batch_size=args.batch_size)
     # Both on their defaults: lm-eval 0.4.13 (PR #3347) encodes with the tokenizer's default
     # special tokens when add_bos_token is None, and so does relxfer's backend.
     backend = LocalBackend.load(
-        {"name": "bench", "source": str(model_dir), "dtype": "float32"},
+        ModelSpec.from_partial({"name": "bench", "source": str(model_dir), "dtype": "float32"}),
         None,
         args.cache_dir,
         min_shared_prefix=args.shared_prefix or None,

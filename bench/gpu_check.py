@@ -19,6 +19,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,14 +62,15 @@ def fsdp_check(ranks, model, quant, finetune, examples, eval_items, single, sing
     from types import SimpleNamespace
 
     from relxfer.spec.engines import EngineContext
-    from relxfer.spec.load import section_defaults
-    from relxfer.train import resolve_finetune
+    from relxfer.spec.types import ModelSpec, TorchrunFinetuneEngine
     from relxfer.train.base import TrainRequest
     from relxfer.train.torchrun_trainer import TorchrunTrainer
 
-    config = section_defaults("torchrunFinetuneEngine", {"kind": "torchrun", "nproc_per_node": ranks})
-    entry = {**model, "architecture": "dense", "engines": {"finetune": config}, "resources": {"gpus": ranks}}
-    context = EngineContext(entry, SimpleNamespace(finetune=resolve_finetune(finetune)), cache)
+    config = TorchrunFinetuneEngine.from_partial({"kind": "torchrun", "nproc_per_node": ranks})
+    entry = ModelSpec.from_partial(
+        {**model.to_dict(), "engines": {"finetune": config.to_dict()}, "resources": {"gpus": ranks}}
+    )
+    context = EngineContext(entry, SimpleNamespace(finetune=finetune), cache)
     started = time.perf_counter()
     result = TorchrunTrainer(config, context).train(
         TrainRequest(model, finetune, examples, work / "fsdp", 0, cache, False), lambda s, m: None
@@ -121,14 +123,22 @@ def main() -> int:
     train_items, eval_items = items[: args.items], items[args.items : args.items + args.eval_items]
     examples = [(prompt(item), f" {item.gold + 1}") for item in train_items]
 
-    quant = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": args.dtype}
-    gpu_model = {"name": "tiny", "source": BUILTIN_ID, "dtype": args.dtype, "device_map": "auto"}
-    cpu_model = {**gpu_model, "device_map": "cpu"}
-    finetune = {
-        "method": "qlora",
-        "quantization": quant,
-        "training": {"max_steps": args.steps, "batch_size": 8, "learning_rate": args.learning_rate},
-    }
+    from relxfer.spec.types import FinetuneSpec, ModelSpec, Quantization
+
+    quant = Quantization.from_partial(
+        {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": args.dtype}
+    )
+    gpu_model = ModelSpec.from_partial(
+        {"name": "tiny", "source": BUILTIN_ID, "dtype": args.dtype, "device_map": "auto"}
+    )
+    cpu_model = replace(gpu_model, device_map="cpu")
+    finetune = FinetuneSpec.from_partial(
+        {
+            "method": "qlora",
+            "quantization": quant.to_dict(),
+            "training": {"max_steps": args.steps, "batch_size": 8, "learning_rate": args.learning_rate},
+        }
+    )
 
     started = time.perf_counter()
     result = train_lora(gpu_model, finetune, examples, work / "finetune", seed=0, cache_dir=cache, progress=False)

@@ -49,10 +49,11 @@ from relxfer.data.belebele import load_belebele  # noqa: E402
 from relxfer.data.prompts import PromptBuilder  # noqa: E402
 from relxfer.evaluate.loop import evaluate_items  # noqa: E402
 from relxfer.evaluate.server_backend import ScoringState, ServerBackend  # noqa: E402
-from relxfer.models.loading import load_tokenizer, resolve_model, resolve_source  # noqa: E402
+from relxfer.models.loading import load_tokenizer, resolve_source  # noqa: E402
 from relxfer.models.tiny import BUILTIN_ID as TINY_ID  # noqa: E402
 from relxfer.services.openai_client import OpenAIClient  # noqa: E402
 from relxfer.services.vllm_launch import VllmServer, free_port  # noqa: E402
+from relxfer.spec.types import ModelSpec  # noqa: E402
 from tests.support.lm_eval_tasks import write_belebele_tasks  # noqa: E402
 
 DEFAULT_BELEBELE = REPO.parent / "shared" / "data" / "belebele"
@@ -157,7 +158,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
-    model = resolve_model({"name": "bench", "source": args.model})
+    model = ModelSpec.from_partial({"name": "bench", "source": args.model})
     model_dir = Path(resolve_source(model, args.cache_dir))
     tokenizer = load_tokenizer(model, args.cache_dir)
     n_questions = args.limit * len(args.languages)

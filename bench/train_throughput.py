@@ -37,10 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from relxfer.data.synthetic import SyntheticLanguage, generate  # noqa: E402
 from relxfer.models.loading import bnb_config, keep_compute_dtype, quiet_transformers  # noqa: E402
 from relxfer.models.tiny import BUILTIN_ID, build_tiny_model  # noqa: E402
-from relxfer.train import micro_batches, resolve_finetune, tokenize_examples, train_lora  # noqa: E402
+from relxfer.spec.types import FinetuneSpec, ModelSpec, TorchrunFinetuneEngine  # noqa: E402
+from relxfer.train import micro_batches, tokenize_examples, train_lora  # noqa: E402
 from relxfer.train.data import step_counts  # noqa: E402
 
-TINY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
+TINY_ENTRY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
+TINY = ModelSpec.from_partial(TINY_ENTRY)
 
 
 def examples(n: int) -> list[tuple[str, str]]:
@@ -52,7 +54,7 @@ def examples(n: int) -> list[tuple[str, str]]:
     return out
 
 
-def relxfer_step_times(finetune: dict, data, cache: Path, seed: int) -> list[float]:
+def relxfer_step_times(finetune: FinetuneSpec, data, cache: Path, seed: int) -> list[float]:
     stamps = []
     with tempfile.TemporaryDirectory() as out:
         train_lora(
@@ -68,31 +70,32 @@ def relxfer_step_times(finetune: dict, data, cache: Path, seed: int) -> list[flo
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
 
-def step_tokens(finetune: dict, data, cache: Path, seed: int) -> list[int]:
+def step_tokens(finetune: FinetuneSpec, data, cache: Path, seed: int) -> list[int]:
     """Prompt + completion tokens of each optimizer step (the global batch), as the loop counts them."""
     from relxfer.models.loading import load_tokenizer
 
-    train = resolve_finetune(finetune)["training"]
-    rows = tokenize_examples(load_tokenizer(TINY, cache), data, True, train["max_seq_len"])
+    train = finetune.training
+    rows = tokenize_examples(load_tokenizer(TINY, cache), data, True, train.max_seq_len)
     steps, total_micro = step_counts(len(rows), train)
-    accum = train["grad_accum_steps"]
+    accum = train.grad_accum_steps
     return [
         sum(
             len(rows[i][0])
-            for idx in micro_batches(len(rows), train["batch_size"], seed, (s - 1) * accum, min(s * accum, total_micro))
+            for idx in micro_batches(len(rows), train.batch_size, seed, (s - 1) * accum, min(s * accum, total_micro))
             for i in idx
         )
         for s in range(1, steps + 1)
     ]
 
 
-def in_loop_step_times(finetune: dict, data, cache: Path, seed: int, world_size: int) -> tuple[list[float], float]:
+def in_loop_step_times(
+    finetune: FinetuneSpec, data, cache: Path, seed: int, world_size: int
+) -> tuple[list[float], float]:
     """(step seconds from the loop's own tokens/s, wall seconds of the whole call) for one process
     (world_size 1) or FSDP2 over `world_size` torchrun processes."""
     from types import SimpleNamespace
 
     from relxfer.spec.engines import EngineContext
-    from relxfer.spec.load import section_defaults
     from relxfer.train.base import TrainRequest
     from relxfer.train.torchrun_trainer import TorchrunTrainer
 
@@ -111,24 +114,31 @@ def in_loop_step_times(finetune: dict, data, cache: Path, seed: int, world_size:
                 progress=False,
             )
         else:
-            config = section_defaults("torchrunFinetuneEngine", {"kind": "torchrun", "nproc_per_node": world_size})
-            model = {**TINY, "architecture": "dense", "engines": {"finetune": config}, "resources": {"gpus": 0}}
-            context = EngineContext(model, SimpleNamespace(finetune=resolve_finetune(finetune)), cache)
+            config = TorchrunFinetuneEngine.from_partial({"kind": "torchrun", "nproc_per_node": world_size})
+            model = ModelSpec.from_partial(
+                {
+                    **TINY_ENTRY,
+                    "architecture": "dense",
+                    "engines": {"finetune": config.to_dict()},
+                    "resources": {"gpus": 0},
+                }
+            )
+            context = EngineContext(model, SimpleNamespace(finetune=finetune), cache)
             request = TrainRequest(TINY, finetune, data, Path(out), seed, cache, progress=False)
             TorchrunTrainer(config, context).train(request, lambda s, m: rates.append(m["tokens_per_s"]))
     wall = time.perf_counter() - started
     return [n / r for n, r in zip(step_tokens(finetune, data, cache, seed), rates)], wall
 
 
-def bare_step_times(finetune: dict, data, cache: Path, seed: int) -> list[float]:
+def bare_step_times(finetune: FinetuneSpec, data, cache: Path, seed: int) -> list[float]:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-    cfg = resolve_finetune(finetune)
-    train, lora = cfg["training"], cfg["lora"]
+    cfg = finetune
+    train, lora = cfg.training, cfg.lora
     path = build_tiny_model(cache)
     torch.manual_seed(seed)
-    quant = bnb_config(cfg["quantization"])
+    quant = bnb_config(cfg.quantization)
     with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32, device_map="cpu", quantization_config=quant
@@ -137,23 +147,23 @@ def bare_step_times(finetune: dict, data, cache: Path, seed: int) -> list[float]
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(
-        r=lora["r"],
-        lora_alpha=lora["alpha"],
-        lora_dropout=lora["dropout"],
-        target_modules=lora["target_modules"],
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
     )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
         model = get_peft_model(model, config)
-    rows = tokenize_examples(tokenizer, data, False, train["max_seq_len"])  # the same token ids
+    rows = tokenize_examples(tokenizer, data, False, train.max_seq_len)  # the same token ids
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=train["learning_rate"], weight_decay=train["weight_decay"])
-    steps = train["max_steps"]
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
+    steps = train.max_steps
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=steps)
     model.train()
     times = []
-    for indices in micro_batches(len(rows), train["batch_size"], seed, 0, steps):
+    for indices in micro_batches(len(rows), train.batch_size, seed, 0, steps):
         started = time.perf_counter()
         batch = [rows[i] for i in indices]
         width = max(len(ids) for ids, _ in batch)
@@ -166,7 +176,7 @@ def bare_step_times(finetune: dict, data, cache: Path, seed: int) -> list[float]
             labels[r, len(ids) - n : len(ids)] = torch.tensor(ids[len(ids) - n :])
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, train["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -189,10 +199,12 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # each torchrun rank
 
     data = examples(args.items)
-    finetune = {
-        "method": "qlora",
-        "training": {"max_steps": args.steps, "batch_size": args.batch_size, "learning_rate": 2e-4},
-    }
+    finetune = FinetuneSpec.from_partial(
+        {
+            "method": "qlora",
+            "training": {"max_steps": args.steps, "batch_size": args.batch_size, "learning_rate": 2e-4},
+        }
+    )
     best = {"relxfer": float("inf"), "bare": float("inf")}
     for round_ in range(args.rounds):
         for name, fn in (("relxfer", relxfer_step_times), ("bare", bare_step_times)):
@@ -209,7 +221,7 @@ def main() -> None:
         compare_fsdp(finetune, data, args)
 
 
-def compare_fsdp(finetune: dict, data, args) -> None:
+def compare_fsdp(finetune: FinetuneSpec, data, args) -> None:
     """One process vs FSDP2 over args.world_size processes, alternating; the best median counts."""
     tokens = statistics.mean(step_tokens(finetune, data, args.cache_dir, 0)[args.warmup :])
     best: dict[int, float] = {}

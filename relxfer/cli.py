@@ -103,19 +103,19 @@ def plan(
     from relxfer.spec.resources import cell_request, describe_resources
 
     loaded = load_spec(spec)
-    settled = settle_assumptions(assume, from_experiment, tracking_uri, loaded.raw["analysis"]["reference"])
+    settled = settle_assumptions(assume, from_experiment, tracking_uri, loaded.analysis.reference)
     cells = expand(loaded)
     for model in loaded.models:
-        engines, res = model["engines"], model["resources"]
-        memory = f", {res['memory_gb']:g} GB" if res["memory_gb"] else ""
-        gpu_memory = f" x {res['gpu_memory_gb']:g} GB" if res.get("gpu_memory_gb") else ""
+        engines, res = model.engines, model.resources
+        memory = f", {res.memory_gb:g} GB" if res.memory_gb else ""
+        gpu_memory = f" x {res.gpu_memory_gb:g} GB" if res.gpu_memory_gb else ""
         click.echo(
-            f"model     {model['name']}: evaluate on {describe(engines['evaluate'])}; "
-            f"fine-tune on {describe(engines['finetune'])}; {res['gpus']} GPU{gpu_memory}, {res['cpus']:g} CPU{memory} a cell"
+            f"model     {model.name}: evaluate on {describe(engines.evaluate)}; "
+            f"fine-tune on {describe(engines.finetune)}; {res.gpus} GPU{gpu_memory}, {res.cpus:g} CPU{memory} a cell"
         )
         floor = estimate(model, loaded.finetune)
         if floor is not None:
-            click.echo(f"memory    {model['name']}: fine-tune needs {floor.describe()}")
+            click.echo(f"memory    {model.name}: fine-tune needs {floor.describe()}")
     for cell in cells:
         needs = describe_resources(cell_request(loaded.model(cell.model), cell.kind))
         click.echo(

@@ -13,12 +13,21 @@ from relxfer.data.synthetic import _syllables
 from relxfer.evaluate.local_backend import LocalBackend
 from relxfer.models.tiny import BUILTIN_ID
 from relxfer.spec.engines import EngineContext
-from relxfer.spec.load import section_defaults
-from relxfer.train import resolve_finetune
+from relxfer.spec.types import (
+    FinetuneSpec,
+    FsdpFinetuneEngine,
+    ModelSpec,
+    Quantization,
+    RayFinetuneEngine,
+    TorchrunFinetuneEngine,
+)
 from relxfer.train.base import TrainRequest
 
-TINY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
-NF4 = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+TINY_ENTRY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
+TINY = ModelSpec.from_partial(TINY_ENTRY)
+NF4 = Quantization.from_partial(
+    {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+)
 # Loss curves of one process and of FSDP2 over 2 gloo ranks agree to float32 summation order:
 # the ranks sum their halves of each micro-batch and FSDP2 reduces gradients across them.
 # Measured: 5.5e-7 over 6 steps of QLoRA; the bound leaves 20x room.
@@ -35,14 +44,14 @@ def toy() -> list[tuple[str, str]]:
     return ([(f"Item: {w}\nAnswer:", f" {i % 4 + 1}") for i, w in enumerate(words)] * 4)[:25]
 
 
-def recipe(method: str) -> dict:
+def recipe(method: str) -> FinetuneSpec:
     """6 steps of 2 micro-batches of 8, a checkpoint every 2 steps. Dropout 0: each rank draws
     its own dropout masks, so only without dropout are the curves of one and of two processes the
     same function of the data."""
-    return resolve_finetune(
+    return FinetuneSpec.from_partial(
         {
             "method": method,
-            "quantization": NF4,
+            "quantization": NF4.to_dict(),
             "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
             "training": {
                 "max_steps": 6,
@@ -56,23 +65,25 @@ def recipe(method: str) -> dict:
     )
 
 
-def engine(kind: str, **settings) -> dict:
-    name = {"torchrun": "torchrunFinetuneEngine", "ray": "rayFinetuneEngine"}[kind]
-    return section_defaults(name, {"kind": kind, **settings})
+def engine(kind: str, **settings) -> FsdpFinetuneEngine:
+    engine_class = {"torchrun": TorchrunFinetuneEngine, "ray": RayFinetuneEngine}[kind]
+    return engine_class.from_partial({"kind": kind, **settings})
 
 
-def context(config: dict, finetune: dict, cache: Path) -> EngineContext:
-    model = {**TINY, "architecture": "dense", "engines": {"finetune": config}, "resources": {"gpus": 0}}
+def context(config: FsdpFinetuneEngine, finetune: FinetuneSpec, cache: Path) -> EngineContext:
+    model = ModelSpec.from_partial(
+        {**TINY_ENTRY, "architecture": "dense", "engines": {"finetune": config.to_dict()}, "resources": {"gpus": 0}}
+    )
     return EngineContext(model, SimpleNamespace(finetune=finetune), cache)
 
 
-def request(finetune: dict, examples, out: Path, cache: Path, on_checkpoint=None) -> TrainRequest:
+def request(finetune: FinetuneSpec, examples, out: Path, cache: Path, on_checkpoint=None) -> TrainRequest:
     return TrainRequest(
         TINY, finetune, examples, out, seed=3, cache_dir=cache, progress=False, on_checkpoint=on_checkpoint
     )
 
 
-def predictions(adapter_dir: Path, quantization: dict | None, examples, cache: Path) -> np.ndarray:
+def predictions(adapter_dir: Path, quantization: Quantization | None, examples, cache: Path) -> np.ndarray:
     """Predicted label (0..3) per example: base + adapter loaded from disk, as evaluation does."""
     backend = LocalBackend.load(TINY, quantization, cache, adapter_dir=adapter_dir)
     prompts, conts = [], []

@@ -9,11 +9,14 @@ from relxfer.data.prompts import PromptBuilder
 from relxfer.data.synthetic import SyntheticLanguage, generate
 from relxfer.evaluate.local_backend import LocalBackend
 from relxfer.models.tiny import BUILTIN_ID
+from relxfer.spec.types import FinetuneSpec, ModelSpec, Quantization
 from relxfer.tracking.client import Tracker
 from relxfer.train import train_lora
 
-TINY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
-NF4 = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+TINY = ModelSpec.from_partial({"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"})
+NF4 = Quantization.from_partial(
+    {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+)
 TOLERANCE = 1e-5  # float32 logits; the same 4-bit base is re-quantized identically on load
 
 
@@ -21,12 +24,14 @@ def test_logits_after_reloading_the_adapter_from_mlflow_equal_the_trained_model(
     items = generate([SyntheticLanguage("syn_Base")], n_passages=16)["syn_Base"]
     builder = PromptBuilder.from_spec({"preset": "relxfer-v1", "labels": ["1", "2", "3", "4"]})
     examples = [builder.training_example(item) for item in items]
-    finetune = {
-        "method": "qlora",
-        "quantization": NF4,
-        "lora": {"r": 4, "dropout": 0.0},
-        "training": {"max_steps": 6, "learning_rate": 5e-3, "batch_size": 8},
-    }
+    finetune = FinetuneSpec.from_partial(
+        {
+            "method": "qlora",
+            "quantization": NF4.to_dict(),
+            "lora": {"r": 4, "dropout": 0.0},
+            "training": {"max_steps": 6, "learning_rate": 5e-3, "batch_size": 8},
+        }
+    )
     result = train_lora(TINY, finetune, examples, tmp_path / "ft", seed=0, cache_dir=relxfer_cache, progress=False)
 
     tracker = Tracker(mlflow_server.uri)

@@ -12,13 +12,16 @@ from relxfer.data.synthetic import SyntheticLanguage, generate
 from relxfer.evaluate.local_backend import CPU_PASS_OVERHEAD_TOKENS, LocalBackend
 from relxfer.models.tiny import BUILTIN_ID
 from relxfer.models.tokenization import cut_at_stop
+from relxfer.spec.types import ModelSpec, Quantization
 
 # One intra-op thread: the tiny model gains nothing from more, and on a shared 2-core machine
 # two OpenMP threads can run 50x slower when another process holds a core.
 torch.set_num_threads(1)
 
-TINY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
-NF4 = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+TINY = ModelSpec.from_partial({"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"})
+NF4 = Quantization.from_partial(
+    {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+)
 DIGITS = [" 1", " 2", " 3", " 4"]
 TOL = 1e-4  # float32 sums of log-probs over a 1,024-token vocabulary
 

@@ -21,13 +21,14 @@ from relxfer.evaluate.loop import (
     run_metrics,
 )
 from relxfer.models.tiny import BUILTIN_ID
+from relxfer.spec.types import CotSpec, ModelSpec
 from tests.support.lm_eval_tasks import write_belebele_tasks
 from tests.test_prompts import BELEBELE, lm_eval_requests
 
 # One intra-op thread: on a shared 2-core machine two threads can run 50x slower.
 torch.set_num_threads(1)
 
-TINY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
+TINY = ModelSpec.from_partial({"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"})
 V1 = {"preset": "relxfer-v1", "labels": ["1", "2", "3", "4"]}
 LM_EVAL = {"preset": "lm-eval-belebele"}
 TOL = 1e-4
@@ -124,7 +125,7 @@ def test_chat_keeps_exactly_one_bos(backend):
 
 def test_cot_records_and_diagnostics(backend, items):
     builder = PromptBuilder.from_spec(V1)
-    cot = {"max_new_tokens": 6, "stop": ["\n\n"]}
+    cot = CotSpec(max_new_tokens=6, stop=("\n\n",))
     result = evaluate_items(backend, items[:4], builder, cot=cot, batch_size=2, progress=False)
     records, m = result.records, result.metrics
     for record in records:

@@ -25,6 +25,7 @@ from relxfer.errors import ModelError
 from relxfer.evaluate.local_backend import LocalBackend
 from relxfer.models.loading import load_causal_lm
 from relxfer.models.tiny import BUILTIN_ID
+from relxfer.spec.types import FinetuneSpec, ModelSpec, Quantization
 from relxfer.train import (
     KEEP_CHECKPOINTS,
     completion_loss,
@@ -37,17 +38,21 @@ from relxfer.train import (
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
-NF4 = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+TINY = ModelSpec.from_partial({"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"})
+NF4 = Quantization.from_partial(
+    {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
+)
 
 
-def qlora(**training) -> dict:
-    return {
-        "method": "qlora",
-        "quantization": NF4,
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
-        "training": {"learning_rate": 1e-2, "batch_size": 8, "warmup_ratio": 0.0, **training},
-    }
+def qlora(**training) -> FinetuneSpec:
+    return FinetuneSpec.from_partial(
+        {
+            "method": "qlora",
+            "quantization": NF4.to_dict(),
+            "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear"},
+            "training": {"learning_rate": 1e-2, "batch_size": 8, "warmup_ratio": 0.0, **training},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +146,14 @@ KILLED_RUN = textwrap.dedent(
     import json, sys, time, torch
     from pathlib import Path
     torch.set_num_threads(1)
+    from relxfer.spec.types import FinetuneSpec, ModelSpec
     from relxfer.train import train_lora
     args = json.loads(sys.argv[1])
     def slow_after_checkpoint(step, metrics):
         if step >= 4:
             time.sleep(2.0)  # the parent kills the process during this sleep
-    train_lora(args["model"], args["finetune"], [tuple(e) for e in args["examples"]], Path(args["out"]),
+    train_lora(ModelSpec.from_dict(args["model"]), FinetuneSpec.from_dict(args["finetune"]),
+               [tuple(e) for e in args["examples"]], Path(args["out"]),
                seed=1, cache_dir=Path(args["cache"]), on_step=slow_after_checkpoint, progress=False)
     """
 )
@@ -157,7 +164,13 @@ def test_killed_run_resumes_from_its_checkpoint(toy, relxfer_cache, tmp_path):
     reference = train_lora(TINY, finetune, toy, tmp_path / "reference", seed=1, cache_dir=relxfer_cache, progress=False)
 
     out = tmp_path / "killed"
-    args = {"model": TINY, "finetune": finetune, "examples": toy, "out": str(out), "cache": str(relxfer_cache)}
+    args = {
+        "model": TINY.to_dict(),
+        "finetune": finetune.to_dict(),
+        "examples": toy,
+        "out": str(out),
+        "cache": str(relxfer_cache),
+    }
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     child = subprocess.Popen(
         [sys.executable, "-c", KILLED_RUN, json.dumps(args)], cwd=REPO, env=env, stderr=subprocess.PIPE
@@ -189,16 +202,18 @@ def test_gradient_accumulation_equals_one_big_batch(toy, relxfer_cache, tmp_path
     lora = {"method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}}
     runs = {}
     for batch, accum in ((8, 1), (4, 2)):
-        cfg = {
-            **lora,
-            "training": {
-                "learning_rate": 1e-2,
-                "max_steps": 3,
-                "batch_size": batch,
-                "grad_accum_steps": accum,
-                "lr_scheduler": "constant",
-            },
-        }
+        cfg = FinetuneSpec.from_partial(
+            {
+                **lora,
+                "training": {
+                    "learning_rate": 1e-2,
+                    "max_steps": 3,
+                    "batch_size": batch,
+                    "grad_accum_steps": accum,
+                    "lr_scheduler": "constant",
+                },
+            }
+        )
         runs[accum] = train_lora(
             TINY, cfg, toy, tmp_path / f"accum{accum}", seed=2, cache_dir=relxfer_cache, progress=False
         )
@@ -235,11 +250,13 @@ def test_completion_tokens_only_and_padding_does_not_change_the_loss(relxfer_cac
 
 
 def test_epochs_set_the_number_of_steps_and_bad_settings_are_refused(toy, relxfer_cache, tmp_path):
-    cfg = {
-        "method": "lora",
-        "lora": {"dropout": 0.0},
-        "training": {"epochs": 1.5, "batch_size": 8, "warmup_ratio": 0.5, "lr_scheduler": "cosine"},
-    }
+    cfg = FinetuneSpec.from_partial(
+        {
+            "method": "lora",
+            "lora": {"dropout": 0.0},
+            "training": {"epochs": 1.5, "batch_size": 8, "warmup_ratio": 0.5, "lr_scheduler": "cosine"},
+        }
+    )
     rates = []
     result = train_lora(
         TINY,
@@ -261,4 +278,6 @@ def test_epochs_set_the_number_of_steps_and_bad_settings_are_refused(toy, relxfe
         ({"training": {"epochs": 0}}, "finetune: /training/epochs: 0 is less than or equal to the minimum of 0"),
     ):
         with pytest.raises(ModelError, match=message):
-            train_lora(TINY, bad, toy, tmp_path / "bad", seed=0, cache_dir=relxfer_cache, progress=False)
+            train_lora(
+                TINY, FinetuneSpec.from_partial(bad, ModelError), toy, tmp_path / "bad", seed=0, cache_dir=relxfer_cache
+            )

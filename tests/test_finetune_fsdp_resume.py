@@ -144,7 +144,7 @@ def test_sigkill_of_one_rank_then_rerun_resumes_in_the_same_run(mlflow_server, r
 
     # Killed, resumed from a sharded checkpoint, and still the one-process loss curve.
     data = load_study_data(spec)
-    builder = PromptBuilder.from_spec(spec.prompt)
+    builder = PromptBuilder.from_spec(spec.prompt.to_dict())
     examples = [builder.training_example(item) for item in data.train_items]
     single = train_lora(
         spec.models[0], spec.finetune, examples, tmp_path / "single", seed=0, cache_dir=relxfer_cache, progress=False

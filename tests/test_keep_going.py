@@ -218,13 +218,14 @@ def test_the_adapter_count_is_what_peft_builds(relxfer_cache):
     from transformers import AutoModelForCausalLM
 
     from relxfer.spec.adapter_size import adapter_params
+    from relxfer.spec.types import FinetuneSpec, ModelSpec
 
-    model = {"name": "tiny", "source": "builtin:tiny-llama"}
+    model = ModelSpec.from_partial({"name": "tiny", "source": "builtin:tiny-llama"})
     for lora in ({"r": 8}, {"r": 3, "target_modules": ["q_proj", "v_proj"]}):
         base = AutoModelForCausalLM.from_pretrained(build_tiny_model(relxfer_cache))
         peft = get_peft_model(base, LoraConfig(r=lora["r"], target_modules=lora.get("target_modules", "all-linear")))
         trainable, _ = peft.get_nb_trainable_parameters()
-        assert adapter_params(model, lora) == trainable
+        assert adapter_params(model, FinetuneSpec.from_partial({"lora": lora}).lora) == trainable
 
 
 # --- causes in words -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from relxfer.cli import main
 from relxfer.plan.cells import plan
 from relxfer.spec.load import load_spec
 from relxfer.spec.memory import estimate, finetune_tags, misfit
+from relxfer.spec.types import FinetuneMethod, Resources
 
 REPO = Path(__file__).resolve().parents[1]
 FULL = REPO / "specs" / "full.json"
@@ -114,13 +116,15 @@ def test_a_fine_tune_that_cannot_fit_is_refused_naming_the_model_and_the_numbers
 
 def test_host_memory_floor_on_the_cpu_and_undeclared_resources_are_not_checked():
     spec = load_spec(FULL)
-    model = {**spec.model("qwen3-32b"), "resources": {"gpus": 0, "cpus": 8, "memory_gb": 8, "gpu_memory_gb": None}}
+    assert spec.finetune is not None
+    cpu_only = Resources.from_partial({"gpus": 0, "cpus": 8, "memory_gb": 8})
+    model = replace(spec.model("qwen3-32b"), resources=cpu_only)
     assert "needs 16.9 GB of host memory" in misfit(model, spec.finetune)
-    assert misfit({**model, "resources": {**model["resources"], "memory_gb": None}}, spec.finetune) is None
-    lora = {**spec.finetune, "method": "lora"}
+    assert misfit(replace(model, resources=replace(cpu_only, memory_gb=None)), spec.finetune) is None
+    lora = replace(spec.finetune, method=FinetuneMethod.LORA)
     floor = estimate(spec.model("qwen3-32b"), lora)
     assert floor.quantized_b == 0 and floor.full_gb == pytest.approx(32.8 * 2)
-    assert estimate({**model, "params_total_b": None}, spec.finetune) is None
+    assert estimate(replace(model, params_total_b=None), spec.finetune) is None
 
 
 def test_a_moe_qlora_is_labelled_for_what_it_is():

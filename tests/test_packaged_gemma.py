@@ -24,10 +24,11 @@ from relxfer.models.packaged_gemma import (
     assemble_gguf,
     build_gemma_270m,
 )
+from relxfer.spec.types import ModelSpec
 
 torch.set_num_threads(1)
 
-GEMMA = {"name": "gemma", "source": BUILTIN_ID, "dtype": "float32"}
+GEMMA = ModelSpec.from_partial({"name": "gemma", "source": BUILTIN_ID, "dtype": "float32"})
 
 
 @pytest.fixture(scope="module")

@@ -88,11 +88,23 @@ def test_engines_and_resources_default_to_local_and_leave_keys_alone(tmp_path):
     """A model without `engines` runs on the local engines; writing them out (or declaring
     resources, which are scheduling only) changes no cell key."""
     plain = load_variant(tmp_path, "plain")
-    assert plain.models[0]["engines"] == {"evaluate": {"kind": "local"}, "finetune": {"kind": "local"}}
-    assert plain.models[0]["resources"] == {"gpus": 0, "cpus": 1, "memory_gb": None, "gpu_memory_gb": None}
+    assert plain.models[0].engines.to_dict() == {"evaluate": {"kind": "local"}, "finetune": {"kind": "local"}}
+    assert plain.models[0].resources.to_dict() == {"gpus": 0, "cpus": 1, "memory_gb": None, "gpu_memory_gb": None}
 
     def explicit(raw):
         raw["models"][0]["engines"] = {"evaluate": {"kind": "local"}, "finetune": {"kind": "local"}}
         raw["models"][0]["resources"] = {"gpus": 2, "cpus": 8, "memory_gb": 64}
 
     assert keys(load_variant(tmp_path, "explicit", explicit)) == keys(plain)
+
+
+def test_cell_keys_of_every_shipped_spec_are_pinned(monkeypatch, belebele_dir):
+    """A cell's key decides what a re-run skips: the keys of every spec in specs/ stay what
+    tests/plan_keys.json records (a change there re-runs finished studies). Belebele keys hold
+    a digest of the files, so they are pinned for the shared copy of the data."""
+    monkeypatch.setenv("BELEBELE_DIR", str(belebele_dir))
+    pinned = json.loads((REPO / "tests" / "plan_keys.json").read_text())
+    shipped = sorted(p.name for p in (REPO / "specs").glob("*.json"))
+    assert sorted(pinned) == shipped
+    for name in shipped:
+        assert keys(load_spec(REPO / "specs" / name)) == pinned[name], name

@@ -191,12 +191,15 @@ def test_plan_shows_each_cell_s_resources(spec_path):
 def test_tasks_whose_engine_works_elsewhere_only_coordinate():
     """A Ray Train or Tinker fine-tune, and evaluation on a server that is already running or
     hosted, hold one CPU and no GPU: the GPUs belong to the workers or the server they wait for."""
+    from dataclasses import replace
+
     from relxfer.spec.load import load_spec
     from relxfer.spec.resources import cell_request
+    from relxfer.spec.types import OpenaiEvaluateEngine
 
     full = load_spec(REPO / "specs" / "full.json")
     deepseek, qwen = full.model("deepseek-v3.1"), full.model("qwen3-4b")
-    assert deepseek["engines"]["finetune"]["kind"] == "ray"
+    assert deepseek.engines.finetune.kind == "ray"
     assert cell_request(deepseek, "finetune") == {"CPU": 1.0, "GPU": 0.0}
     assert cell_request(deepseek, "evaluate")["GPU"] == 8  # relxfer launches its vLLM server on the node
     assert (
@@ -206,7 +209,8 @@ def test_tasks_whose_engine_works_elsewhere_only_coordinate():
     )
     hosted = load_spec(REPO / "specs" / "full-tinker.json").model("deepseek-v3.1")
     assert cell_request(hosted, "finetune") == cell_request(hosted, "evaluate") == {"CPU": 1.0, "GPU": 0.0}
-    remote = {**qwen, "engines": {**qwen["engines"], "evaluate": {"kind": "openai", "base_url": "http://h:8000/v1"}}}
+    server = OpenaiEvaluateEngine.from_partial({"kind": "openai", "base_url": "http://h:8000/v1"})
+    remote = replace(qwen, engines=replace(qwen.engines, evaluate=server))
     assert cell_request(remote, "evaluate") == {"CPU": 1.0, "GPU": 0.0}
 
 

@@ -37,9 +37,9 @@ def test_chat_template_runs_through_training_and_evaluation(tmp_path, relxfer_ca
     outcomes = runner.run()
     assert [o.status for o in outcomes] == ["FINISHED"] * len(plan(spec))
     run = tracker.client.get_run(next(o.run_id for o in outcomes if o.cell.kind == "evaluate"))
-    chat_id = PromptBuilder.from_spec(spec.prompt).template_id
+    chat_id = PromptBuilder.from_spec(spec.prompt.to_dict()).template_id
     assert run.data.tags["relxfer.template"] == chat_id
-    assert chat_id != PromptBuilder.from_spec({**spec.prompt, "chat_template": False}).template_id
+    assert chat_id != PromptBuilder.from_spec({**spec.prompt.to_dict(), "chat_template": False}).template_id
     # Every run says what made it: the parent, the fine-tune and the evaluation runs.
     finetune = tracker.client.get_run(next(o.run_id for o in outcomes if o.cell.kind == "finetune"))
     for recorded in (tracker.client.get_run(runner.parent.run_id), finetune, run):

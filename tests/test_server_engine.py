@@ -26,12 +26,14 @@ from relxfer.evaluate.scoring_probe import ScoringRefused
 from relxfer.services.openai_client import OpenAIClient, ServerError
 from relxfer.spec.engines import EngineContext, evaluation_engine
 from relxfer.spec.load import load_spec
+from relxfer.spec.types import CotSpec, FinetuneSpec, ModelSpec
 from relxfer.train import train_lora
 from tests.servers.vllm_server import MAX_LORA_RANK, SERVED_NAME
 
 torch.set_num_threads(1)
 
-TINY = {"name": "tiny", "source": "builtin:tiny-llama", "dtype": "float32"}
+TINY_ENTRY = {"name": "tiny", "source": "builtin:tiny-llama", "dtype": "float32"}
+TINY = ModelSpec.from_partial(TINY_ENTRY)
 V1 = PromptBuilder.from_spec({"preset": "relxfer-v1", "labels": ["1", "2", "3", "4"]})
 LORA = {
     "method": "lora",
@@ -61,7 +63,7 @@ def make_engine(tmp_path: Path, cache: Path, engine: dict, finetune: dict | None
         },
         "train": {"languages": ["syn_Base"]},
         "eval": {"groups": [{"name": "A", "role": "related", "languages": ["syn_Base"]}]},
-        "models": [TINY | {"engines": {"evaluate": engine}}],
+        "models": [TINY_ENTRY | {"engines": {"evaluate": engine}}],
         "conditions": ["baseline", "finetuned"] if finetune else ["baseline"],
     }
     if finetune:
@@ -134,7 +136,7 @@ def test_cot_text_equals_local_greedy_generation(engine, local, belebele):
     """Chain of thought through the server: greedy text equal to local generation (>= 95% of
     items), then the labels scored after it as the local engine does."""
     items = belebele["eng_Latn"][:40]
-    cot = {"max_new_tokens": 24, "stop": ["\n\n"]}
+    cot = CotSpec(max_new_tokens=24, stop=("\n\n",))
     ours = evaluate_items(local, items, V1, cot=cot, progress=False).records
     theirs = evaluate_items(engine.backend(None), items, V1, cot=cot, progress=False).records
     equal = [a["cot_text"] == b["cot_text"] for a, b in zip(ours, theirs)]
@@ -150,7 +152,9 @@ def adapter(synthetic, relxfer_cache, tmp_path_factory) -> Adapter:
     """A plain-LoRA fine-tune (unquantized base: the server's base is the trained base)."""
     examples = [V1.training_example(item) for item in synthetic["syn_Base"][:64]]
     out = tmp_path_factory.mktemp("lora") / "run"
-    result = train_lora(TINY, LORA, examples, out, seed=0, cache_dir=relxfer_cache, progress=False)
+    result = train_lora(
+        TINY, FinetuneSpec.from_partial(LORA), examples, out, seed=0, cache_dir=relxfer_cache, progress=False
+    )
     return Adapter("lora-test", Path(result.adapter_dir), "no-run")
 
 

@@ -13,6 +13,7 @@ from relxfer.errors import SpecError
 from relxfer.plan.cells import plan
 from relxfer.services.vllm_launch import LaunchError, lora_rank_limit, server_argv
 from relxfer.spec.load import load_spec
+from relxfer.spec.types import ModelSpec, VllmLaunch
 from tests.test_plan import keys, load_variant
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,12 +38,10 @@ def evaluation_keys(spec) -> dict[str, str]:
 
 
 def test_defaults_are_filled_in_the_matching_branch(tmp_path):
-    """...and the filled entry is valid too (the model loader validates it again)."""
-    from relxfer.models.loading import resolve_model
-
+    """...and the filled entry is valid too (a library call completes and validates it again)."""
     model = load(tmp_path, LAUNCH).models[0]
-    assert resolve_model(model) == model
-    launched = model["engines"]["evaluate"]
+    assert ModelSpec.from_partial(model.to_dict()) == model
+    launched = model.engines.evaluate.to_dict()
     assert launched["launch"] == {
         "tensor_parallel_size": 8,
         "pipeline_parallel_size": 1,
@@ -66,13 +65,10 @@ def test_defaults_are_filled_in_the_matching_branch(tmp_path):
         tmp_path, {"kind": "openai", "base_url": "http://127.0.0.1:30000/v1", "api_key_env": "SGLANG_KEY"}
     ).models[0]
     assert (
-        resolve_model(running) == running
-        and resolve_model(load(tmp_path, RUNNING).models[0])["engines"]["evaluate"]["dtype"] == "bfloat16"
+        ModelSpec.from_partial(running.to_dict()) == running
+        and ModelSpec.from_partial(load(tmp_path, RUNNING).models[0].to_dict()).engines.evaluate.dtype == "bfloat16"
     )
-    assert (
-        running["engines"]["evaluate"]["dtype"] is None
-        and running["engines"]["evaluate"]["api_key_env"] == "SGLANG_KEY"
-    )
+    assert running.engines.evaluate.dtype is None and running.engines.evaluate.api_key_env == "SGLANG_KEY"
 
 
 @pytest.mark.parametrize(
@@ -169,7 +165,7 @@ def test_a_server_engine_keys_no_4bit_settings_it_never_loads(tmp_path):
 
 
 def test_launch_argv_is_a_list_from_the_spec():
-    launch = load_spec(REPO / "specs" / "full.json").model("deepseek-v3.1")["engines"]["evaluate"]["launch"]
+    launch = load_spec(REPO / "specs" / "full.json").model("deepseek-v3.1").engines.evaluate.launch
     argv = server_argv(
         "/py", "deepseek-ai/DeepSeek-V3.1", "deepseek-v3.1", 8123, launch, lora_rank_limit(None, 16), False
     )
@@ -188,7 +184,7 @@ def test_launch_argv_is_a_list_from_the_spec():
     assert argv[argv.index("--enable-lora") :][:5] == ["--enable-lora", "--max-lora-rank", "16", "--max-loras", "1"]
     assert lora_rank_limit(None, 24) == 32 and lora_rank_limit(64, 16) == 64 and lora_rank_limit(None, None) is None
     with pytest.raises(LaunchError, match="--trust-remote-code is set by relxfer"):
-        server_argv("/py", "m", "m", 1, launch | {"extra_args": ["--trust-remote-code"]}, None, False)
+        server_argv("/py", "m", "m", 1, VllmLaunch.from_partial({"extra_args": ["--trust-remote-code"]}), None, False)
 
 
 def test_launch_without_vllm_installed_fails_before_any_run(tmp_path, monkeypatch):

@@ -39,12 +39,13 @@ def cli_error(path: Path, *args: str) -> str:
 def test_smoke_spec_is_valid_and_defaults_are_filled():
     spec = load_spec(SMOKE)
     assert spec.name == "smoke"
-    assert spec.finetune["lora"]["target_modules"] == "all-linear"  # schema default
-    assert spec.finetune["quantization"]["quant_type"] == "nf4"
-    assert spec.finetune["quantization"]["compute_dtype"] == "float32"  # the spec's own value wins
-    assert spec.prompt["chat_template"] is False
-    assert spec.data["split"]["unit"] == "question"
-    assert spec.models[0]["trust_remote_code"] is False
+    assert spec.finetune is not None
+    assert spec.finetune.lora.target_modules == "all-linear"  # schema default
+    assert spec.finetune.quantization.quant_type == "nf4"
+    assert spec.finetune.quantization.compute_dtype == "float32"  # the spec's own value wins
+    assert spec.prompt.chat_template is False
+    assert spec.data.split.unit == "question"
+    assert spec.models[0].trust_remote_code is False
     assert [g.role for g in spec.groups] == ["related", "control"]
     assert spec.groups[0].languages == ("syn_Rela", "syn_Relb", "syn_Relc", "syn_Reld", "syn_Rele")
 

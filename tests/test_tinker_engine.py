@@ -14,10 +14,16 @@ from click.testing import CliRunner
 from relxfer.cli import main
 from relxfer.plan.cells import plan
 from relxfer.spec.load import load_spec
+from relxfer.spec.types import FinetuneSpec, TinkerEvaluateEngine, TrainingSpec
 from tests.test_bad_input import run_cli, write
 
 REPO = Path(__file__).resolve().parents[1]
 TINKER = {"kind": "tinker"}
+
+
+def training_settings(partial: dict) -> TrainingSpec:
+    """`finetune.training` with the schema's defaults, as a spec resolves it."""
+    return FinetuneSpec.from_partial({"training": partial}).training
 
 
 def smoke_with(engines: dict) -> dict:
@@ -29,7 +35,7 @@ def smoke_with(engines: dict) -> dict:
 def test_tinker_kinds_fill_their_defaults_and_change_keys(tmp_path):
     local = plan(load_spec(write(tmp_path, smoke_with({}), "local.json")))
     spec = load_spec(write(tmp_path, smoke_with({"evaluate": TINKER, "finetune": TINKER}), "tinker.json"))
-    engines = spec.models[0]["engines"]
+    engines = spec.models[0].engines.to_dict()
     assert engines["evaluate"] == {
         "kind": "tinker",
         "base_model": None,
@@ -96,7 +102,7 @@ def test_learning_rates_equal_the_local_trainers_scheduler():
 
     for kind in ("linear", "cosine", "constant"):
         for steps, warmup_ratio in ((10, 0.0), (37, 0.1), (5, 0.5)):
-            training = {"learning_rate": 3e-4, "lr_scheduler": kind, "warmup_ratio": warmup_ratio}
+            training = training_settings({"learning_rate": 3e-4, "lr_scheduler": kind, "warmup_ratio": warmup_ratio})
             optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
             scheduler = get_scheduler(
                 SCHEDULERS[kind], optimizer, num_warmup_steps=round(warmup_ratio * steps), num_training_steps=steps
@@ -118,13 +124,13 @@ def test_lora_groups_and_optimizer_settings_are_explicit():
         "train_unembed": True,
     }
     training = {"weight_decay": 0.01, "max_grad_norm": 1.0}
-    params = adam_params(tinker.types, 2e-4, training)
+    params = adam_params(tinker.types, 2e-4, training_settings(training))
     assert (params.beta1, params.beta2, params.eps) == (0.9, 0.999, 1e-8)  # torch AdamW, not the SDK's 0.95 / 1e-12
     assert (params.learning_rate, params.weight_decay) == (2e-4, 0.01)
     if "grad_clip_norm" in tinker.types.AdamParams.model_fields:
         assert params.grad_clip_norm == 1.0
     recipe = {"method": "qlora", "lora": {"alpha": 16, "dropout": 0.05}, "training": training}
-    assert not_applied(recipe, sdk_has_clipping=True) == (
+    assert not_applied(FinetuneSpec.from_partial(recipe), sdk_has_clipping=True) == (
         "lora.alpha=16 (Tinker fixes 32); lora.dropout=0.05 (Tinker has none); "
         "method=qlora (Tinker trains on its own precision, no 4-bit base)"
     )
@@ -165,10 +171,11 @@ def test_full_tinker_spec_runs_the_seven_models_on_tinker(monkeypatch):
     monkeypatch.delenv("TINKER_API_KEY", raising=False)
     full = load_spec(REPO / "specs" / "full.json")
     spec = load_spec(REPO / "specs" / "full-tinker.json")
-    assert [m["name"] for m in spec.models] == [m["name"] for m in full.models]
+    assert [m.name for m in spec.models] == [m.name for m in full.models]
     for model in spec.models:
-        assert model["engines"]["evaluate"]["kind"] == model["engines"]["finetune"]["kind"] == "tinker"
-        assert model["engines"]["evaluate"]["base_model"] in TINKER_LINEUP
+        assert model.engines.evaluate.kind == model.engines.finetune.kind == "tinker"
+        assert isinstance(model.engines.evaluate, TinkerEvaluateEngine)
+        assert model.engines.evaluate.base_model in TINKER_LINEUP
     assert len(plan(spec)) == len(plan(full))
 
 

@@ -194,16 +194,16 @@ def check_first_step_loss(spec_path: Path, cache: Path, reported: float) -> None
     from relxfer.models.tokenization import default_add_bos_token
     from relxfer.plan.study_data import load_study_data
     from relxfer.spec.load import load_spec
-    from relxfer.train import completion_loss, resolve_finetune, tokenize_examples
+    from relxfer.train import completion_loss, tokenize_examples
     from relxfer.train.tinker_recipe import schedule_length, step_examples
 
     spec = load_spec(spec_path)
     model = spec.models[0]
-    train = resolve_finetune(spec.finetune)["training"]
-    builder = PromptBuilder.from_spec(spec.prompt)
+    train = spec.finetune.training
+    builder = PromptBuilder.from_spec(spec.prompt.to_dict())
     examples = [builder.training_example(item) for item in load_study_data(spec).train_items]
     lm, tokenizer = load_causal_lm(model, None, cache)
-    rows = tokenize_examples(tokenizer, examples, default_add_bos_token(), train["max_seq_len"])
+    rows = tokenize_examples(tokenizer, examples, default_add_bos_token(), train.max_seq_len)
     batch = [rows[i] for i in step_examples(len(rows), train, 0, 1, schedule_length(len(rows), train)[1])]
     with torch.inference_mode():
         loss_sum, n = completion_loss(lm, batch, tokenizer.pad_token_id, torch.device("cpu"))
@@ -223,7 +223,7 @@ def check_tables_against_local(client, runs, spec_path: Path, adapter: Path, cac
 
     spec = load_spec(spec_path)
     data = load_study_data(spec)
-    builder = PromptBuilder.from_spec(spec.prompt)
+    builder = PromptBuilder.from_spec(spec.prompt.to_dict())
     model = spec.models[0]
     backends = {
         "baseline": LocalBackend.load(model, None, cache),

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from relxfer.errors import ModelError
 from relxfer.models.loading import load_causal_lm
 from relxfer.models.tiny import BUILTIN_ID, build_tiny_model, tiny_model_dir
+from relxfer.spec.types import ModelSpec, Quantization
 
 # One intra-op thread: the tiny model gains nothing from more, and on a shared 2-core machine
 # two OpenMP threads can run 50x slower when another process holds a core.
@@ -96,11 +97,18 @@ def test_answer_labels_are_single_tokens(tiny_dir):
     assert len(tokenizer.encode(" mabo lupi", add_special_tokens=False)) > 1
 
 
+def entry(partial: dict) -> ModelSpec:
+    """A model entry as a direct library call builds it (a bad setting is a ModelError)."""
+    return ModelSpec.from_partial(partial, ModelError)
+
+
 def test_load_builtin_in_4bit_has_bitsandbytes_layers(relxfer_cache):
     import bitsandbytes as bnb
 
     model, tokenizer = load_causal_lm(
-        {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}, {"load_in_4bit": True}, relxfer_cache
+        entry({"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}),
+        Quantization.from_partial({"load_in_4bit": True}),
+        relxfer_cache,
     )
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(layers) == 14  # 7 projections x 2 layers; lm_head stays in full precision
@@ -109,14 +117,14 @@ def test_load_builtin_in_4bit_has_bitsandbytes_layers(relxfer_cache):
 
 def test_load_errors_name_the_problem(tmp_path, relxfer_cache, monkeypatch):
     with pytest.raises(ModelError, match="does not exist") as err:
-        load_causal_lm({"name": "x", "source": str(tmp_path / "nowhere")}, None, relxfer_cache)
+        load_causal_lm(entry({"name": "x", "source": str(tmp_path / "nowhere")}), None, relxfer_cache)
     assert str(tmp_path / "nowhere") in str(err.value)
     with pytest.raises(ModelError, match="has no config.json"):
-        load_causal_lm({"name": "x", "source": str(tmp_path)}, None, relxfer_cache)
+        load_causal_lm(entry({"name": "x", "source": str(tmp_path)}), None, relxfer_cache)
     with pytest.raises(ModelError, match="unknown built-in model 'builtin:nope'"):
-        load_causal_lm({"name": "x", "source": "builtin:nope"}, None, relxfer_cache)
+        load_causal_lm(entry({"name": "x", "source": "builtin:nope"}), None, relxfer_cache)
     with pytest.raises(ModelError, match=r"model: /dtype: 'float8' is not allowed here; did you mean float32"):
-        load_causal_lm({"name": "x", "source": BUILTIN_ID, "dtype": "float8"}, None, relxfer_cache)
+        load_causal_lm(entry({"name": "x", "source": BUILTIN_ID, "dtype": "float8"}), None, relxfer_cache)
     # A hub id that is not cached: offline mode makes the failure immediate (no network retries).
     import huggingface_hub.constants
 
@@ -124,7 +132,7 @@ def test_load_errors_name_the_problem(tmp_path, relxfer_cache, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError) as err:
         load_causal_lm(
-            {"name": "q", "source": "relxfer-test/not-cached-model", "revision": "main"}, None, relxfer_cache
+            entry({"name": "q", "source": "relxfer-test/not-cached-model", "revision": "main"}), None, relxfer_cache
         )
     message = str(err.value)
     assert "\n" not in message

@@ -40,6 +40,7 @@ from relxfer.models.tokenization import (
     cut_at_stop,
     default_add_bos_token,
 )
+from relxfer.spec.types import ModelSpec, Quantization
 
 # Auto batch size: at most this many (padded) tokens per forward pass, this many rows, and this
 # many logits (rows x kept positions x vocabulary) in memory at once.
@@ -95,10 +96,17 @@ class LocalBackend(TokenizerMethods):
         self._keeps_logits = "logits_to_keep" in forward_params
 
     @classmethod
-    def load(cls, model: dict, quantization: dict | None, cache_dir: Path, adapter_dir: Path | None = None, **kwargs):
+    def load(
+        cls,
+        model: ModelSpec,
+        quantization: Quantization | None,
+        cache_dir: Path,
+        adapter_dir: Path | None = None,
+        **kwargs,
+    ):
         """Load a spec's model entry (see `relxfer.models.loading.load_causal_lm`)."""
         lm, tokenizer = load_causal_lm(model, quantization, Path(cache_dir), adapter_dir)
-        return cls(lm, tokenizer, name=model.get("name", str(model["source"])), **kwargs)
+        return cls(lm, tokenizer, name=model.name, **kwargs)
 
     # -- scoring ------------------------------------------------------------------------------
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from relxfer.evaluate.base import Adapter
 from relxfer.spec.engines import EngineContext
+from relxfer.spec.types import LocalEvaluateEngine
 
 
 class LocalEngine:
     kind = "local"
 
-    def __init__(self, config: dict, context: EngineContext):
+    def __init__(self, config: LocalEvaluateEngine, context: EngineContext):
         self.context = context
         self._loaded: tuple[str | None, object] | None = None  # (adapter key, backend)
 
@@ -34,7 +35,7 @@ class LocalEngine:
         pass  # the model source is checked by the runner's preflight for every engine
 
     def run_tags(self) -> dict[str, str]:
-        return {"engine": self.kind, "dtype": str(self.context.model["dtype"])}
+        return {"engine": self.kind, "dtype": self.context.model.dtype}
 
     def log_files(self) -> dict[str, Path]:
         return {}

@@ -25,6 +25,7 @@ from relxfer.data.prompts import EXTRACTOR_VERSION, PromptBuilder, extract_answe
 from relxfer.errors import ModelError
 from relxfer.evaluate.base import Backend
 from relxfer.evaluate.intervals import clustered_accuracy_interval
+from relxfer.spec.types import CotSpec
 
 
 @dataclass
@@ -67,7 +68,7 @@ def evaluate_items(
     backend: Backend,
     items: list[MCItem],
     builder: PromptBuilder,
-    cot: dict | None = None,
+    cot: CotSpec | None = None,
     batch_size: int | None = None,
     progress: bool = True,
 ) -> EvalResult:
@@ -83,8 +84,8 @@ def evaluate_items(
         cot_prompts = [builder.cot(item) for item in items]
         reasoning = backend.generate(
             [backend.encode(p) for p in cot_prompts],
-            max_new_tokens=cot["max_new_tokens"],
-            stop=cot.get("stop", ()),
+            max_new_tokens=cot.max_new_tokens,
+            stop=cot.stop,
             batch_size=batch_size,
             progress=progress,
         )

@@ -33,7 +33,7 @@ from relxfer.services.vllm_launch import (
     vllm_python,
 )
 from relxfer.spec.engines import EngineContext
-from relxfer.spec.load import FINETUNE_CONDITIONS
+from relxfer.spec.types import OpenaiEvaluateEngine, VllmEvaluateEngine, VllmLaunch
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 # After a request could not connect: how long to wait for the watch to see relxfer's own server
@@ -58,18 +58,18 @@ def probe_tolerance(dtype: str | None) -> float:
 
 
 class ServerEngine:
-    def __init__(self, config: dict, context: EngineContext):
-        self.kind = config["kind"]
+    def __init__(self, config: VllmEvaluateEngine | OpenaiEvaluateEngine, context: EngineContext):
+        self.kind = config.kind.value
         self.config = config
         self.context = context
         self.model = context.model
-        self.launch = config.get("launch")
-        self.dtype = (self.launch or {}).get("dtype") or config.get("dtype") or "unknown"
-        allowed = SCORING_MODES if config.get("scoring", "auto") == "auto" else (config["scoring"],)
+        self.launch = config.launch
+        self.dtype = (self.launch.dtype if self.launch else None) or config.dtype or "unknown"
+        allowed = SCORING_MODES if config.scoring == "auto" else (config.scoring,)
         self.scoring = ScoringState(
             allowed=tuple(allowed),
             tolerance=probe_tolerance(self.dtype),
-            serial_continuations=bool(config["requests"]["serial_prompt_logprobs"]),
+            serial_continuations=bool(config.requests.serial_prompt_logprobs),
         )
         self.server: VllmServer | None = None
         self.client: OpenAIClient | None = None
@@ -84,16 +84,16 @@ class ServerEngine:
     def check(self) -> None:
         """Cheap checks before any run exists: the key's variable, the LoRA rank against the
         limit, vLLM importable for a launch, a running server answering."""
-        name = self.config.get("api_key_env")
+        name = self.config.api_key_env
         if name and not os.environ.get(name):
             raise EngineError(
-                f"model {self.model['name']!r}: environment variable {name} (engines.evaluate.api_key_env) is not set"
+                f"model {self.model.name!r}: environment variable {name} (engines.evaluate.api_key_env) is not set"
             )
         rank = self._finetune_rank()
         limit = self._lora_limit()
         if rank is not None and limit is not None and rank > limit:
             raise EngineError(
-                f"model {self.model['name']!r}: LoRA rank {rank} (finetune.lora.r) is above the server's "
+                f"model {self.model.name!r}: LoRA rank {rank} (finetune.lora.r) is above the server's "
                 f"max_lora_rank {limit}; raise max_lora_rank or lower the rank"
             )
         if self.launch:
@@ -111,7 +111,7 @@ class ServerEngine:
         self._start()
         served = self.served_model if adapter is None else self._load_adapter(adapter)
         return ServerBackend(
-            self._connected(), self.tokenizer, served, self.model["name"], self.scoring, explain=self._explain
+            self._connected(), self.tokenizer, served, self.model.name, self.scoring, explain=self._explain
         )
 
     def run_tags(self) -> dict[str, str]:
@@ -122,14 +122,14 @@ class ServerEngine:
             "scoring_mode": self.scoring.plan.tag if self.scoring.plan else "not probed",
         }
         if self.launch:
-            tags["tensor_parallel_size"] = str(self.launch["tensor_parallel_size"])
+            tags["tensor_parallel_size"] = str(self.launch.tensor_parallel_size)
         if self.kind == "vllm":  # an `openai` server may be any server: its version stays server_version
             tags[VERSIONS + "vllm"] = self.version
         return tags
 
     def log_files(self) -> dict[str, Path]:
         if self._log_file is not None and self._log_file.is_file():
-            return {f"servers/{self.model['name']}": self._log_file}
+            return {f"servers/{self.model.name}": self._log_file}
         return {}
 
     def close(self) -> None:
@@ -148,14 +148,16 @@ class ServerEngine:
     # -- starting -----------------------------------------------------------------------------
 
     def _client(self, base_url: str | None = None, give_up=lambda: False) -> OpenAIClient:
-        requests = self.config["requests"]
-        key = os.environ.get(self.config["api_key_env"]) if self.config.get("api_key_env") else None
+        requests = self.config.requests
+        key = os.environ.get(self.config.api_key_env) if self.config.api_key_env else None
+        url = base_url or self.config.base_url
+        assert url is not None  # the schema requires base_url where nothing is launched
         return OpenAIClient(
-            base_url or self.config["base_url"],
+            url,
             key,
-            timeout=requests["timeout_s"],
-            max_retries=requests["max_retries"],
-            max_in_flight=requests["max_in_flight"],
+            timeout=requests.timeout_s,
+            max_retries=requests.max_retries,
+            max_in_flight=requests.max_in_flight,
             give_up=give_up,
         )
 
@@ -176,18 +178,18 @@ class ServerEngine:
             raise self._explain(e) from None
         self.version = str(version.get("version", "unknown")) if isinstance(version, dict) else "unknown"
 
-    def _launch(self, launch: dict, model_dir: str) -> None:
-        port = launch["port"] or free_port()
-        name = self.config.get("served_model_name") or self.model["name"]
-        lora = lora_rank_limit(launch["max_lora_rank"], self._finetune_rank()) if self._needs_lora() else None
-        argv = server_argv(vllm_python(), model_dir, name, port, launch, lora, bool(self.model["trust_remote_code"]))
-        log_file = self.context.cache_dir / "servers" / f"{self.model['name']}-{port}.log"
+    def _launch(self, launch: VllmLaunch, model_dir: str) -> None:
+        port = launch.port or free_port()
+        name = self.config.served_model_name or self.model.name
+        lora = lora_rank_limit(launch.max_lora_rank, self._finetune_rank()) if self._needs_lora() else None
+        argv = server_argv(vllm_python(), model_dir, name, port, launch, lora, self.model.trust_remote_code)
+        log_file = self.context.cache_dir / "servers" / f"{self.model.name}-{port}.log"
         if log_file != self._log_file:  # a server started again on the same port keeps the dead one's log
             log_file.unlink(missing_ok=True)
         self._log_file = log_file
-        serial = self.config["requests"]["serial_prompt_logprobs"]
+        serial = self.config.requests.serial_prompt_logprobs
         self.scoring.serial_continuations = (lora is not None and not _has_cuda()) if serial is None else serial
-        self.server = VllmServer(argv, port, self._log_file, launch["startup_timeout_s"])
+        self.server = VllmServer(argv, port, self._log_file, launch.startup_timeout_s)
         self.server.start(self.context.report)
         server = self.server
         self.client = self._client(server.root_url + "/v1", give_up=lambda: not server.alive())
@@ -195,7 +197,7 @@ class ServerEngine:
     def _connected(self) -> OpenAIClient:
         """The client of the started server (`_start` makes it)."""
         if self.client is None:
-            raise EngineError(f"model {self.model['name']!r}: its model server has not been started")
+            raise EngineError(f"model {self.model.name!r}: its model server has not been started")
         return self.client
 
     def _get(self, path: str, root: bool = False) -> dict | str | None:
@@ -211,7 +213,7 @@ class ServerEngine:
         listed = self._connected().get("/models")
         # LoRA adapters are listed too, with their base model as `parent` (vLLM).
         ids = [m.get("id") for m in listed.get("data", []) if not m.get("parent")] if isinstance(listed, dict) else []
-        wanted = self.config.get("served_model_name") or (self.model["name"] if self.launch else None)
+        wanted = self.config.served_model_name or (self.model.name if self.launch else None)
         if wanted:
             if ids and wanted not in ids:
                 raise EngineError(
@@ -241,25 +243,23 @@ class ServerEngine:
             found = False
         if not found:
             raise EngineError(
-                f"model {self.model['name']!r} is evaluated on a vLLM server relxfer launches, but {python} "
+                f"model {self.model.name!r} is evaluated on a vLLM server relxfer launches, but {python} "
                 f"cannot import vllm: pip install vllm there, or set RELXFER_VLLM_PYTHON to a Python that has it"
             )
 
     # -- adapters -----------------------------------------------------------------------------
 
     def _needs_lora(self) -> bool:
-        return self.context.spec.finetune is not None and any(
-            c in FINETUNE_CONDITIONS for c in self.context.spec.conditions
-        )
+        return self.context.spec.finetune is not None and self.context.spec.needs_finetune
 
     def _finetune_rank(self) -> int | None:
         finetune = self.context.spec.finetune
-        return int(finetune["lora"]["r"]) if finetune is not None and self._needs_lora() else None
+        return finetune.lora.r if finetune is not None and self._needs_lora() else None
 
     def _lora_limit(self) -> int | None:
         if self.launch:
-            return lora_rank_limit(self.launch["max_lora_rank"], self._finetune_rank())
-        return self.config.get("max_lora_rank")
+            return lora_rank_limit(self.launch.max_lora_rank, self._finetune_rank())
+        return self.config.max_lora_rank
 
     def _load_adapter(self, adapter: Adapter) -> str:
         if adapter.key in self.adapters:
@@ -317,4 +317,4 @@ class ServerEngine:
         return LaunchError(f"{self._death(code)} during the cell; last log lines: {self.server.log_tail(4)}")
 
     def _death(self, code: int | None) -> str:
-        return f"the vLLM server for model {self.model['name']!r} exited (code {code})"
+        return f"the vLLM server for model {self.model.name!r} exited (code {code})"

@@ -38,7 +38,7 @@ from relxfer.services.tinker_client import (
     supports,
 )
 from relxfer.spec.engines import EngineContext
-from relxfer.spec.load import FINETUNE_CONDITIONS
+from relxfer.spec.types import FinetuneEngineKind, TinkerEvaluateEngine
 
 if TYPE_CHECKING:
     import tinker
@@ -62,29 +62,29 @@ def sampler_path(adapter_dir: Path) -> str:
 class TinkerEngine:
     kind = "tinker"
 
-    def __init__(self, config: dict, context: EngineContext):
+    def __init__(self, config: TinkerEvaluateEngine, context: EngineContext):
         self.config = config
         self.context = context
-        self.base_model = config.get("base_model") or str(context.model["source"])
+        self.base_model = config.base_model or context.model.source
         self._client: tinker.ServiceClient | None = None
         self._tokenizer = None
         self._backend: tuple[str | None, TinkerBackend] | None = None
 
     def check(self) -> None:
         model = self.context.model
-        check_environment(f"model {model['name']!r}'s evaluation")
+        check_environment(f"model {model.name!r}'s evaluation")
         spec = self.context.spec
-        finetune_kind = model["engines"]["finetune"]["kind"]
-        if spec.finetune is not None and set(spec.conditions) & set(FINETUNE_CONDITIONS) and finetune_kind != "tinker":
+        finetune_kind = model.engines.finetune.kind
+        if spec.finetune is not None and spec.needs_finetune and finetune_kind is not FinetuneEngineKind.TINKER:
             raise TinkerError(
-                f"model {model['name']!r}: the Tinker evaluation engine samples fine-tuned weights from Tinker only, "
-                f'but its fine-tune runs on {finetune_kind!r}; set models[].engines.finetune to {{"kind": "tinker"}}'
+                f"model {model.name!r}: the Tinker evaluation engine samples fine-tuned weights from Tinker only, "
+                f'but its fine-tune runs on {finetune_kind.value!r}; set models[].engines.finetune to {{"kind": "tinker"}}'
             )
 
     def backend(self, adapter: Adapter | None) -> TinkerBackend:
         key = adapter.key if adapter else None
         if self._backend is None or self._backend[0] != key:
-            timeout = float(self.config.get("request_timeout_s", 600))
+            timeout = float(self.config.request_timeout_s)
             if self._client is None:
                 self._client = service_client(timeout)
                 check_base_model(self._client, self.base_model, timeout)
@@ -100,7 +100,7 @@ class TinkerEngine:
                     sampling,
                     self._load_tokenizer(),
                     self.config,
-                    name=self.context.model["name"],
+                    name=self.context.model.name,
                     base_model=self.base_model,
                 ),
             )
@@ -139,7 +139,14 @@ class TinkerEngine:
 class TinkerBackend(TokenizerMethods):
     """`relxfer.evaluate.base.Backend` over a Tinker sampling client."""
 
-    def __init__(self, sampling_client, tokenizer, config: dict, name: str = "tinker", base_model: str | None = None):
+    def __init__(
+        self,
+        sampling_client,
+        tokenizer,
+        config: TinkerEvaluateEngine,
+        name: str = "tinker",
+        base_model: str | None = None,
+    ):
         from relxfer.models.tokenization import default_add_bos_token
 
         self.client = sampling_client
@@ -147,9 +154,9 @@ class TinkerBackend(TokenizerMethods):
         self.name = name
         self.base_model = base_model
         self.add_bos_token = default_add_bos_token()
-        self.timeout = float(config.get("request_timeout_s", 600))
-        self.retries = int(config.get("max_retries", 3))
-        self.max_in_flight = int(config.get("max_in_flight", 32))
+        self.timeout = float(config.request_timeout_s)
+        self.retries = config.max_retries
+        self.max_in_flight = config.max_in_flight
         self.targeted = supports(type(sampling_client).sample, "target_prompt_logprobs")
 
     # -- scoring ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from relxfer.errors import ModelError
 from relxfer.models import packaged_gemma, tiny
 from relxfer.models.build_once import quiet_transformers
 from relxfer.spec.checks import is_local_path, local_source_problem
-from relxfer.spec.load import section_defaults
+from relxfer.spec.types import ModelSpec, Quantization
 
 # bitsandbytes warns on every start that an optional CPU kernel from the Hugging Face hub (the
 # `kernels` package) is missing; its built-in kernel is used instead, with the same results.
@@ -32,27 +32,22 @@ BUILTIN_MODELS = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
-def resolve_model(model: dict) -> dict:
-    """The model entry with every optional key filled in from the spec schema, validated."""
-    return section_defaults("model", model, ModelError)
-
-
-def check_source(model: dict) -> None:
+def check_source(model: ModelSpec) -> None:
     """Fail fast, before any run starts, on a model that cannot be found: an unknown built-in
     id, a missing local directory or one without a checkpoint. Hub ids are checked at load."""
-    source = str(model["source"])
+    source = model.source
     if source.startswith("builtin:"):
         if source not in BUILTIN_MODELS:
             raise ModelError(f"unknown built-in model {source!r}; known: {', '.join(sorted(BUILTIN_MODELS))}")
-    problem = local_source_problem(source, model.get("gguf_file"))
+    problem = local_source_problem(source, model.gguf_file)
     if problem:
         raise ModelError(problem)
 
 
-def resolve_source(model: dict, cache_dir: Path) -> str:
+def resolve_source(model: ModelSpec, cache_dir: Path) -> str:
     """The directory or hub id `from_pretrained` should read; builds a built-in model on demand."""
     check_source(model)
-    source = str(model["source"])
+    source = model.source
     if source.startswith("builtin:"):
         return str(BUILTIN_MODELS[source](Path(cache_dir)))
     if is_local_path(source):
@@ -60,23 +55,21 @@ def resolve_source(model: dict, cache_dir: Path) -> str:
     return source
 
 
-def bnb_config(quantization: dict | None, quant_storage: torch.dtype | None = None):
+def bnb_config(quantization: Quantization | None, quant_storage: torch.dtype | None = None):
     """A `BitsAndBytesConfig` for the spec's quantization entry, or None for full precision.
     `quant_storage`: the dtype the packed 4-bit weights are stored in (bitsandbytes' default is
     uint8; FSDP shards them like other weights when it equals the compute dtype)."""
-    if not quantization:
+    if quantization is None or not quantization.load_in_4bit:
         return None
-    q = section_defaults("quantization", quantization, ModelError)
-    if not q["load_in_4bit"]:
-        return None
+    q = quantization
     from transformers import BitsAndBytesConfig
 
     storage = {} if quant_storage is None else {"bnb_4bit_quant_storage": quant_storage}
     return BitsAndBytesConfig(
         load_in_4bit=True,
-        bnb_4bit_quant_type=q["quant_type"],
-        bnb_4bit_use_double_quant=bool(q["double_quant"]),
-        bnb_4bit_compute_dtype=DTYPES[q["compute_dtype"]],
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=DTYPES[q.compute_dtype],
         **storage,
     )
 
@@ -89,12 +82,12 @@ def _device_map(requested):
     return requested
 
 
-def _from_pretrained(auto_class, source: str, model: dict, **kwargs):
+def _from_pretrained(auto_class, source: str, model: ModelSpec, **kwargs):
     """`auto_class.from_pretrained` with the model entry's revision, remote-code permission and
     GGUF file; every failure becomes one ModelError."""
-    kwargs |= {"revision": model["revision"], "trust_remote_code": bool(model["trust_remote_code"])}
-    if model["gguf_file"]:
-        kwargs["gguf_file"] = model["gguf_file"]
+    kwargs |= {"revision": model.revision, "trust_remote_code": model.trust_remote_code}
+    if model.gguf_file:
+        kwargs["gguf_file"] = model.gguf_file
     try:
         with quiet_transformers():
             return auto_class.from_pretrained(source, **kwargs)
@@ -102,9 +95,8 @@ def _from_pretrained(auto_class, source: str, model: dict, **kwargs):
         raise _load_error(source, model, exc) from exc
 
 
-def load_tokenizer(model: dict, cache_dir: Path):
+def load_tokenizer(model: ModelSpec, cache_dir: Path):
     """The tokenizer of a spec's model entry, with a pad token (EOS when the model has none)."""
-    model = resolve_model(model)
     source = resolve_source(model, cache_dir)
     from transformers import AutoTokenizer
 
@@ -115,20 +107,19 @@ def load_tokenizer(model: dict, cache_dir: Path):
 
 
 def load_causal_lm(
-    model: dict,
-    quantization: dict | None,
+    model: ModelSpec,
+    quantization: Quantization | None,
     cache_dir: Path,
     adapter_dir: Path | None = None,
     quant_storage: torch.dtype | None = None,
 ):
     """(model, tokenizer) for a spec's model entry, in eval mode.
 
-    `quantization` (e.g. {"load_in_4bit": true, "quant_type": "nf4", "double_quant": true,
-    "compute_dtype": "float32"}) loads the linear layers as bitsandbytes `Linear4bit`, on the
-    CPU or on CUDA (`quant_storage`: see `bnb_config`). `adapter_dir` puts a saved peft LoRA
-    adapter on top.
+    `quantization` (e.g. `Quantization.from_partial({"compute_dtype": "float32"})`) loads the
+    linear layers as bitsandbytes `Linear4bit`, on the CPU or on CUDA (`quant_storage`: see
+    `bnb_config`). `adapter_dir` puts a saved peft LoRA adapter on top. A direct call builds
+    `model` with `ModelSpec.from_partial({"name": ..., "source": ...})`.
     """
-    model = resolve_model(model)
     source = resolve_source(model, cache_dir)
     if not is_local_path(source):
         _check_hub_model(source, model)
@@ -136,7 +127,7 @@ def load_causal_lm(
 
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": DTYPES[model["dtype"]], "device_map": _device_map(model["device_map"])}
+    kwargs = {"dtype": DTYPES[model.dtype], "device_map": _device_map(model.device_map)}
     quant_config = bnb_config(quantization, quant_storage)
     if quant_config is not None:
         kwargs["quantization_config"] = quant_config
@@ -174,26 +165,24 @@ def keep_compute_dtype(model, compute_dtype) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _check_hub_model(source: str, model: dict) -> None:
+def _check_hub_model(source: str, model: ModelSpec) -> None:
     """Read the hub model's config first, so an unreachable or uncached model fails once, early."""
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(
-            source, revision=model["revision"], trust_remote_code=bool(model["trust_remote_code"])
-        )
+        AutoConfig.from_pretrained(source, revision=model.revision, trust_remote_code=model.trust_remote_code)
     except Exception as exc:  # noqa: BLE001
         raise _load_error(source, model, exc) from exc
 
 
-def _load_error(source: str, model: dict, exc: Exception) -> ModelError:
+def _load_error(source: str, model: ModelSpec, exc: Exception) -> ModelError:
     """One line that says what failed and how to fix it."""
     text = str(exc).strip()
     detail = text.splitlines()[0][:300] if text else "no details"
     if is_local_path(source) or source.startswith("builtin:"):
         return ModelError(f"cannot load model from {source!r}: {detail}")
-    revision = f" at revision {model['revision']!r}" if model["revision"] else ""
-    flag = f" --revision {model['revision']}" if model["revision"] else ""
+    revision = f" at revision {model.revision!r}" if model.revision else ""
+    flag = f" --revision {model.revision}" if model.revision else ""
     return ModelError(
         f"cannot load hub model {source!r}{revision}: the weights must be downloaded and cached first "
         f"(e.g. `hf download {source}{flag}` on a machine with network access, then copy the Hugging Face "

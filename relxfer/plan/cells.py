@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from relxfer import RESULT_VERSION
 from relxfer.spec.engines import (
@@ -17,9 +18,7 @@ from relxfer.spec.engines import (
     evaluation_quantization,
     finetune_identity,
 )
-from relxfer.spec.load import FINETUNE_CONDITIONS, Spec
-
-COT_CONDITIONS = ("cot", "finetuned_cot")
+from relxfer.spec.types import Condition, EvalGroup, GroupRole, ModelSpec, Spec
 
 
 @dataclass(frozen=True)
@@ -28,10 +27,10 @@ class Cell:
     model: str
     key: str
     seed: int | None = None  # None for evaluations that do not depend on the fine-tuning seed
-    condition: str | None = None
+    condition: Condition | None = None
     language: str | None = None
     group: str | None = None
-    role: str | None = None
+    role: GroupRole | None = None
     family: str | None = None
     finetune_key: str | None = None  # the fine-tune cell an evaluation needs
 
@@ -44,57 +43,69 @@ class Cell:
         return f"eval/{self.model}/{self.condition}/{self.language}{seed}"
 
 
-def _key(parts: dict) -> str:
+def _key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _model_identity(model: dict, engine: dict | None = None) -> dict:
+def _model_identity(model: ModelSpec, engine: dict[str, Any] | None = None) -> dict[str, Any]:
     # Display fields (name, parameter counts, resources) do not change results; everything else
     # may. An engine adds the settings of it that change results (its kind, dtype: never a URL);
     # the `local` engine adds nothing, so local cells keep the keys they always had.
-    identity = {k: model[k] for k in ("source", "revision", "dtype", "backend", "trust_remote_code")}
+    identity: dict[str, Any] = {
+        "source": model.source,
+        "revision": model.revision,
+        "dtype": model.dtype,
+        "backend": model.backend,
+        "trust_remote_code": model.trust_remote_code,
+    }
     if engine is not None:
         identity["engine"] = engine
     return identity
 
 
-def _data_identity(spec: Spec) -> dict:
-    return {"source": spec.data["source"], "split": spec.data["split"]}
+def _data_identity(spec: Spec) -> dict[str, Any]:
+    return {"source": spec.data.source.to_dict(), "split": spec.data.split.to_dict()}
 
 
-def finetune_cell(spec: Spec, model: dict, seed: int) -> Cell:
+def _dict_or_none(part: Any) -> dict[str, Any] | None:
+    return None if part is None else dict(part.to_dict())
+
+
+def finetune_cell(spec: Spec, model: ModelSpec, seed: int) -> Cell:
     key = _key(
         {
             "version": RESULT_VERSION,
             "kind": "finetune",
             "model": _model_identity(model, finetune_identity(model)),
             "data": _data_identity(spec),
-            "train": spec.raw["train"],
-            "finetune": spec.finetune,
-            "prompt": spec.prompt,
+            "train": spec.train.to_dict(),
+            "finetune": _dict_or_none(spec.finetune),
+            "prompt": spec.prompt.to_dict(),
             "seed": seed,
         }
     )
-    return Cell(kind="finetune", model=model["name"], key=key, seed=seed)
+    return Cell(kind="finetune", model=model.name, key=key, seed=seed)
 
 
-def evaluation_cell(spec: Spec, model: dict, condition: str, group, language: str, ft: Cell | None) -> Cell:
+def evaluation_cell(
+    spec: Spec, model: ModelSpec, condition: Condition, group: EvalGroup, language: str, ft: Cell | None
+) -> Cell:
     parts = {
         "version": RESULT_VERSION,
         "kind": "evaluate",
         "model": _model_identity(model, evaluation_identity(model)),
         "data": _data_identity(spec),
-        "condition": condition,
+        "condition": condition.value,
         "language": language,
-        "prompt": spec.prompt,
-        "max_items": spec.evaluation["max_items"],
-        "quantization": evaluation_quantization(spec, model),
-        "cot": spec.cot if condition in COT_CONDITIONS else None,
+        "prompt": spec.prompt.to_dict(),
+        "max_items": spec.evaluation.max_items,
+        "quantization": _dict_or_none(evaluation_quantization(spec, model)),
+        "cot": spec.cot.to_dict() if condition.uses_cot else None,
         "finetune": ft.key if ft is not None else None,
     }
     return Cell(
         kind="evaluate",
-        model=model["name"],
+        model=model.name,
         key=_key(parts),
         seed=ft.seed if ft is not None else None,
         condition=condition,
@@ -108,15 +119,14 @@ def evaluation_cell(spec: Spec, model: dict, condition: str, group, language: st
 
 def plan(spec: Spec) -> list[Cell]:
     """All cells of a spec, fine-tunes first, in a stable order."""
-    needs_finetune = any(c in FINETUNE_CONDITIONS for c in spec.conditions)
     cells: list[Cell] = []
     for model in spec.models:
-        finetunes = [finetune_cell(spec, model, seed) for seed in spec.seeds] if needs_finetune else []
+        finetunes = [finetune_cell(spec, model, seed) for seed in spec.seeds] if spec.needs_finetune else []
         cells += finetunes
         for condition in spec.conditions:
             for group in spec.groups:
                 for language in group.languages:
-                    if condition in FINETUNE_CONDITIONS:
+                    if condition.uses_adapter:
                         cells += [evaluation_cell(spec, model, condition, group, language, ft) for ft in finetunes]
                     else:
                         cells.append(evaluation_cell(spec, model, condition, group, language, None))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from relxfer.data import split, synthetic
 from relxfer.data.digest import items_digest
 from relxfer.data.items import MCItem
-from relxfer.spec.load import Spec
+from relxfer.spec.types import BelebeleSource, Spec, SyntheticSource
 
 
 @dataclass(frozen=True)
@@ -23,40 +23,40 @@ class StudyData:
 
 
 def _load_source(spec: Spec, languages: list[str]) -> tuple[dict[str, list[MCItem]], str]:
-    source = spec.data["source"]
-    if source["kind"] == "synthetic":
+    source = spec.data.source
+    if isinstance(source, SyntheticSource):
         langs = [
-            synthetic.SyntheticLanguage(code=lang["code"], overlap=lang["overlap"], alphabet=lang["alphabet"])
-            for lang in source["languages"]
+            synthetic.SyntheticLanguage(code=lang.code, overlap=lang.overlap, alphabet=lang.alphabet)
+            for lang in source.languages
         ]
         items = synthetic.generate(
             langs,
-            n_passages=source["n_passages"],
-            questions_per_passage=source["questions_per_passage"],
-            facts_per_passage=source["facts_per_passage"],
-            objects_per_category=source["objects_per_category"],
-            seed=source["seed"],
+            n_passages=source.n_passages,
+            questions_per_passage=source.questions_per_passage,
+            facts_per_passage=source.facts_per_passage,
+            objects_per_category=source.objects_per_category,
+            seed=source.seed,
         )
-        uri = f"relxfer-synthetic://seed={source['seed']}/passages={source['n_passages']}"
+        uri = f"relxfer-synthetic://seed={source.seed}/passages={source.n_passages}"
         return {code: items[code] for code in languages}, uri
     from relxfer.data.belebele import load_belebele
 
-    data = load_belebele(languages, path=source["path"], hub_id=source["hub_id"], revision=source["revision"])
+    data = load_belebele(languages, path=source.path, hub_id=source.hub_id, revision=source.revision)
     return data.items_by_language, data.source
 
 
 def load_study_data(spec: Spec) -> StudyData:
     languages = list(dict.fromkeys([*spec.train_languages, *spec.eval_languages]))
     items_by_language, uri = _load_source(spec, languages)
-    split_cfg = spec.data["split"]
-    held_out = split.held_out_split(items_by_language, split_cfg["held_out"], split_cfg["seed"], unit=split_cfg["unit"])
+    split_cfg = spec.data.split
+    held_out = split.held_out_split(items_by_language, split_cfg.held_out, split_cfg.seed, unit=split_cfg.unit)
     train = held_out.training_items(items_by_language, spec.train_languages)
-    cap = spec.raw["train"]["max_items_per_language"]
+    cap = spec.train.max_items_per_language
     if cap is not None:
         train = [item for lang in spec.train_languages for item in [i for i in train if i.language == lang][:cap]]
     held_out.assert_no_leakage(train)
     evaluation = held_out.evaluation_items(items_by_language, spec.eval_languages)
-    max_items = spec.evaluation["max_items"]
+    max_items = spec.evaluation.max_items
     if max_items is not None:
         evaluation = {lang: items[:max_items] for lang, items in evaluation.items()}
     return StudyData(
@@ -87,13 +87,13 @@ class DataSummary:
 def summarize_study_data(spec: Spec) -> DataSummary:
     """Sizes of the training and evaluation sets. Local and synthetic data are loaded and counted
     (leakage is measured); a hub source is not contacted: its sizes follow from Belebele's shape."""
-    source = spec.data["source"]
-    if source["kind"] == "belebele" and not source.get("path"):
-        held_out = spec.data["split"]["held_out"]
+    source = spec.data.source
+    if isinstance(source, BelebeleSource) and not source.path:
+        held_out = spec.data.split.held_out
         per_language = BELEBELE_QUESTIONS_PER_LANGUAGE - held_out
-        cap = spec.raw["train"]["max_items_per_language"]
+        cap = spec.train.max_items_per_language
         per_language = min(per_language, cap) if cap else per_language
-        max_items = spec.evaluation["max_items"]
+        max_items = spec.evaluation.max_items
         n_eval = min(held_out, max_items) if max_items else held_out
         return DataSummary(
             train_items=per_language * len(spec.train_languages),
@@ -102,7 +102,7 @@ def summarize_study_data(spec: Spec) -> DataSummary:
             eval_items={lang: n_eval for lang in spec.eval_languages},
             loaded=False,
             note=(
-                f"{source['hub_id']} not contacted; sizes from Belebele's {BELEBELE_QUESTIONS_PER_LANGUAGE} parallel "
+                f"{source.hub_id} not contacted; sizes from Belebele's {BELEBELE_QUESTIONS_PER_LANGUAGE} parallel "
                 f"questions per language; the leakage guard checks the loaded data before any run"
             ),
         )

@@ -32,12 +32,13 @@ from relxfer.data.prompts import PromptBuilder
 from relxfer.errors import DataError, RelxferError, TrackingError
 from relxfer.evaluate.base import Adapter
 from relxfer.evaluate.loop import evaluate_items
-from relxfer.plan.cells import COT_CONDITIONS, Cell
+from relxfer.plan.cells import Cell
 from relxfer.plan.study_data import StudyData, load_study_data
 from relxfer.provenance import provenance_tags
 from relxfer.run.failures import describe, traceback_text
 from relxfer.spec.engines import EngineContext, evaluation_engine, trainer
-from relxfer.spec.load import Spec, spec_from_dict
+from relxfer.spec.load import spec_from_dict
+from relxfer.spec.types import ModelSpec, RunStatus, Spec
 from relxfer.tracking.checkpoint_mirror import CheckpointMirror
 from relxfer.tracking.client import TAG, UNFINISHED, ParentRun, Tracker
 from relxfer.train.base import TrainRequest
@@ -48,18 +49,18 @@ RESOLVED_SPEC = "spec/resolved.json"  # artifacts of the parent run a worker reb
 HELD_OUT_IDS = "data/held_out_ids.json"
 
 
-# What became of a cell in this study.
-FINISHED = "FINISHED"  # ran now
-SKIPPED = "SKIPPED"  # a FINISHED run with its key exists
-FAILED = "FAILED"  # ran and failed
-NOT_RUN = "NOT_RUN"  # not started: what it needs failed, or the study stopped first
+# What became of a cell in this study (relxfer.spec.types.RunStatus).
+FINISHED = RunStatus.FINISHED
+SKIPPED = RunStatus.SKIPPED
+FAILED = RunStatus.FAILED
+NOT_RUN = RunStatus.NOT_RUN
 
 
 @dataclass
 class CellOutcome:
     cell: Cell
     run_id: str
-    status: str  # FINISHED, SKIPPED, FAILED or NOT_RUN
+    status: RunStatus
     metrics: dict = field(default_factory=dict)
     where: str = ""  # the machine that ran it
     error: str = ""  # why it FAILED or was NOT_RUN, one line in words
@@ -124,22 +125,22 @@ def cell_tags(spec: Spec, cell: Cell, builder: PromptBuilder) -> dict[str, str]:
     tags = {
         f"{TAG}kind": cell.kind,
         f"{TAG}model": cell.model,
-        f"{TAG}model_source": model["source"],
-        f"{TAG}model_revision": model["revision"] or "",
-        f"{TAG}architecture": model["architecture"],
+        f"{TAG}model_source": model.source,
+        f"{TAG}model_revision": model.revision or "",
+        f"{TAG}architecture": model.architecture,
         f"{TAG}cell_key": cell.key,
         f"{TAG}spec_hash": spec.hash,
         f"{TAG}spec_name": spec.name,
         f"{TAG}template": builder.template_id,
         f"{TAG}seed": "" if cell.seed is None else str(cell.seed),
     }
-    if cell.kind == "evaluate":
+    if cell.kind == "evaluate":  # (an evaluation cell has every one of these)
         tags |= {
-            f"{TAG}condition": cell.condition,
-            f"{TAG}language": cell.language,
-            f"{TAG}group": cell.group,
-            f"{TAG}role": cell.role,
-            f"{TAG}family": cell.family,
+            f"{TAG}condition": str(cell.condition),
+            f"{TAG}language": str(cell.language),
+            f"{TAG}group": str(cell.group),
+            f"{TAG}role": str(cell.role),
+            f"{TAG}family": str(cell.family),
         }
     return tags
 
@@ -169,7 +170,7 @@ class CellRunner:
         self.study = study
         self.spec = study.spec
         self.tracker = study.tracker
-        self.builder = PromptBuilder.from_spec(study.spec.prompt)
+        self.builder = PromptBuilder.from_spec(study.spec.prompt.to_dict())
         self.outcomes: list[CellOutcome] = []
 
     # --- look before running -----------------------------------------------------------------
@@ -215,6 +216,8 @@ class CellRunner:
             return self.skip(cell, finished)
         engine = trainer(self.engine_context(cell.model))
         data = self.study.data
+        finetune = self.spec.finetune
+        assert finetune is not None  # the plan has fine-tune cells only for a spec with a fine-tune
 
         def work(run_id: str) -> dict:
             model = self.spec.model(cell.model)
@@ -222,10 +225,10 @@ class CellRunner:
             self.tracker.set_tags(run_id, {TAG + k: v for k, v in engine.run_tags().items()})
             if logged == 0:
                 self.tracker.log_params(
-                    run_id, _flatten("finetune", self.spec.finetune) | {"model_source": model["source"]}
+                    run_id, _flatten("finetune", finetune.to_dict()) | {"model_source": model.source}
                 )
                 self.tracker.log_dataset(run_id, "train", data.train_digest, data.source, "train")
-            chat = self._chat_renderer(model) if self.spec.prompt["chat_template"] else None
+            chat = self._chat_renderer(model) if self.spec.prompt.chat_template else None
             examples = [self.builder.training_example(item, chat=chat) for item in data.train_items]
             # The run's artifacts hold the checkpoints: what is on this machine's disk may be
             # stale or another machine's, so the working directory starts empty.
@@ -250,7 +253,7 @@ class CellRunner:
 
             request = TrainRequest(
                 model,
-                planned(self.spec.finetune, "the spec's finetune section", cell),
+                finetune,
                 examples,
                 work_dir,
                 planned(cell.seed, "a seed", cell),
@@ -299,23 +302,23 @@ class CellRunner:
             self.tracker.log_params(
                 run_id,
                 {
-                    "prompt_preset": self.spec.prompt["preset"],
+                    "prompt_preset": self.spec.prompt.preset,
                     "labels": json.dumps(list(self.builder.labels)),
                     "template_id": self.builder.template_id,
-                    "condition": cell.condition,
+                    "condition": str(cell.condition),
                 },
             )
-            if cell.condition in COT_CONDITIONS:
+            if cell.condition is not None and cell.condition.uses_cot:
                 # Tags, not params: as params only CoT runs have, MLflow's compare page would plot
                 # them against the design factors as if they varied.
-                self.tracker.set_tags(run_id, _flatten(f"{TAG}cot", self.spec.cot))
+                self.tracker.set_tags(run_id, _flatten(f"{TAG}cot", self.spec.cot.to_dict()))
             self.tracker.log_dataset(run_id, f"eval-{language}", data.eval_digests[language], data.source, "eval")
             result = evaluate_items(
                 backend,
                 items,
                 self.builder,
-                cot=self.spec.cot if cell.condition in COT_CONDITIONS else None,
-                batch_size=self.spec.evaluation["batch_size"],
+                cot=self.spec.cot if cell.condition is not None and cell.condition.uses_cot else None,
+                batch_size=self.spec.evaluation.batch_size,
                 progress=self.study.progress,
             )
             # After the evaluation: an engine may learn what it records only on the first prompts.
@@ -377,7 +380,7 @@ class CellRunner:
         self.outcomes.append(CellOutcome(cell, run_id, FINISHED, metrics, where=self.study.where))
         return run_id
 
-    def _chat_renderer(self, model: dict):
+    def _chat_renderer(self, model: ModelSpec):
         """The model's chat template as a text -> text function, from its tokenizer alone."""
         from functools import partial
 
@@ -388,7 +391,7 @@ class CellRunner:
             render_chat,
             load_tokenizer(model, self.study.cache_dir),
             add_bos_token=default_add_bos_token(),
-            name=model["name"],
+            name=model.name,
         )
 
     def _fetch_adapter(self, finetune_run_id: str, finetune_key: str) -> Path:

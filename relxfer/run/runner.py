@@ -29,7 +29,7 @@ from relxfer.run.cell import (
     run_provenance,
 )
 from relxfer.spec.engines import EngineContext, evaluation_engine, trainer
-from relxfer.spec.load import Spec
+from relxfer.spec.types import Spec
 from relxfer.tracking.client import CELLS_TABLE, TAG, ParentRun, Tracker
 from relxfer.tracking.study_view import (
     NOTE_TAG,
@@ -129,7 +129,7 @@ class StudyRunner:
             fail_fast=fail_fast,
             packages=self.executor.packages,
         )
-        status = FAILED
+        status: str = FAILED  # the parent run's MLflow status
         try:
             self.executor.run(study, cells, finished, self.outcomes)
             if not any(o.status in (FAILED, NOT_RUN) for o in self.outcomes):
@@ -169,11 +169,11 @@ class StudyRunner:
             "key": c.key,
             "kind": c.kind,
             "model": c.model,
-            "condition": c.condition or "",
+            "condition": str(c.condition or ""),
             "language": c.language or "",
             "seed": -1 if c.seed is None else c.seed,
             "run_id": outcome.run_id,
-            "status": outcome.status,
+            "status": str(outcome.status),
             "where": outcome.where,
             "error": outcome.error,
         }

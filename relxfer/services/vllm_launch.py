@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from relxfer.errors import RelxferError
+from relxfer.spec.types import VllmLaunch
 
 # LoRA ranks vLLM accepts for --max-lora-rank.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -66,7 +67,7 @@ def server_argv(
     model_dir: str,
     served_name: str,
     port: int,
-    launch: dict,
+    launch: VllmLaunch,
     lora_rank: int | None,
     trust_remote_code: bool,
 ) -> list[str]:
@@ -84,21 +85,21 @@ def server_argv(
         "--port",
         str(port),
         "--tensor-parallel-size",
-        str(launch["tensor_parallel_size"]),
+        str(launch.tensor_parallel_size),
         "--pipeline-parallel-size",
-        str(launch["pipeline_parallel_size"]),
+        str(launch.pipeline_parallel_size),
         "--dtype",
-        launch["dtype"],
+        launch.dtype,
         "--gpu-memory-utilization",
-        str(launch["gpu_memory_utilization"]),
+        str(launch.gpu_memory_utilization),
     ]
-    if launch.get("max_model_len"):
-        argv += ["--max-model-len", str(launch["max_model_len"])]
+    if launch.max_model_len:
+        argv += ["--max-model-len", str(launch.max_model_len)]
     if lora_rank is not None:
-        argv += ["--enable-lora", "--max-lora-rank", str(lora_rank), "--max-loras", str(launch["max_loras"])]
+        argv += ["--enable-lora", "--max-lora-rank", str(lora_rank), "--max-loras", str(launch.max_loras)]
     if trust_remote_code:
         argv.append("--trust-remote-code")
-    extra = [str(a) for a in launch.get("extra_args", [])]
+    extra = list(launch.extra_args)
     for reserved in ("--trust-remote-code", "--host", "--port", "--api-key"):
         if any(a == reserved or a.startswith(reserved + "=") for a in extra):
             raise LaunchError(

@@ -16,6 +16,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from relxfer.spec.types import LoraSpec, ModelSpec
 
 # The built-in tiny model's sizes (relxfer.models.tiny.MODEL_SIZES; a test keeps them equal).
 BUILTIN_SHAPES = {
@@ -57,7 +60,7 @@ class ModelShape:
         return shapes
 
 
-def shape_from_config(config: dict) -> ModelShape | None:
+def shape_from_config(config: dict[str, Any]) -> ModelShape | None:
     config = config.get("text_config") or config  # multimodal checkpoints nest the language model's
     try:
         hidden, layers, heads = (
@@ -78,9 +81,9 @@ def shape_from_config(config: dict) -> ModelShape | None:
     )
 
 
-def model_shape(model: dict) -> ModelShape | None:
+def model_shape(model: ModelSpec) -> ModelShape | None:
     """The shape of a built-in model or of a local directory's config.json; None otherwise."""
-    source = str(model["source"])
+    source = model.source
     if source in BUILTIN_SHAPES:
         return shape_from_config(BUILTIN_SHAPES[source])
     if source.startswith(("/", ".", "~")):
@@ -92,13 +95,13 @@ def model_shape(model: dict) -> ModelShape | None:
     return None
 
 
-def adapter_params(model: dict, lora: dict) -> int | None:
+def adapter_params(model: ModelSpec, lora: LoraSpec) -> int | None:
     """Parameters of the LoRA adapter `lora` (the spec's finetune.lora) on `model`, or None when
     the model's shape is not known here."""
     shape = model_shape(model)
     if shape is None:
         return None
-    targets = lora.get("target_modules", "all-linear")
-    wanted = PROJECTIONS if targets == "all-linear" else {t.rsplit(".", 1)[-1] for t in targets}
+    targets = lora.target_modules
+    wanted = set(PROJECTIONS) if targets == "all-linear" else {t.rsplit(".", 1)[-1] for t in targets}
     per_layer = sum(i + o for name, (i, o) in shape.projections().items() if name in wanted)
-    return int(lora["r"]) * per_layer * shape.layers
+    return lora.r * per_layer * shape.layers

@@ -12,32 +12,25 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from relxfer.errors import SpecError
 from relxfer.spec.builtins import BUILTIN_MODEL_IDS
 from relxfer.spec.schema_problems import Pointer, Problem, overlaps
+from relxfer.spec.types import Condition, EvalGroup, FinetuneSpec, GroupRole, ModelSpec
 from relxfer.suggest import close_matches, did_you_mean
 
-FINETUNE_CONDITIONS = ("finetuned", "finetuned_cot")
 N_OPTIONS = 4  # Belebele and the synthetic set both have four options per question.
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-@dataclass(frozen=True)
-class EvalGroup:
-    name: str
-    role: str  # "related" or "control"
-    family: str
-    languages: tuple[str, ...]
 
 
 class SpecChecks:
     """Run every check on `raw` (defaults filled); `problems` collects what they find and
     `groups` holds the evaluation groups with their languages resolved."""
 
-    def __init__(self, raw: dict, path: Path, schema_problems: list[Problem]):
+    def __init__(self, raw: dict[str, Any], path: Path, schema_problems: list[Problem]):
         self.raw, self.path = raw, path
         self.blocked = [p.affects for p in schema_problems if p.blocks]
         self.problems: list[Problem] = []
@@ -46,12 +39,13 @@ class SpecChecks:
         self._check(self._expand_data_path, [source])
         shape = ("questions_per_passage", "facts_per_passage", "objects_per_category")
         self._check(self._synthetic_shape, [(*source, "kind"), *((*source, field) for field in shape)])
-        languages = [(*source, "kind"), (*source, "languages")]
+        languages: list[Pointer] = [(*source, "kind"), (*source, "languages")]
         groups = self.raw["eval"]["groups"] if isinstance(self.raw.get("eval"), dict) else None
-        for i in range(len(groups)) if isinstance(groups, list) else [None]:
+        # (Groups that are not a list are a schema problem, which any group check would skip.)
+        for i in range(len(groups)) if isinstance(groups, list) else []:
             # Per group and field: a mistyped role does not hide a mistyped language code.
-            reads = [("eval", "groups")] if i is None else [("eval", "groups", i, k) for k in ("languages", "family")]
-            self._check(lambda i=i: self._resolve_group(i), reads + languages)
+            reads: list[Pointer] = [("eval", "groups", i, k) for k in ("languages", "family")]
+            self._check(partial(self._resolve_group, i), reads + languages)
         self._check(self._train_languages, [("train", "languages"), (*source, "kind"), (*source, "languages")])
         self._check(self._groups_disjoint, [("eval", "groups"), (*source, "kind"), (*source, "languages")])
         self._check(self._conditions_have_a_finetune, [("conditions",), ("finetune",)])
@@ -165,7 +159,11 @@ class SpecChecks:
         if not bad:  # (with a problem elsewhere in the group the spec is refused anyway)
             if family is None:
                 family = known[codes[0]] if known is not None else _belebele_genus(codes[0])
-            self.groups.append(EvalGroup(group.get("name"), group.get("role"), family, tuple(codes)))
+            # A name or role with a schema problem of its own still lets the languages be checked
+            # (the spec is refused for that problem, so the stand-in role is never used).
+            declared = group.get("role")
+            role = GroupRole(declared) if declared in [r.value for r in GroupRole] else GroupRole.CONTROL
+            self.groups.append(EvalGroup(str(group.get("name")), role, family, tuple(codes)))
 
     @staticmethod
     def _members(family: str, known: dict[str, str] | None) -> list[str]:
@@ -191,7 +189,7 @@ class SpecChecks:
     # --- conditions, prompt, models ---------------------------------------------------------
 
     def _conditions_have_a_finetune(self) -> Iterator[Problem]:
-        needs_finetune = [c for c in self.raw["conditions"] if c in FINETUNE_CONDITIONS]
+        needs_finetune = [c for c in self.raw["conditions"] if Condition(c).uses_adapter]
         if needs_finetune and "finetune" not in self.raw:
             yield Problem(
                 ("conditions",),
@@ -200,12 +198,13 @@ class SpecChecks:
 
     def _finetunes_fit(self) -> Iterator[Problem]:
         """A fine-tune must fit the resources its model declares (relxfer.spec.memory)."""
-        if "finetune" not in self.raw or not any(c in FINETUNE_CONDITIONS for c in self.raw["conditions"]):
+        if "finetune" not in self.raw or not any(Condition(c).uses_adapter for c in self.raw["conditions"]):
             return
         from relxfer.spec.memory import misfit
 
+        finetune = FinetuneSpec.from_dict(self.raw["finetune"])
         for i, model in enumerate(self.raw["models"]):
-            problem = misfit(model, self.raw["finetune"])
+            problem = misfit(ModelSpec.from_dict(model), finetune)
             if problem:
                 yield Problem(("models", i, "resources"), problem)
 

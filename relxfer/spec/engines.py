@@ -14,10 +14,19 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from relxfer.spec.load import Spec
+from relxfer.spec.types import (
+    EvaluateEngine,
+    EvaluateEngineKind,
+    FinetuneEngine,
+    FinetuneEngineKind,
+    ModelSpec,
+    OpenaiEvaluateEngine,
+    Quantization,
+    Spec,
+    VllmEvaluateEngine,
+)
 
 
 @dataclass(frozen=True)
@@ -33,21 +42,29 @@ class EngineEntry:
     quantizes_base: bool = True
 
 
-EVALUATION_ENGINES: dict[str, EngineEntry] = {
-    "local": EngineEntry("relxfer.evaluate.local_engine:LocalEngine", None),
+EVALUATION_ENGINES: dict[EvaluateEngineKind, EngineEntry] = {
+    EvaluateEngineKind.LOCAL: EngineEntry("relxfer.evaluate.local_engine:LocalEngine", None),
     # A hosted service samples its own copy of the base model: no local 4-bit load.
-    "tinker": EngineEntry("relxfer.evaluate.tinker_engine:TinkerEngine", ("base_model",), quantizes_base=False),
-    "vllm": EngineEntry("relxfer.evaluate.server_engine:ServerEngine", ("dtype", "launch.dtype"), quantizes_base=False),
-    "openai": EngineEntry("relxfer.evaluate.server_engine:ServerEngine", ("dtype",), quantizes_base=False),
+    EvaluateEngineKind.TINKER: EngineEntry(
+        "relxfer.evaluate.tinker_engine:TinkerEngine", ("base_model",), quantizes_base=False
+    ),
+    EvaluateEngineKind.VLLM: EngineEntry(
+        "relxfer.evaluate.server_engine:ServerEngine", ("dtype", "launch.dtype"), quantizes_base=False
+    ),
+    EvaluateEngineKind.OPENAI: EngineEntry(
+        "relxfer.evaluate.server_engine:ServerEngine", ("dtype",), quantizes_base=False
+    ),
 }
 
-FINETUNE_ENGINES: dict[str, EngineEntry] = {
-    "local": EngineEntry("relxfer.train.local_trainer:LocalTrainer", None),
+FINETUNE_ENGINES: dict[FinetuneEngineKind, EngineEntry] = {
+    FinetuneEngineKind.LOCAL: EngineEntry("relxfer.train.local_trainer:LocalTrainer", None),
     # FSDP2 (relxfer.train.parallel): the world size draws LoRA dropout masks per rank and
     # mixed precision changes the arithmetic; sharding and loading settings change nothing.
-    "torchrun": EngineEntry("relxfer.train.torchrun_trainer:TorchrunTrainer", ("nproc_per_node", "mixed_precision")),
-    "ray": EngineEntry("relxfer.train.ray_trainer:RayTrainer", ("num_workers", "mixed_precision")),
-    "tinker": EngineEntry("relxfer.train.tinker_trainer:TinkerTrainer", ("base_model",)),
+    FinetuneEngineKind.TORCHRUN: EngineEntry(
+        "relxfer.train.torchrun_trainer:TorchrunTrainer", ("nproc_per_node", "mixed_precision")
+    ),
+    FinetuneEngineKind.RAY: EngineEntry("relxfer.train.ray_trainer:RayTrainer", ("num_workers", "mixed_precision")),
+    FinetuneEngineKind.TINKER: EngineEntry("relxfer.train.tinker_trainer:TinkerTrainer", ("base_model",)),
 }
 
 
@@ -57,99 +74,100 @@ class EngineContext:
     runner's report line and progress-bar switch. Engines never talk to MLflow: what they want
     recorded they return (`run_tags`, `log_files`) and the runner logs it."""
 
-    model: dict
+    model: ModelSpec
     spec: Spec
     cache_dir: Path
     report: Callable[[str], None] = lambda _: None
     progress: bool = True
 
 
-def _entry(table: dict[str, EngineEntry], kind: str, stage: str) -> EngineEntry:
+def _entry(table: dict[Any, EngineEntry], kind: Any, stage: str) -> EngineEntry:
     try:
         return table[kind]
     except KeyError:  # the schema only admits known kinds: this is a bug, not bad input
         raise AssertionError(f"no {stage} engine of kind {kind!r}") from None
 
 
-def _load(entry: EngineEntry):
+def _load(entry: EngineEntry) -> Any:
     module, name = entry.path.split(":")
     return getattr(importlib.import_module(module), name)
 
 
-def evaluation_engine(context: EngineContext):
-    """The evaluation engine of `context.model` (not started: engines start on first use)."""
-    config = context.model["engines"]["evaluate"]
-    return _load(_entry(EVALUATION_ENGINES, config["kind"], "evaluation"))(config, context)
+def evaluation_engine(context: EngineContext) -> Any:
+    """The evaluation engine of `context.model` (not started: engines start on first use), built
+    with its typed settings."""
+    config = context.model.engines.evaluate
+    return _load(_entry(EVALUATION_ENGINES, config.kind, "evaluation"))(config, context)
 
 
-def trainer(context: EngineContext):
-    """The fine-tuning engine of `context.model`."""
-    config = context.model["engines"]["finetune"]
-    return _load(_entry(FINETUNE_ENGINES, config["kind"], "fine-tuning"))(config, context)
+def trainer(context: EngineContext) -> Any:
+    """The fine-tuning engine of `context.model`, built with its typed settings."""
+    config = context.model.engines.finetune
+    return _load(_entry(FINETUNE_ENGINES, config.kind, "fine-tuning"))(config, context)
 
 
-def _setting(config: dict, dotted: str):
-    value = config
+def _setting(config: dict[str, Any], dotted: str) -> Any:
+    value: Any = config
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value
 
 
-def _identity(table: dict[str, EngineEntry], config: dict, stage: str) -> dict | None:
-    fields = _entry(table, config["kind"], stage).result_fields
+def _identity(
+    table: dict[Any, EngineEntry], config: EvaluateEngine | FinetuneEngine, stage: str
+) -> dict[str, Any] | None:
+    fields = _entry(table, config.kind, stage).result_fields
     if fields is None:
         return None
-    return {"kind": config["kind"], **{f: _setting(config, f) for f in fields}}
+    settings = config.to_dict()
+    return {"kind": config.kind.value, **{f: _setting(settings, f) for f in fields}}
 
 
-def evaluation_identity(model: dict) -> dict | None:
-    return _identity(EVALUATION_ENGINES, model["engines"]["evaluate"], "evaluation")
+def evaluation_identity(model: ModelSpec) -> dict[str, Any] | None:
+    return _identity(EVALUATION_ENGINES, model.engines.evaluate, "evaluation")
 
 
-def finetune_identity(model: dict) -> dict | None:
-    return _identity(FINETUNE_ENGINES, model["engines"]["finetune"], "fine-tuning")
+def finetune_identity(model: ModelSpec) -> dict[str, Any] | None:
+    return _identity(FINETUNE_ENGINES, model.engines.finetune, "fine-tuning")
 
 
-def evaluation_quantization(spec: Spec, model: dict) -> dict | None:
+def evaluation_quantization(spec: Spec, model: ModelSpec) -> Quantization | None:
     """The 4-bit settings `model`'s evaluation engine loads its base with (part of evaluation
     keys): the spec's for engines that load the base themselves, None for model servers."""
-    entry = _entry(EVALUATION_ENGINES, model["engines"]["evaluate"]["kind"], "evaluation")
+    entry = _entry(EVALUATION_ENGINES, model.engines.evaluate.kind, "evaluation")
     return spec.eval_quantization if entry.quantizes_base else None
 
 
-def describe(config: dict) -> str:
+def describe(config: EvaluateEngine | FinetuneEngine) -> str:
     """One short line for `relxfer plan`: the kind and its settings (offline: nothing is asked
     of a server)."""
-    if config["kind"] in ("vllm", "openai"):
+    if isinstance(config, (VllmEvaluateEngine, OpenaiEvaluateEngine)):
         return _describe_server(config)
-    settings = ", ".join(f"{k}={v}" for k, v in config.items() if k != "kind" and v not in (None, [], {}))
-    return config["kind"] + (f" ({settings})" if settings else "")
+    settings = ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k != "kind" and v not in (None, [], {}))
+    return str(config.kind) + (f" ({settings})" if settings else "")
 
 
-def _describe_server(config: dict) -> str:
-    launch = config.get("launch")
+def _describe_server(config: VllmEvaluateEngine | OpenaiEvaluateEngine) -> str:
+    launch = config.launch
     if launch:
-        shown = {
-            k: launch.get(k)
-            for k in (
-                "tensor_parallel_size",
-                "pipeline_parallel_size",
-                "dtype",
-                "max_model_len",
-                "gpu_memory_utilization",
-                "max_lora_rank",
-                "extra_args",
-            )
+        shown: dict[str, Any] = {
+            "tensor_parallel_size": launch.tensor_parallel_size,
+            "pipeline_parallel_size": launch.pipeline_parallel_size,
+            "dtype": launch.dtype,
+            "max_model_len": launch.max_model_len,
+            "gpu_memory_utilization": launch.gpu_memory_utilization,
+            "max_lora_rank": launch.max_lora_rank,
+            "extra_args": list(launch.extra_args),
         }
         if shown["pipeline_parallel_size"] == 1:
             del shown["pipeline_parallel_size"]
         settings = ", ".join(f"{k}={v}" for k, v in shown.items() if v not in (None, [], {}))
-        where = f"{config['kind']} launched by relxfer on 127.0.0.1 ({settings})"
+        where = f"{config.kind} launched by relxfer on 127.0.0.1 ({settings})"
     else:
         details = [
-            f"model {config['served_model_name']}" if config.get("served_model_name") else "",
-            f"dtype {config['dtype']}" if config.get("dtype") else "dtype not declared",
-            f"key from ${config['api_key_env']}" if config.get("api_key_env") else "",
+            f"model {config.served_model_name}" if config.served_model_name else "",
+            f"dtype {config.dtype}" if config.dtype else "dtype not declared",
+            f"key from ${config.api_key_env}" if config.api_key_env else "",
         ]
-        where = f"{config['kind']} server at {config['base_url']} ({', '.join(d for d in details if d)})"
-    return f"{where}, scoring {config.get('scoring', 'auto')}"
+        where = f"{config.kind} server at {config.base_url} ({', '.join(d for d in details if d)})"
+    return f"{where}, scoring {config.scoring}"

@@ -6,12 +6,19 @@ SpecError naming the file, line and column."""
 from __future__ import annotations
 
 import json
-from json.decoder import JSONObject, scanstring
-from json.scanner import py_make_scanner
+import json.decoder
+import json.scanner
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from relxfer.errors import SpecError
+
+# The pure-Python parts of the json package the strict decoder is built from (typeshed does not
+# declare them).
+JSONObject: Callable[..., tuple[dict[str, Any], int]] = json.decoder.JSONObject  # type: ignore[attr-defined]
+scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+py_make_scanner: Callable[[json.JSONDecoder], Any] = json.scanner.py_make_scanner  # type: ignore[attr-defined]
 
 # A spec is about six levels deep; this leaves room for any legitimate file and stays far below
 # the recursion limit of the parser.
@@ -65,18 +72,19 @@ class _StrictDecoder(json.JSONDecoder):
 
     def __init__(self, text: str, path: Path):
         super().__init__(object_pairs_hook=self._pairs)
-        self._text, self._path, self._starts = text, path, []
+        self._text, self._path = text, path
+        self._starts: list[int] = []
         self.parse_object = self._parse_object
         self.scan_once = py_make_scanner(self)
 
-    def _parse_object(self, s_and_end, *args, **kwargs):
+    def _parse_object(self, s_and_end: tuple[str, int], *args: Any, **kwargs: Any) -> tuple[dict[str, Any], int]:
         self._starts.append(s_and_end[1])
         try:
             return JSONObject(s_and_end, *args, **kwargs)
         finally:
             self._starts.pop()
 
-    def _pairs(self, pairs: list[tuple[str, Any]]) -> dict:
+    def _pairs(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in pairs:
             if key in out:
@@ -94,7 +102,8 @@ class _StrictDecoder(json.JSONDecoder):
 def _object_keys(text: str, start: int) -> list[tuple[str, int]]:
     """(key, index of its opening quote) of the object whose '{' is just before `start`, in
     order. The object has been parsed already, so the text is well-formed here."""
-    keys, depth, i, expect_key = [], 1, start, True
+    keys: list[tuple[str, int]] = []
+    depth, i, expect_key = 1, start, True
     while depth:
         ch = text[i]
         if ch == '"':

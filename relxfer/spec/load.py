@@ -5,89 +5,31 @@ each, in the order they appear in the file."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from relxfer.errors import SpecError
-from relxfer.spec.checks import FINETUNE_CONDITIONS, N_OPTIONS, EvalGroup, SpecChecks  # noqa: F401 (re-exported)
+from relxfer.spec.checks import N_OPTIONS, SpecChecks
+from relxfer.spec.defaults import fill_defaults, load_schema, schema_path, section_defaults
 from relxfer.spec.json_reader import read_spec_json
-from relxfer.spec.schema_problems import (
-    Problem,
-    branch_kind,
-    resolve_ref,
-    schema_problems,
-)
+from relxfer.spec.schema_problems import Pointer, Problem, schema_problems
+from relxfer.spec.types import EvalGroup, Spec
 
-SCHEMA_FILE = "spec.schema.json"
-# Optional sections that exist with their defaults even when a spec leaves them out.
-# `finetune` is not among them: a spec without it declares no fine-tune.
-DEFAULTED_SECTIONS = ("prompt", "cot", "evaluation", "analysis")
-
-
-def schema_path() -> Path:
-    """The schema ships inside the package (relxfer/schemas is a link to the top-level schemas/)."""
-    return Path(__file__).resolve().parent.parent / "schemas" / SCHEMA_FILE
-
-
-@lru_cache(maxsize=1)
-def load_schema() -> dict:
-    return json.loads(schema_path().read_text(encoding="utf-8"))
-
-
-@dataclass(frozen=True)
-class Spec:
-    """A validated spec with every default filled in. `raw` is that full dict (logged as the
-    parent run's resolved spec); the other fields are the parts code reads most."""
-
-    path: Path
-    raw: dict
-    name: str
-    experiment: str
-    train_languages: tuple[str, ...]
-    groups: tuple[EvalGroup, ...]
-    models: tuple[dict, ...]
-    finetune: dict | None
-    conditions: tuple[str, ...]
-    seeds: tuple[int, ...]
-    hash: str = field(default="")
-
-    @property
-    def data(self) -> dict:
-        return self.raw["data"]
-
-    @property
-    def prompt(self) -> dict:
-        return self.raw["prompt"]
-
-    @property
-    def cot(self) -> dict:
-        return self.raw["cot"]
-
-    @property
-    def evaluation(self) -> dict:
-        return self.raw["evaluation"]
-
-    @property
-    def eval_languages(self) -> tuple[str, ...]:
-        return tuple(code for g in self.groups for code in g.languages)
-
-    def model(self, name: str) -> dict:
-        return next(m for m in self.models if m["name"] == name)
-
-    @property
-    def eval_quantization(self) -> dict | None:
-        """The 4-bit settings evaluation loads base models with: the fine-tune's, when it is a
-        QLoRA and `evaluation.quantize_base` is on (the adapter is then evaluated on the base it
-        was trained on); None otherwise."""
-        ft = self.finetune
-        if ft is not None and ft["method"] == "qlora" and self.evaluation["quantize_base"]:
-            return ft["quantization"]
-        return None
+# What callers read from here beside the loading functions.
+__all__ = [
+    "N_OPTIONS",
+    "EvalGroup",
+    "Spec",
+    "fill_defaults",
+    "load_schema",
+    "load_spec",
+    "schema_path",
+    "section_defaults",
+    "spec_from_dict",
+    "spec_hash",
+]
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -111,26 +53,14 @@ def spec_from_dict(raw: Any, path: Path) -> Spec:
         groups = tuple(checks.groups)
     if problems:
         raise SpecError("\n".join(p.line(path) for p in _in_file_order(problems, raw)))
-    return Spec(
-        path=path,
-        raw=raw,
-        name=raw["name"],
-        experiment=raw.get("experiment") or raw["name"],
-        train_languages=tuple(raw["train"]["languages"]),
-        groups=groups,
-        models=tuple(raw["models"]),
-        finetune=raw.get("finetune"),
-        conditions=tuple(raw["conditions"]),
-        seeds=tuple(raw["seeds"]),
-        hash=spec_hash(raw),
-    )
+    return Spec.parse(raw, path, groups, spec_hash(raw))
 
 
-def _in_file_order(problems: list[Problem], raw) -> list[Problem]:
+def _in_file_order(problems: list[Problem], raw: Any) -> list[Problem]:
     """Problems sorted by where their place first appears in the document (stable otherwise)."""
-    order: dict[tuple, int] = {}
+    order: dict[Pointer, int] = {}
 
-    def walk(node, pointer: tuple) -> None:
+    def walk(node: Any, pointer: Pointer) -> None:
         order.setdefault(pointer, len(order))
         children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, child in children:
@@ -147,62 +77,7 @@ def _in_file_order(problems: list[Problem], raw) -> list[Problem]:
     return sorted(problems, key=position)
 
 
-def spec_hash(raw: dict) -> str:
+def spec_hash(raw: dict[str, Any]) -> str:
     """Hash of everything in the spec that can change a result (not its prose)."""
     relevant = {k: v for k, v in raw.items() if k not in ("$schema", "description", "notes")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _fill(instance: Any, schema: dict, root: dict) -> None:
-    schema = resolve_ref(schema, root)
-    if "oneOf" in schema and isinstance(instance, dict):
-        # Object-valued choices (data source, engines) are made by `kind`: fill that branch.
-        for branch in schema["oneOf"]:
-            if branch_kind(branch, root) == instance.get("kind"):
-                _fill(instance, branch, root)
-                return
-    if isinstance(instance, dict):
-        for name, sub in schema.get("properties", {}).items():
-            # A default beside a $ref (a shared definition used with its own default) wins.
-            sub_default = sub if "default" in sub else resolve_ref(sub, root)
-            if name not in instance and "default" in sub_default:
-                instance[name] = copy.deepcopy(sub_default["default"])
-            if name in instance:
-                _fill(instance[name], sub, root)
-    elif isinstance(instance, list) and "items" in schema:
-        for element in instance:
-            _fill(element, schema["items"], root)
-
-
-def fill_defaults(raw: dict) -> dict:
-    """A copy of a spec with every schema default filled in, the optional sections included
-    (except `finetune`, whose absence means no fine-tune), and nested defaults of a declared
-    `finetune` section. Parts of the wrong shape are left as they are (the schema reports them)."""
-    schema = load_schema()
-    filled = copy.deepcopy(raw)
-    for section in DEFAULTED_SECTIONS:
-        filled.setdefault(section, {})
-    if isinstance(filled.get("data"), dict):
-        filled["data"].setdefault("split", {})
-    if isinstance(filled.get("finetune"), dict):
-        for part in ("quantization", "lora", "training"):
-            filled["finetune"].setdefault(part, {})
-    _fill(filled, schema, schema)
-    return filled
-
-
-def section_defaults(def_name: str, partial: dict | None, error: type[Exception] = SpecError) -> dict:
-    """`partial` completed with the schema's defaults for `$defs/<def_name>` (its object-valued
-    settings included) and validated against it: the schema is the one home of every default,
-    for specs and for direct library calls alike."""
-    schema = load_schema()
-    section = schema["$defs"][def_name]
-    value = copy.deepcopy(partial or {})
-    for name, prop in section.get("properties", {}).items():
-        if resolve_ref(prop, schema).get("type") == "object":
-            value.setdefault(name, {})
-    _fill(value, section, schema)
-    problems = schema_problems(value, {"$ref": f"#/$defs/{def_name}", "$defs": schema["$defs"]})
-    if problems:
-        raise error(problems[0].line(def_name))
-    return value

@@ -21,6 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relxfer.spec.adapter_size import adapter_params
+from relxfer.spec.types import (
+    FinetuneEngineKind,
+    FinetuneMethod,
+    FinetuneSpec,
+    ModelSpec,
+    RayFinetuneEngine,
+    TorchrunFinetuneEngine,
+)
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # auto: assumed 16-bit
 NF4_BYTES = 0.5  # 4 bits a weight
@@ -59,7 +67,7 @@ class FinetuneMemory:
         return self.total_gb / self.devices
 
     def describe(self) -> str:
-        parts = []
+        parts: list[str] = []
         if self.adapter_b is not None:
             parts.append(
                 f"LoRA r={self.lora_r}: {round(self.adapter_b * 1e9):,} adapter parameters with gradients and "
@@ -87,43 +95,45 @@ def _size(gb: float) -> str:
     return f"{gb:.1f} GB" if gb >= 0.1 else f"{gb * 1e3:.2f} MB"
 
 
-def world_size(model: dict) -> int:
+def world_size(model: ModelSpec) -> int:
     """Processes (ranks) of the model's fine-tuning engine."""
-    engine = model["engines"]["finetune"]
-    if engine["kind"] == "torchrun":
-        return engine["nproc_per_node"]
-    if engine["kind"] == "ray":
-        return engine["num_workers"]
+    engine = model.engines.finetune
+    if isinstance(engine, TorchrunFinetuneEngine):
+        return engine.nproc_per_node
+    if isinstance(engine, RayFinetuneEngine):
+        return engine.num_workers
     return 1
 
 
-def estimate(model: dict, finetune: dict | None) -> FinetuneMemory | None:
+def estimate(model: ModelSpec, finetune: FinetuneSpec | None) -> FinetuneMemory | None:
     """The floor for `model` under the spec's resolved `finetune` section; None without a
     fine-tune, or when neither `params_total_b` nor the model's shape is known."""
     if finetune is None:
         return None
-    total = model.get("params_total_b") or 0.0
-    adapter = adapter_params(model, finetune["lora"])
+    total = model.params_total_b or 0.0
+    adapter = adapter_params(model, finetune.lora)
     if not total and adapter is None:
         return None
-    engine = model["engines"]["finetune"]
-    if engine["kind"] == "ray":  # workers anywhere in the cluster, each with its own devices
-        gpus = engine["resources_per_worker"].get("GPU", 0)
+    engine = model.engines.finetune
+    gpus: float
+    if isinstance(engine, RayFinetuneEngine):  # workers anywhere in the cluster, each with its own devices
+        gpus = engine.resources_per_worker.get("GPU", 0)
     else:
-        gpus = model["resources"]["gpus"]
-    devices = world_size(model) if engine["kind"] != "local" else max(1, gpus)
-    if finetune["method"] == "qlora":
-        q = finetune["quantization"]
-        full_dtype = q["compute_dtype"]
+        gpus = model.resources.gpus
+    devices = world_size(model) if engine.kind is not FinetuneEngineKind.LOCAL else max(1, model.resources.gpus)
+    full_dtype: str
+    if finetune.method is FinetuneMethod.QLORA:
+        q = finetune.quantization
+        full_dtype = q.compute_dtype
         experts = _expert_params_b(model)
         quantized = total - experts
-        quantized_gb = quantized * (NF4_BYTES + CONSTANT_BYTES[bool(q["double_quant"])])  # billions x bytes = GB
+        quantized_gb = quantized * (NF4_BYTES + CONSTANT_BYTES[q.double_quant])  # billions x bytes = GB
     else:
-        full_dtype = model["dtype"]
+        full_dtype = model.dtype
         experts, quantized, quantized_gb = total, 0.0, 0.0
     return FinetuneMemory(
-        model=model["name"],
-        engine=engine["kind"],
+        model=model.name,
+        engine=str(engine.kind),
         devices=devices,
         gpus=gpus > 0,
         quantized_b=round(quantized, 3),
@@ -131,39 +141,39 @@ def estimate(model: dict, finetune: dict | None) -> FinetuneMemory | None:
         full_dtype=full_dtype,
         quantized_gb=quantized_gb,
         full_gb=experts * DTYPE_BYTES[full_dtype],
-        lora_r=int(finetune["lora"]["r"]),
+        lora_r=finetune.lora.r,
         adapter_b=None if adapter is None else adapter / 1e9,
         adapter_gb=0.0 if adapter is None else adapter * ADAPTER_BYTES / 1e9,
     )
 
 
-def _expert_params_b(model: dict) -> float:
-    if model.get("architecture") != "moe" or not model.get("params_active_b"):
+def _expert_params_b(model: ModelSpec) -> float:
+    if model.architecture != "moe" or not model.params_active_b or model.params_total_b is None:
         return 0.0
-    return max(0.0, model["params_total_b"] - model["params_active_b"])
+    return max(0.0, model.params_total_b - model.params_active_b)
 
 
-def misfit(model: dict, finetune: dict | None) -> str | None:
+def misfit(model: ModelSpec, finetune: FinetuneSpec | None) -> str | None:
     """Why the fine-tune of `model` cannot fit its declared resources, or None (also when the
     resources or the size are not declared: nothing to check)."""
     floor = estimate(model, finetune)
     if floor is None:
         return None
-    res = model["resources"]
-    name = model["name"]
-    if floor.gpus and res.get("gpu_memory_gb") and floor.per_device_gb > res["gpu_memory_gb"]:
+    res = model.resources
+    name = model.name
+    if floor.gpus and res.gpu_memory_gb and floor.per_device_gb > res.gpu_memory_gb:
         return (
             f"the fine-tune of model {name!r} cannot fit: it needs {floor.describe()}; resources.gpu_memory_gb "
-            f"declares {res['gpu_memory_gb']:g} GB per GPU (shard over more ranks, or use method 'qlora'){_lower(floor)}"
+            f"declares {res.gpu_memory_gb:g} GB per GPU (shard over more ranks, or use method 'qlora'){_lower(floor)}"
         )
-    host = res.get("memory_gb")
-    if host and floor.engine != "ray":
+    host = res.memory_gb
+    if host and floor.engine != FinetuneEngineKind.RAY:
         # One node holds it all on the CPU; while loading, a GPU node holds one full copy per
         # rank loading at once (one at a time with cpu_ram_efficient_loading).
         copies = 1
-        if floor.gpus and floor.engine == "torchrun":
-            efficient = (model["engines"]["finetune"].get("fsdp") or {}).get("cpu_ram_efficient_loading", True)
-            copies = 1 if efficient else floor.devices
+        engine = model.engines.finetune
+        if floor.gpus and isinstance(engine, TorchrunFinetuneEngine):
+            copies = 1 if engine.fsdp.cpu_ram_efficient_loading else floor.devices
         elif floor.gpus:
             copies = 0  # device_map loads straight onto the GPUs
         needed = floor.weights_gb * copies + (0.0 if floor.gpus else floor.adapter_gb)
@@ -175,13 +185,13 @@ def misfit(model: dict, finetune: dict | None) -> str | None:
     return None
 
 
-def misfit_here(model: dict, finetune: dict | None, host_gb: float, gpu_gb: float | None) -> str | None:
+def misfit_here(model: ModelSpec, finetune: FinetuneSpec | None, host_gb: float, gpu_gb: float | None) -> str | None:
     """Why the fine-tune of `model` cannot fit on the machine that runs it (`host_gb` of memory;
     GPUs of `gpu_gb` each, None without GPUs), or None."""
     floor = estimate(model, finetune)
     if floor is None:
         return None
-    name = model["name"]
+    name = model.name
     if floor.gpus and gpu_gb:
         if floor.per_device_gb > gpu_gb:
             return (
@@ -205,18 +215,18 @@ def _lower(floor: FinetuneMemory) -> str:
     )
 
 
-def finetune_tags(model: dict, finetune: dict | None) -> dict[str, str]:
+def finetune_tags(model: ModelSpec, finetune: FinetuneSpec | None) -> dict[str, str]:
     """What the fine-tune really is, as run tags: a MoE 'QLoRA' keeps its experts in the compute
     dtype, and says so."""
     if finetune is None:
         return {}
-    if finetune["method"] != "qlora":
+    if finetune.method is not FinetuneMethod.QLORA:
         return {"finetune_method": "lora", "quantized": "none"}
-    compute = finetune["quantization"]["compute_dtype"]
-    if model.get("architecture") == "moe":
+    quantization = finetune.quantization
+    if model.architecture == "moe":
         return {
             "finetune_method": "qlora-experts-unquantized",
-            "quantized": f"nn.Linear layers 4-bit {finetune['quantization']['quant_type']}; fused MoE expert weights "
-            f"stay {compute} (bitsandbytes does not quantize 3-D expert tensors)",
+            "quantized": f"nn.Linear layers 4-bit {quantization.quant_type}; fused MoE expert weights "
+            f"stay {quantization.compute_dtype} (bitsandbytes does not quantize 3-D expert tensors)",
         }
-    return {"finetune_method": "qlora", "quantized": f"nn.Linear layers 4-bit {finetune['quantization']['quant_type']}"}
+    return {"finetune_method": "qlora", "quantized": f"nn.Linear layers 4-bit {quantization.quant_type}"}

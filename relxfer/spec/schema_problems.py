@@ -11,30 +11,38 @@ who wrote the spec rather than for the validator:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jsonschema
+from jsonschema.exceptions import ValidationError
 
 from relxfer.suggest import close_matches, did_you_mean
 
-Pointer = tuple  # JSON path as a tuple of keys and indices; () is the document
+Pointer = tuple[str | int, ...]  # JSON path as a tuple of keys and indices; () is the document
+Schema = dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Problem:
     pointer: Pointer
     message: str
-    # What is broken (for a missing key: the key's own path); semantic checks that read it skip.
-    affects: Pointer = field(default=None)  # type: ignore[assignment]
+    # What is broken (for a missing key: the key's own path; None: the pointer itself); semantic
+    # checks that read it skip.
+    affected: Pointer | None = None
     # False when the value is still usable by the checks (a language code of the wrong shape).
     blocks: bool = True
 
-    def __post_init__(self):
-        if self.affects is None:
-            object.__setattr__(self, "affects", self.pointer)
+    def __post_init__(self) -> None:
+        if self.affected == self.pointer:  # the same problem, however it was made
+            object.__setattr__(self, "affected", None)
 
-    def line(self, path) -> str:
+    @property
+    def affects(self) -> Pointer:
+        return self.pointer if self.affected is None else self.affected
+
+    def line(self, path: str | Path) -> str:
         return f"{path}: {format_pointer(self.pointer)}: {self.message}"
 
 
@@ -48,7 +56,7 @@ def overlaps(a: Pointer, b: Pointer) -> bool:
     return tuple(a[:n]) == tuple(b[:n])
 
 
-def resolve_ref(schema: dict, root: dict) -> dict:
+def resolve_ref(schema: Schema, root: Schema) -> Schema:
     while isinstance(schema, dict) and "$ref" in schema:
         ref = schema["$ref"]
         assert ref.startswith("#/"), ref  # the schema only uses local references
@@ -59,12 +67,12 @@ def resolve_ref(schema: dict, root: dict) -> dict:
     return schema
 
 
-def branch_kind(branch: dict, root: dict) -> Any:
+def branch_kind(branch: Schema, root: Schema) -> Any:
     """The `kind` constant that selects a oneOf branch, or None when the branch has none."""
     return resolve_ref(branch, root).get("properties", {}).get("kind", {}).get("const")
 
 
-def schema_problems(raw: Any, schema: dict) -> list[Problem]:
+def schema_problems(raw: Any, schema: Schema) -> list[Problem]:
     validator = jsonschema.Draft202012Validator(schema)
     problems: list[Problem] = []
     for error in validator.iter_errors(raw):
@@ -72,7 +80,7 @@ def schema_problems(raw: Any, schema: dict) -> list[Problem]:
     return problems
 
 
-def _explain(error, root: dict) -> list[Problem]:
+def _explain(error: ValidationError, root: Schema) -> list[Problem]:
     pointer = tuple(error.absolute_path)
     kind = error.validator
     if kind in ("oneOf", "anyOf"):
@@ -83,14 +91,14 @@ def _explain(error, root: dict) -> list[Problem]:
             Problem(
                 pointer,
                 f"unknown key {key!r}{did_you_mean(close_matches(key, allowed)) or _allowed(allowed)}",
-                affects=(*pointer, key),
+                affected=(*pointer, key),
             )
             for key in error.instance
             if key not in allowed
         ]
     if kind == "required":
         missing = next((key for key in error.validator_value if error.message.startswith(repr(key))), None)
-        return [Problem(pointer, error.message, affects=pointer if missing is None else (*pointer, missing))]
+        return [Problem(pointer, error.message, affected=None if missing is None else (*pointer, missing))]
     if kind == "enum" and isinstance(error.instance, str):
         options = [str(o) for o in error.validator_value]
         hint = did_you_mean(close_matches(error.instance, options)) or f"; one of: {', '.join(options)}"
@@ -117,14 +125,14 @@ def _allowed(names: list[str]) -> str:
     return f"; allowed here: {', '.join(names)}" if names else ""
 
 
-def _by_branch(error) -> dict[int, list]:
-    branches: dict[int, list] = {}
+def _by_branch(error: ValidationError) -> dict[int, list[ValidationError]]:
+    branches: dict[int, list[ValidationError]] = {}
     for sub in error.context:
         branches.setdefault(sub.relative_schema_path[0], []).append(sub)
     return branches
 
 
-def _explain_choice(error, root: dict) -> list[Problem]:
+def _explain_choice(error: ValidationError, root: Schema) -> list[Problem]:
     """A oneOf/anyOf failure explained by the branch the value was meant for."""
     pointer = tuple(error.absolute_path)
     options = error.validator_value
@@ -138,7 +146,7 @@ def _explain_choice(error, root: dict) -> list[Problem]:
         if "kind" not in error.instance:
             return [
                 Problem(
-                    pointer, f"'kind' is a required property (one of: {', '.join(known)})", affects=(*pointer, "kind")
+                    pointer, f"'kind' is a required property (one of: {', '.join(known)})", affected=(*pointer, "kind")
                 )
             ]
         hint = did_you_mean(close_matches(str(given), known)) or f"; known: {', '.join(known)}"
@@ -158,7 +166,7 @@ def _explain_choice(error, root: dict) -> list[Problem]:
     return [Problem(pointer, f"{error.instance!r} is not {' or '.join(shapes)}")]
 
 
-def _describe(branch: dict) -> str:
+def _describe(branch: Schema) -> str:
     if "const" in branch:
         return repr(branch["const"])
     if "enum" in branch:

@@ -45,11 +45,11 @@ def runs_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) 
 def study_note(spec: Spec, experiment_id: str | None = None) -> str:
     """Markdown describing the study: what it asks and its design; for the experiment, first a
     link to its runs list (MLflow 3.17 may open the experiment on its GenAI overview)."""
-    models = ", ".join(f"{m['name']} (`{m['source']}`)" for m in spec.models)
+    models = ", ".join(f"{m.name} (`{m.source}`)" for m in spec.models)
     groups = "; ".join(f"{g.name} ({g.role}): {', '.join(g.languages)}" for g in spec.groups)
     link = f"[Open the runs list](#/experiments/{experiment_id}/runs?{RUNS_VIEW_QUERY}) · " if experiment_id else ""
     lines = [
-        f"{link}**{spec.name}**" + (f": {spec.raw['description']}" if spec.raw.get("description") else ""),
+        f"{link}**{spec.name}**" + (f": {spec.description}" if spec.description else ""),
         "",
         f"- models: {models}",
         f"- fine-tuned on: {', '.join(spec.train_languages)}" if spec.finetune else "- no fine-tune",

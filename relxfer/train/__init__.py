@@ -17,7 +17,7 @@ tinker_trainer.py with tinker_recipe.py and tinker_export.py (the hosted Tinker 
 
 from relxfer.train.checkpoints import KEEP_CHECKPOINTS
 from relxfer.train.data import completion_loss, micro_batches, tokenize_examples
-from relxfer.train.loop import SCHEDULERS, resolve_finetune, train_lora
+from relxfer.train.loop import SCHEDULERS, train_lora
 from relxfer.train.records import FINETUNE_JSON, TrainResult
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "TrainResult",
     "completion_loss",
     "micro_batches",
-    "resolve_finetune",
     "tokenize_examples",
     "train_lora",
 ]

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from relxfer.spec.types import FinetuneSpec, ModelSpec
+
 if TYPE_CHECKING:
     from relxfer.train import TrainResult
 
@@ -19,8 +21,8 @@ StepCallback = Callable[[int, dict], None]
 
 @dataclass
 class TrainRequest:
-    model: dict  # the resolved model entry
-    finetune: dict  # the spec's resolved `finetune` section
+    model: ModelSpec
+    finetune: FinetuneSpec
     examples: list[tuple[str, str]]  # (prompt, completion) pairs, in the spec's order
     out_dir: Path  # the cell's working directory: checkpoints, then `adapter/`
     seed: int

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from relxfer.errors import DataError
 from relxfer.models.padding import left_pad
 from relxfer.models.tokenization import encode_pair
+from relxfer.spec.types import TrainingSpec
 
 Row = tuple[list[int], int]  # (input ids, number of completion tokens at the end)
 
@@ -47,13 +48,13 @@ def micro_batches(n_items: int, batch_size: int, seed: int, start: int, stop: in
         yield orders[epoch][b * batch_size : (b + 1) * batch_size]
 
 
-def step_counts(n_rows: int, train: dict) -> tuple[int, int]:
+def step_counts(n_rows: int, train: TrainingSpec) -> tuple[int, int]:
     """(optimizer steps, micro-batches) of a run: `max_steps` x accumulation, or `epochs` passes
     (fractional epochs are allowed: 0.5 = the first half of one shuffled pass)."""
-    batch_size, accum = train["batch_size"], train["grad_accum_steps"]
-    if train["max_steps"] is not None:
-        return train["max_steps"], train["max_steps"] * accum
-    total_micro = max(1, math.ceil(math.ceil(n_rows / batch_size) * train["epochs"]))
+    batch_size, accum = train.batch_size, train.grad_accum_steps
+    if train.max_steps is not None:
+        return train.max_steps, train.max_steps * accum
+    total_micro = max(1, math.ceil(math.ceil(n_rows / batch_size) * train.epochs))
     return math.ceil(total_micro / accum), total_micro
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from relxfer.spec.engines import EngineContext
+from relxfer.spec.types import LocalFinetuneEngine
 from relxfer.train.base import StepCallback, TrainRequest
 
 
 class LocalTrainer:
     kind = "local"
 
-    def __init__(self, config: dict, context: EngineContext):
+    def __init__(self, config: LocalFinetuneEngine, context: EngineContext):
         self.context = context
 
     def train(self, request: TrainRequest, on_step: StepCallback):

@@ -19,6 +19,7 @@ Both are written to a temporary directory and renamed into place, so they are co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -29,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from relxfer.errors import DataError, ModelError
-from relxfer.models.loading import load_causal_lm, resolve_model
+from relxfer.errors import DataError
+from relxfer.models.loading import load_causal_lm
 from relxfer.models.tokenization import default_add_bos_token
-from relxfer.spec.load import section_defaults
+from relxfer.spec.types import FinetuneMethod, FinetuneSpec, ModelSpec
 from relxfer.train.checkpoints import (
     atomic_dir,
     latest_checkpoint,
@@ -62,14 +63,9 @@ StepCallback = Callable[[int, dict], None]
 CheckpointCallback = Callable[[int, Path], None]
 
 
-def resolve_finetune(finetune: dict | None) -> dict:
-    """The fine-tuning entry with every default filled in from the spec schema, validated."""
-    return section_defaults("finetune", finetune, ModelError)
-
-
 def train_lora(
-    model: dict,
-    finetune: dict,
+    model: ModelSpec,
+    finetune: FinetuneSpec,
     examples: list[tuple[str, str]],
     out_dir: Path,
     seed: int,
@@ -82,12 +78,12 @@ def train_lora(
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on (prompt, completion) pairs; resumes from the latest checkpoint
     in `out_dir`, and returns the stored result when `out_dir` already holds a finished run.
-    `on_step(step, metrics)` and `on_checkpoint(step, directory)` are called on rank 0 only."""
+    `on_step(step, metrics)` and `on_checkpoint(step, directory)` are called on rank 0 only.
+    A direct call builds its settings with `ModelSpec.from_partial` and `FinetuneSpec.from_partial`."""
     parallel = parallel or Single()
     out_dir = Path(out_dir)
-    model = resolve_model(model)
-    cfg = resolve_finetune(finetune)
-    train = cfg["training"]
+    cfg = finetune
+    train = cfg.training
     if not examples:
         raise DataError("no training examples")
     run_hash = config_hash(model, cfg, examples, seed, parallel.identity())
@@ -100,21 +96,19 @@ def train_lora(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     # -- data ------------------------------------------------------------------------------------
-    rows = tokenize_examples(
-        tokenizer, examples, default_add_bos_token(peft_model.get_base_model()), train["max_seq_len"]
-    )
-    batch_size, accum = train["batch_size"], train["grad_accum_steps"]
+    rows = tokenize_examples(tokenizer, examples, default_add_bos_token(peft_model.get_base_model()), train.max_seq_len)
+    batch_size, accum = train.batch_size, train.grad_accum_steps
     steps, total_micro = step_counts(len(rows), train)
 
     # -- optimizer, schedule, resume -------------------------------------------------------------
     from transformers import get_scheduler
 
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=train["learning_rate"], weight_decay=train["weight_decay"])
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
     scheduler = get_scheduler(
-        SCHEDULERS[train["lr_scheduler"]],
+        SCHEDULERS[train.lr_scheduler],
         optimizer,
-        num_warmup_steps=round(train["warmup_ratio"] * steps),
+        num_warmup_steps=round(train.warmup_ratio * steps),
         num_training_steps=steps,
     )
     start_step = 0
@@ -151,8 +145,8 @@ def train_lora(
                 (loss_sum / n_targets if factor == 1.0 else loss_sum * factor / n_targets).backward()
                 step_loss += loss_sum.item() * weight
             step_loss = parallel.total(step_loss)
-            if train["max_grad_norm"]:
-                torch.nn.utils.clip_grad_norm_(params, train["max_grad_norm"])
+            if train.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
             learning_rate = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -171,7 +165,7 @@ def train_lora(
                 on_step(
                     step, {"train_loss": loss_history[-1], "learning_rate": learning_rate, "tokens_per_s": speeds[-1]}
                 )
-            if train["checkpoint_every"] and step % train["checkpoint_every"] == 0 and step < steps:
+            if train.checkpoint_every and step % train.checkpoint_every == 0 and step < steps:
                 saved = save_checkpoint(
                     out_dir, step, step * accum, peft_model, optimizer, scheduler, loss_history, run_hash, parallel
                 )
@@ -195,8 +189,8 @@ def train_lora(
         model=peft_model if isinstance(parallel, Single) else None,
     )
     record = {
-        "base_model": {k: model.get(k) for k in ("name", "source", "revision", "dtype")},
-        "finetune": cfg,
+        "base_model": {"name": model.name, "source": model.source, "revision": model.revision, "dtype": model.dtype},
+        "finetune": cfg.to_dict(),
         "seed": seed,
         "config_hash": run_hash,
         "result": result_record(result),
@@ -215,16 +209,15 @@ def train_lora(
     return result
 
 
-def _load_peft_model(model: dict, cfg: dict, cache_dir: Path, seed: int, parallel):
+def _load_peft_model(model: ModelSpec, cfg: FinetuneSpec, cache_dir: Path, seed: int, parallel):
     """(PeftModel ready to train, tokenizer): the base (4-bit for QLoRA), LoRA on top, sharded by
     `parallel` (nothing happens to it in one process)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    train = cfg["training"]
-    quantization = cfg["quantization"] if cfg["method"] == "qlora" else None
-    checkpointing = parallel.gradient_checkpointing(train["gradient_checkpointing"])
+    quantization = cfg.quantization if cfg.method is FinetuneMethod.QLORA else None
+    checkpointing = parallel.gradient_checkpointing(cfg.training.gradient_checkpointing)
     with parallel.loading_turn():
-        placed = {**model, "device_map": parallel.load_device_map(model["device_map"])}
+        placed = dataclasses.replace(model, device_map=parallel.load_device_map(model.device_map))
         base, tokenizer = load_causal_lm(
             placed, quantization, cache_dir, quant_storage=parallel.quant_storage(quantization)
         )
@@ -239,12 +232,12 @@ def _load_peft_model(model: dict, cfg: dict, cache_dir: Path, seed: int, paralle
             )
         elif checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
-        lora = cfg["lora"]
-        target = lora["target_modules"]
+        lora = cfg.lora
+        target = lora.target_modules
         lora_config = LoraConfig(
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
+            r=lora.r,
+            lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft says int; any positive number works
+            lora_dropout=lora.dropout,
             target_modules=target if isinstance(target, str) else list(target),
             bias="none",
             task_type="CAUSAL_LM",

@@ -18,14 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from relxfer.models.loading import DTYPES
-
-DEFAULT_SHARDING = {
-    "reshard_after_forward": True,
-    "cpu_ram_efficient_loading": True,
-    "quant_storage": "compute_dtype",
-    "gradient_checkpointing": None,
-}
-DEFAULT_MIXED_PRECISION = {"param_dtype": None, "reduce_dtype": "float32"}
+from relxfer.spec.types import FsdpFinetuneEngine, Quantization
 
 
 @dataclass
@@ -46,7 +39,7 @@ class Single:
     def loading_turn(self):
         yield
 
-    def quant_storage(self, quantization: dict | None):
+    def quant_storage(self, quantization: Quantization | None):
         return None
 
     def gradient_checkpointing(self, recipe: bool) -> bool:
@@ -89,7 +82,7 @@ class Fsdp:
     """FSDP2 in the process group a launcher started (env RANK/WORLD_SIZE/LOCAL_RANK, or Ray
     Train's). `engine` is the model's `engines.finetune` entry (kind, sharding, mixed precision)."""
 
-    engine: dict
+    engine: FsdpFinetuneEngine
     rank: int = field(init=False)
     world_size: int = field(init=False)
     local_rank: int = field(init=False)
@@ -100,8 +93,8 @@ class Fsdp:
     def __post_init__(self):
         import torch.distributed as dist
 
-        self.sharding = {**DEFAULT_SHARDING, **(self.engine.get("fsdp") or {})}
-        self.mixed_precision = {**DEFAULT_MIXED_PRECISION, **(self.engine.get("mixed_precision") or {})}
+        self.sharding = self.engine.fsdp
+        self.mixed_precision = self.engine.mixed_precision
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         self.cuda = torch.cuda.is_available()
@@ -132,7 +125,7 @@ class Fsdp:
         per rank. `fully_shard` needs no communication, so ranks may shard at different times."""
         import torch.distributed as dist
 
-        if not self.sharding["cpu_ram_efficient_loading"]:
+        if not self.sharding.cpu_ram_efficient_loading:
             yield
             return
         for turn in range(self.local_world_size):
@@ -140,15 +133,15 @@ class Fsdp:
                 yield
             dist.barrier()
 
-    def quant_storage(self, quantization: dict | None):
+    def quant_storage(self, quantization: Quantization | None):
         """`bnb_4bit_quant_storage`: 4-bit weights packed into the compute dtype shard (and cast)
         like every other weight; uint8 is bitsandbytes' default."""
-        if not quantization or self.sharding["quant_storage"] == "uint8":
+        if not quantization or self.sharding.quant_storage == "uint8":
             return torch.uint8 if quantization else None
-        return DTYPES[quantization.get("compute_dtype", "bfloat16")]
+        return DTYPES[quantization.compute_dtype]
 
     def gradient_checkpointing(self, recipe: bool) -> bool:
-        chosen = self.sharding["gradient_checkpointing"]
+        chosen = self.sharding.gradient_checkpointing
         return recipe if chosen is None else bool(chosen)
 
     def wrap(self, model):
@@ -157,13 +150,13 @@ class Fsdp:
 
         mp = self.mixed_precision
         policy = MixedPrecisionPolicy(
-            param_dtype=DTYPES[mp["param_dtype"]] if mp["param_dtype"] else None,
-            reduce_dtype=DTYPES[mp["reduce_dtype"]],
+            param_dtype=DTYPES[mp.param_dtype] if mp.param_dtype else None,
+            reduce_dtype=DTYPES[mp.reduce_dtype],
         )
         kwargs = {
             "mesh": self.mesh,
             "mp_policy": policy,
-            "reshard_after_forward": self.sharding["reshard_after_forward"],
+            "reshard_after_forward": self.sharding.reshard_after_forward,
         }
         for layer in decoder_layers(model):
             fully_shard(layer, **kwargs)
@@ -229,12 +222,9 @@ class Fsdp:
             dist.destroy_process_group()
 
 
-def fsdp_identity(world_size: int, engine: dict) -> dict:
+def fsdp_identity(world_size: int, engine: FsdpFinetuneEngine) -> dict:
     """What a distributed run adds to its config hash (relxfer.train.records.config_hash)."""
-    return {
-        "world_size": world_size,
-        "mixed_precision": {**DEFAULT_MIXED_PRECISION, **(engine.get("mixed_precision") or {})},
-    }
+    return {"world_size": world_size, "mixed_precision": engine.mixed_precision.to_dict()}
 
 
 def decoder_layers(model) -> list:

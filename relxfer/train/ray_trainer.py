@@ -18,6 +18,7 @@ import threading
 from relxfer.errors import ModelError
 from relxfer.provenance import VERSIONS, package_version
 from relxfer.spec.engines import EngineContext
+from relxfer.spec.types import RayFinetuneEngine
 from relxfer.train import launch
 from relxfer.train.base import StepCallback, TrainRequest
 from relxfer.train.relay import Relay
@@ -36,12 +37,12 @@ def _train_loop_per_worker(config: dict) -> None:
 class RayTrainer:
     kind = "ray"
 
-    def __init__(self, config: dict, context: EngineContext):
+    def __init__(self, config: RayFinetuneEngine, context: EngineContext):
         self.config = config
         self.context = context
 
     def _gpus_per_worker(self) -> float:
-        return float(self.config["resources_per_worker"].get("GPU", 0))
+        return float(self.config.resources_per_worker.get("GPU", 0))
 
     def check(self) -> None:
         try:
@@ -49,14 +50,14 @@ class RayTrainer:
             from ray.train.torch import TorchTrainer  # noqa: F401
         except ImportError:
             raise ModelError(
-                f'model {self.context.model["name"]!r} fine-tunes on Ray Train: pip install "relxfer[ray]"'
+                f'model {self.context.model.name!r} fine-tunes on Ray Train: pip install "relxfer[ray]"'
             ) from None
-        if not (self._connected() or self.config["address"] or os.environ.get("RAY_ADDRESS")):
+        if not (self._connected() or self.config.address or os.environ.get("RAY_ADDRESS")):
             raise ModelError(
-                f"model {self.context.model['name']!r}: engines.finetune kind 'ray' needs a Ray cluster: "
+                f"model {self.context.model.name!r}: engines.finetune kind 'ray' needs a Ray cluster: "
                 "run under the Ray executor, set engines.finetune.address, or set RAY_ADDRESS"
             )
-        launch.check_engine(self.context, self.config["num_workers"], self._gpus_per_worker())
+        launch.check_engine(self.context, self.config.num_workers, self._gpus_per_worker())
 
     @staticmethod
     def _connected() -> bool:
@@ -67,7 +68,7 @@ class RayTrainer:
         return ray.is_initialized()
 
     def run_tags(self) -> dict[str, str]:
-        tags = launch.run_tags(self.kind, self.context, self.config["num_workers"])
+        tags = launch.run_tags(self.kind, self.context, self.config.num_workers)
         return tags | {VERSIONS + "ray": package_version("ray") or "unknown"}
 
     def train(self, request: TrainRequest, on_step: StepCallback):
@@ -76,26 +77,26 @@ class RayTrainer:
         from ray.train.torch import TorchTrainer
         from ray.util.queue import Empty, Queue
 
-        done = launch.finished(request, self.config, self.config["num_workers"])
+        done = launch.finished(request, self.config, self.config.num_workers)
         if done is not None:
             return done
-        name = self.context.model["name"]
+        name = self.context.model.name
         connected_here = not ray.is_initialized()
         if connected_here:
             ray.init(
-                address=self.config["address"] or os.environ.get("RAY_ADDRESS"),
+                address=self.config.address or os.environ.get("RAY_ADDRESS"),
                 logging_level=logging.ERROR,
                 log_to_driver=False,
             )
         queue = Queue()
-        resources = dict(self.config["resources_per_worker"])
+        resources = dict(self.config.resources_per_worker)
         gpus = resources.pop("GPU", 0)
         cpus = resources.pop("CPU", None)
         trainer = TorchTrainer(
             _train_loop_per_worker,
             train_loop_config={"request": launch.write_request(request, self.config, None), "queue": queue},
             scaling_config=ScalingConfig(
-                num_workers=self.config["num_workers"],
+                num_workers=self.config.num_workers,
                 use_gpu=gpus > 0,
                 resources_per_worker={
                     **({"GPU": gpus} if gpus else {}),
@@ -106,7 +107,7 @@ class RayTrainer:
             run_config=RunConfig(
                 name=f"relxfer-{name}",
                 storage_path=str(launch.launch_dir(request) / "ray"),
-                failure_config=FailureConfig(max_failures=self.config["max_failures"]),
+                failure_config=FailureConfig(max_failures=self.config.max_failures),
             ),
         )
         outcome: dict = {}

@@ -15,6 +15,7 @@ import relxfer
 from relxfer.errors import ModelError
 from relxfer.models import tiny
 from relxfer.provenance import TRAINING_PACKAGES, package_versions
+from relxfer.spec.types import FinetuneSpec, ModelSpec
 
 FINETUNE_JSON = "relxfer_finetune.json"
 
@@ -35,14 +36,14 @@ class TrainResult:
     model: object = field(default=None, repr=False, compare=False)
 
 
-def config_hash(model: dict, cfg: dict, examples, seed: int, parallel: dict | None = None) -> str:
+def config_hash(model: ModelSpec, cfg: FinetuneSpec, examples, seed: int, parallel: dict | None = None) -> str:
     """Everything that decides the adapter: base model, settings, seed, the examples, and for a
     distributed run its world size and mixed precision (None for one process: unchanged hashes)."""
     h = hashlib.sha256()
-    base = {k: model.get(k) for k in ("source", "revision", "dtype")}
-    if str(model["source"]) == tiny.BUILTIN_ID:  # a rebuilt tiny model is another base model
+    base = {"source": model.source, "revision": model.revision, "dtype": model.dtype}
+    if model.source == tiny.BUILTIN_ID:  # a rebuilt tiny model is another base model
         base["recipe"] = tiny.recipe_hash()
-    identity = {"model": base, "finetune": cfg, "seed": seed}
+    identity = {"model": base, "finetune": cfg.to_dict(), "seed": seed}
     if parallel is not None:
         identity["parallel"] = parallel
     h.update(json.dumps(identity, sort_keys=True).encode())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 from relxfer.errors import SpecError as RecipeError
+from relxfer.spec.types import FinetuneMethod, FinetuneSpec, TrainingSpec
 
 TORCH_ADAMW = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}  # torch.optim.AdamW defaults, as the local trainer uses
 TINKER_LORA_ALPHA = 32.0
@@ -51,15 +52,15 @@ def lora_groups(target_modules) -> dict[str, bool]:
     return {"train_attn": chosen["attention"], "train_mlp": chosen["mlp"], "train_unembed": chosen["unembed"]}
 
 
-def learning_rate(step: int, steps: int, training: dict) -> float:
+def learning_rate(step: int, steps: int, training: TrainingSpec) -> float:
     """The learning rate of optimizer step `step` (1-based) of `steps`, as the local trainer's
     `transformers.get_scheduler` schedule gives it (its lambda after step - 1 scheduler steps)."""
-    peak = float(training["learning_rate"])
-    warmup = round(training["warmup_ratio"] * steps)
+    peak = float(training.learning_rate)
+    warmup = round(training.warmup_ratio * steps)
     done = step - 1
     if done < warmup:
         return peak * done / max(1, warmup)
-    kind = training["lr_scheduler"]
+    kind = training.lr_scheduler
     if kind == "constant":
         return peak
     progress = (done - warmup) / max(1, steps - warmup)
@@ -70,45 +71,45 @@ def learning_rate(step: int, steps: int, training: dict) -> float:
     raise AssertionError(f"unknown lr_scheduler {kind!r}")  # the schema admits only the three above
 
 
-def adam_params(types_module, lr: float, training: dict) -> object:
+def adam_params(types_module, lr: float, training: TrainingSpec) -> object:
     """The SDK's AdamParams with torch AdamW's betas and eps, the spec's weight decay and (where
     the SDK has the field) gradient clipping; every value explicit."""
-    fields = dict(TORCH_ADAMW, learning_rate=lr, weight_decay=float(training["weight_decay"]))
+    fields = dict(TORCH_ADAMW, learning_rate=lr, weight_decay=float(training.weight_decay))
     available = getattr(types_module.AdamParams, "model_fields", {})
     if "grad_clip_norm" in available:
-        fields["grad_clip_norm"] = float(training["max_grad_norm"] or 0.0)  # 0.0 = no clipping
+        fields["grad_clip_norm"] = float(training.max_grad_norm or 0.0)  # 0.0 = no clipping
     return types_module.AdamParams(**fields)
 
 
-def not_applied(finetune: dict, sdk_has_clipping: bool) -> str:
+def not_applied(finetune: FinetuneSpec, sdk_has_clipping: bool) -> str:
     """The recipe's settings Tinker cannot apply, for a run tag (empty when none)."""
-    lora, training = finetune["lora"], finetune["training"]
+    lora, training = finetune.lora, finetune.training
     notes = []
-    if float(lora["alpha"]) != TINKER_LORA_ALPHA:
-        notes.append(f"lora.alpha={lora['alpha']} (Tinker fixes {TINKER_LORA_ALPHA:g})")
-    if lora["dropout"]:
-        notes.append(f"lora.dropout={lora['dropout']} (Tinker has none)")
-    if finetune["method"] == "qlora":
+    if float(lora.alpha) != TINKER_LORA_ALPHA:
+        notes.append(f"lora.alpha={lora.alpha} (Tinker fixes {TINKER_LORA_ALPHA:g})")
+    if lora.dropout:
+        notes.append(f"lora.dropout={lora.dropout} (Tinker has none)")
+    if finetune.method is FinetuneMethod.QLORA:
         notes.append("method=qlora (Tinker trains on its own precision, no 4-bit base)")
-    if training["max_grad_norm"] and not sdk_has_clipping:
-        notes.append(f"training.max_grad_norm={training['max_grad_norm']} (this SDK has no grad_clip_norm)")
+    if training.max_grad_norm and not sdk_has_clipping:
+        notes.append(f"training.max_grad_norm={training.max_grad_norm} (this SDK has no grad_clip_norm)")
     return "; ".join(notes)
 
 
-def step_examples(n_rows: int, training: dict, seed: int, step: int, total_micro: int) -> list[int]:
+def step_examples(n_rows: int, training: TrainingSpec, seed: int, step: int, total_micro: int) -> list[int]:
     """Example indices of optimizer step `step`: its micro-batches in the local trainer's order,
     concatenated (one forward_backward per step computes the same summed gradient)."""
     from relxfer.train import micro_batches
 
-    accum = training["grad_accum_steps"]
-    batches = micro_batches(n_rows, training["batch_size"], seed, (step - 1) * accum, min(step * accum, total_micro))
+    accum = training.grad_accum_steps
+    batches = micro_batches(n_rows, training.batch_size, seed, (step - 1) * accum, min(step * accum, total_micro))
     return [i for batch in batches for i in batch]
 
 
-def schedule_length(n_rows: int, training: dict) -> tuple[int, int]:
+def schedule_length(n_rows: int, training: TrainingSpec) -> tuple[int, int]:
     """(optimizer steps, micro-batches) of the run, as the local trainer counts them."""
-    batch_size, accum = training["batch_size"], training["grad_accum_steps"]
-    if training["max_steps"] is not None:
-        return training["max_steps"], training["max_steps"] * accum
-    total_micro = max(1, math.ceil(math.ceil(n_rows / batch_size) * training["epochs"]))
+    batch_size, accum = training.batch_size, training.grad_accum_steps
+    if training.max_steps is not None:
+        return training.max_steps, training.max_steps * accum
+    total_micro = max(1, math.ceil(math.ceil(n_rows / batch_size) * training.epochs))
     return math.ceil(total_micro / accum), total_micro

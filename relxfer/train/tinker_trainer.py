@@ -46,6 +46,7 @@ from relxfer.services.tinker_client import (
     supports,
 )
 from relxfer.spec.engines import EngineContext
+from relxfer.spec.types import FinetuneSpec, ModelSpec, TinkerFinetuneEngine
 from relxfer.train.base import StepCallback, TrainRequest
 from relxfer.train.tinker_recipe import (
     adam_params,
@@ -68,26 +69,22 @@ def _submitted(request: object) -> Callable[[], object]:
 class TinkerTrainer:
     kind = "tinker"
 
-    def __init__(self, config: dict, context: EngineContext):
+    def __init__(self, config: TinkerFinetuneEngine, context: EngineContext):
         self.config = config
         self.context = context
-        self.base_model = config.get("base_model") or str(context.model["source"])
-        self.timeout = float(config.get("request_timeout_s", 600))
+        self.base_model = config.base_model or context.model.source
+        self.timeout = float(config.request_timeout_s)
 
     def check(self) -> None:
-        check_environment(f"model {self.context.model['name']!r}'s fine-tune")
+        check_environment(f"model {self.context.model.name!r}'s fine-tune")
         if self.context.spec.finetune is not None:
-            from relxfer.train import resolve_finetune
-
-            lora_groups(resolve_finetune(self.context.spec.finetune)["lora"]["target_modules"])
+            lora_groups(self.context.spec.finetune.lora.target_modules)
 
     def run_tags(self) -> dict[str, str]:
         tags = {"engine": self.kind, "tinker.base_model": self.base_model, VERSIONS + "tinker": sdk_version()}
         if self.context.spec.finetune is not None:
-            from relxfer.train import resolve_finetune
-
             clipping = "grad_clip_norm" in getattr(sdk().types.AdamParams, "model_fields", {})
-            notes = not_applied(resolve_finetune(self.context.spec.finetune), clipping)
+            notes = not_applied(self.context.spec.finetune, clipping)
             if notes:
                 tags["tinker.not_applied"] = notes
         return tags
@@ -95,15 +92,15 @@ class TinkerTrainer:
     def train(self, request: TrainRequest, on_step: StepCallback):
         from tqdm.auto import tqdm
 
-        from relxfer.models.loading import load_tokenizer, resolve_model
+        from relxfer.models.loading import load_tokenizer
         from relxfer.models.tokenization import default_add_bos_token
-        from relxfer.train import TrainResult, resolve_finetune, tokenize_examples
+        from relxfer.train import TrainResult, tokenize_examples
         from relxfer.train.records import finished_result
 
         out_dir = Path(request.out_dir)
-        model = resolve_model(request.model)
-        cfg = resolve_finetune(request.finetune)
-        train = cfg["training"]
+        model = request.model
+        cfg = request.finetune
+        train = cfg.training
         if not request.examples:
             raise TinkerError("no training examples")
         config_hash = self._config_hash(model, cfg, request)
@@ -113,7 +110,7 @@ class TinkerTrainer:
 
         # -- data: the local trainer's tokenization, order and completion-only weights ----------
         tokenizer = load_tokenizer(model, request.cache_dir)
-        rows = tokenize_examples(tokenizer, request.examples, default_add_bos_token(), train["max_seq_len"])
+        rows = tokenize_examples(tokenizer, request.examples, default_add_bos_token(), train.max_seq_len)
         steps, total_micro = schedule_length(len(rows), train)
 
         # -- service: a new LoRA, or the saved state of an interrupted run ----------------------
@@ -130,9 +127,7 @@ class TinkerTrainer:
             )
             start_step, loss_history = int(latest["step"]), list(latest["loss_history"])
         else:
-            kwargs = dict(
-                base_model=self.base_model, rank=int(cfg["lora"]["r"]), **lora_groups(cfg["lora"]["target_modules"])
-            )
+            kwargs = dict(base_model=self.base_model, rank=cfg.lora.r, **lora_groups(cfg.lora.target_modules))
             if supports(client.create_lora_training_client, "seed"):
                 kwargs["seed"] = int(request.seed)
             training = call(
@@ -160,7 +155,7 @@ class TinkerTrainer:
                 loss_history.append(_weighted_loss(output, data))
                 speeds.append(sum(len(ids) for ids, _ in batch) / (time.perf_counter() - started))
                 metrics = {"train_loss": loss_history[-1], "learning_rate": lr, "tokens_per_s": speeds[-1]}
-                if train["checkpoint_every"] and step % train["checkpoint_every"] == 0 and step < steps:
+                if train.checkpoint_every and step % train.checkpoint_every == 0 and step < steps:
                     saved = call(partial(training.save_state, f"relxfer-step-{step}"), self.timeout).path
                     state["checkpoints"] = [{"step": step, "path": saved, "loss_history": loss_history}]
                     directory = _write_state(out_dir, step, state)
@@ -196,8 +191,8 @@ class TinkerTrainer:
         training,
         sampler: str,
         tokenizer,
-        model: dict,
-        cfg: dict,
+        model: ModelSpec,
+        cfg: FinetuneSpec,
         request: TrainRequest,
         result,
         state: dict,
@@ -212,13 +207,18 @@ class TinkerTrainer:
         def write(tmp: Path) -> None:
             raw = download_adapter(client, training, sampler, tmp.parent / f".{tmp.name}-raw", self.timeout)
             try:
-                export = to_peft(raw, tmp, str(model["source"]), int(cfg["lora"]["r"]))
+                export = to_peft(raw, tmp, model.source, cfg.lora.r)
             finally:
                 shutil.rmtree(raw, ignore_errors=True)
             tokenizer.save_pretrained(tmp)
             record = {
-                "base_model": {k: model.get(k) for k in ("name", "source", "revision", "dtype")},
-                "finetune": cfg,
+                "base_model": {
+                    "name": model.name,
+                    "source": model.source,
+                    "revision": model.revision,
+                    "dtype": model.dtype,
+                },
+                "finetune": cfg.to_dict(),
                 "seed": request.seed,
                 "config_hash": result.config_hash,
                 "result": result_record(result),
@@ -235,15 +235,15 @@ class TinkerTrainer:
         build_once(out_dir / "adapter", write, complete_marker=FINETUNE_JSON)
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # the run is complete
 
-    def _config_hash(self, model: dict, cfg: dict, request: TrainRequest) -> str:
+    def _config_hash(self, model: ModelSpec, cfg: FinetuneSpec, request: TrainRequest) -> str:
         """Everything that decides the adapter: engine, service model, settings, seed, examples."""
         h = hashlib.sha256()
         identity = {
             "engine": self.kind,
             "base_model": self.base_model,
-            "source": model.get("source"),
-            "revision": model.get("revision"),
-            "finetune": cfg,
+            "source": model.source,
+            "revision": model.revision,
+            "finetune": cfg.to_dict(),
             "seed": request.seed,
         }
         h.update(json.dumps(identity, sort_keys=True).encode())

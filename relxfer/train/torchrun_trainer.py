@@ -18,6 +18,7 @@ import time
 
 from relxfer.errors import ModelError
 from relxfer.spec.engines import EngineContext
+from relxfer.spec.types import TorchrunFinetuneEngine
 from relxfer.train import launch
 from relxfer.train.base import StepCallback, TrainRequest
 from relxfer.train.relay import JsonLinesTail, Relay, die_with_parent
@@ -28,18 +29,18 @@ POLL_S = 0.2
 class TorchrunTrainer:
     kind = "torchrun"
 
-    def __init__(self, config: dict, context: EngineContext):
+    def __init__(self, config: TorchrunFinetuneEngine, context: EngineContext):
         self.config = config
         self.context = context
 
     def check(self) -> None:
-        launch.check_engine(self.context, self.config["nproc_per_node"], 1)
+        launch.check_engine(self.context, self.config.nproc_per_node, 1)
 
     def run_tags(self) -> dict[str, str]:
-        return launch.run_tags(self.kind, self.context, self.config["nproc_per_node"])
+        return launch.run_tags(self.kind, self.context, self.config.nproc_per_node)
 
     def train(self, request: TrainRequest, on_step: StepCallback):
-        done = launch.finished(request, self.config, self.config["nproc_per_node"])
+        done = launch.finished(request, self.config, self.config.nproc_per_node)
         if done is not None:
             return done
         events = launch.new_events_file(request)
@@ -50,14 +51,14 @@ class TorchrunTrainer:
             "-m",
             "torch.distributed.run",
             "--standalone",
-            f"--nproc_per_node={self.config['nproc_per_node']}",
-            f"--max_restarts={self.config['max_restarts']}",
+            f"--nproc_per_node={self.config.nproc_per_node}",
+            f"--max_restarts={self.config.max_restarts}",
             "-m",
             "relxfer.train.worker",
             str(request_file),
         ]
         tail = JsonLinesTail(events)
-        with open(log_path, "ab") as log, launch.progress_bar(request, self.context.model["name"]) as bar:
+        with open(log_path, "ab") as log, launch.progress_bar(request, self.context.model.name) as bar:
             relay = Relay(on_step, request.on_checkpoint, bar)
             # A session of its own: stopping it stops torchrun and every rank, nothing else. And
             # torchrun dies with this process (kill -9 included), so no orphaned group trains on.
@@ -76,10 +77,10 @@ class TorchrunTrainer:
                 raise
         if process.returncode != 0 and relay.error is None:
             raise ModelError(
-                f"torchrun fine-tune of model {self.context.model['name']!r} failed (exit code {process.returncode}): "
+                f"torchrun fine-tune of model {self.context.model.name!r} failed (exit code {process.returncode}): "
                 f"{_last_error(log_path)}; log: {log_path}"
             )
-        return relay.final(f"torchrun fine-tune of model {self.context.model['name']!r}", f"see {log_path}")
+        return relay.final(f"torchrun fine-tune of model {self.context.model.name!r}", f"see {log_path}")
 
 
 def _stop(process: subprocess.Popen) -> None:

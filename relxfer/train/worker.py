@@ -16,6 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from relxfer.errors import RelxferError
+from relxfer.spec.types import (
+    FinetuneSpec,
+    LocalFinetuneEngine,
+    ModelSpec,
+    TinkerFinetuneEngine,
+    finetune_engine_from_dict,
+)
 from relxfer.train.records import result_record
 
 
@@ -24,11 +31,13 @@ def run(request: dict, emit: Callable[[dict], None]) -> None:
     from relxfer.train.loop import train_lora
     from relxfer.train.parallel import Fsdp
 
-    parallel = Fsdp(request["engine"])
+    engine = finetune_engine_from_dict(request["engine"])
+    assert not isinstance(engine, (LocalFinetuneEngine, TinkerFinetuneEngine))  # launched for FSDP2 only
+    parallel = Fsdp(engine)
     try:
         result = train_lora(
-            request["model"],
-            request["finetune"],
+            ModelSpec.from_dict(request["model"]),
+            FinetuneSpec.from_dict(request["finetune"]),
             [tuple(e) for e in request["examples"]],
             Path(request["out_dir"]),
             seed=request["seed"],

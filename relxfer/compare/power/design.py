@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from relxfer.spec.load import Spec
+from relxfer.spec.types import DataSpec, GroupRole, Spec, SyntheticSource
 
 # Belebele passages carry 1.8 questions on average: holding out whole passages keeps about 2
 # questions of a passage together; holding out single questions scatters them (about 1 each).
@@ -37,28 +36,26 @@ class StudyDesign:
 def design_from_spec(spec: Spec, eval_items: Mapping[str, int]) -> StudyDesign:
     """The design `spec` runs, with `eval_items` (language -> evaluation items, as
     `relxfer.plan.study_data.summarize_study_data` counts them): the smallest count is used.
-    Settings are read from the resolved spec (`spec.raw`, every default filled)."""
-    raw = spec.raw
-    related = sum(len(g.languages) for g in spec.groups if g.role == "related")
-    control = sum(len(g.languages) for g in spec.groups if g.role == "control")
-    reference = str(raw["analysis"]["reference"])
+    Settings are read from the resolved spec (every default filled)."""
+    related = sum(len(g.languages) for g in spec.groups if g.role is GroupRole.RELATED)
+    control = sum(len(g.languages) for g in spec.groups if g.role is GroupRole.CONTROL)
+    reference = spec.analysis.reference
     counts = [eval_items.get(code, 0) for code in spec.eval_languages]
     return StudyDesign(
         n_related=related,
         n_control=control,
-        n_models=len(raw["models"]),
+        n_models=len(spec.models),
         items_per_language=min(counts) if counts else 0,
-        questions_per_passage=_questions_per_passage(raw["data"]),
-        n_seeds=len(raw["seeds"]),
-        conditions=tuple(str(c) for c in raw["conditions"] if c != reference),
+        questions_per_passage=_questions_per_passage(spec.data),
+        n_seeds=len(spec.seeds),
+        conditions=tuple(str(c) for c in spec.conditions if c != reference),
         reference=reference,
     )
 
 
-def _questions_per_passage(data: Mapping[str, Any]) -> int:
-    source, split = data["source"], data["split"]
-    if split.get("unit") != "passage":
+def _questions_per_passage(data: DataSpec) -> int:
+    if data.split.unit != "passage":
         return 1
-    if source["kind"] == "synthetic":
-        return int(source["questions_per_passage"])
+    if isinstance(data.source, SyntheticSource):
+        return data.source.questions_per_passage
     return BELEBELE_QUESTIONS_PER_HELD_OUT_PASSAGE

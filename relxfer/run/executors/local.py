@@ -40,9 +40,9 @@ class LocalExecutor:
             return
         host_gb, gpu_gb = machine_memory_gb()
         for i, model in enumerate(spec.models):
-            if model["engines"]["finetune"]["kind"] not in RUNS_HERE:
+            if model.engines.finetune.kind not in RUNS_HERE:
                 continue
-            problem = misfit_here(model, spec.finetune, host_gb, gpu_gb if model["resources"]["gpus"] else None)
+            problem = misfit_here(model, spec.finetune, host_gb, gpu_gb if model.resources.gpus else None)
             if problem:
                 raise ModelError(f"{spec.path}: /models/{i}: {problem}")
 
@@ -53,7 +53,7 @@ class LocalExecutor:
         self.runner = CellRunner(study)
         self.ledger = Ledger(outcomes, study.report, study.fail_fast)
         for model in study.spec.models:
-            self._run_model([c for c in cells if c.model == model["name"]], finished)
+            self._run_model([c for c in cells if c.model == model.name], finished)
 
     def _run_model(self, cells: list[Cell], finished: dict[str, str]) -> None:
         finetunes = [c for c in cells if c.kind == "finetune"]

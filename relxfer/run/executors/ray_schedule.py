@@ -19,6 +19,7 @@ from relxfer.run.executors.ray_claims import ClusterClaims
 from relxfer.run.failures import describe, traceback_text
 from relxfer.run.ledger import Ledger
 from relxfer.spec.resources import cell_request
+from relxfer.spec.types import ModelSpec
 
 MAX_RETRIES = 3  # retries of a task whose worker or node died (never of an error a cell raised)
 POLL_S = 1.0  # how often the driver looks for finished tasks and for cells another driver freed
@@ -193,7 +194,7 @@ class Schedule:
             tracker.end(run_id, "KILLED")
 
 
-def task_options(model: dict, name: str, kind: str) -> dict:
+def task_options(model: ModelSpec, name: str, kind: str) -> dict:
     request = cell_request(model, kind)
     options = {"num_cpus": request["CPU"], "num_gpus": request["GPU"], "max_retries": MAX_RETRIES, "name": name}
     if "memory" in request:

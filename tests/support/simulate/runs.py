@@ -21,9 +21,9 @@ from relxfer.compare.frame import RUN_COLUMNS, assemble_items, run_row
 from relxfer.data.items import MCItem
 from relxfer.data.prompts import EXTRACTOR_VERSION, PromptBuilder
 from relxfer.evaluate.loop import make_records
+from relxfer.spec.types import Condition
 from relxfer.tracking.client import TAG, Tracker
 
-COT_CONDITIONS = ("cot", "finetuned_cot")
 SEEDLESS_CONDITIONS = ("baseline", "cot")  # the runner scores them once per model x language
 
 
@@ -105,7 +105,7 @@ def runs_to_items(
         predicted = np.where(run.correct == 1, questions.gold, wrong)
         logprobs = label_logprobs(rng, predicted, len(layout.labels))
         failed = None
-        if run.condition in COT_CONDITIONS:
+        if Condition(run.condition).uses_cot:
             failed = np.zeros(len(predicted), bool) if run.parse_failed is None else np.asarray(run.parse_failed, bool)
         if via_records:
             items = items_of.setdefault(run.language, _mc_items(run.language, questions, layout.labels))
