@@ -1,5 +1,17 @@
-"""Shared fixtures: a real `mlflow server` on 127.0.0.1 (free port, temporary backend), the
-shared real data directory, and a per-session relxfer cache."""
+"""Test tiers, per-test isolation and shared fixtures.
+
+Tiers: every test carries exactly one of the markers `unit` (in this process and quick: no
+server, no subprocess, no socket; `python -m pytest -m unit` is the fast tier), `integration`
+(real subprocesses or servers: an mlflow server, torchrun, a tiny study) or `system` (whole
+studies, Ray clusters, vLLM, SkyRL tx), set by `pytestmark` in its file; a test with none or two
+stops the run at collection.
+
+Isolation: every test starts with MLFLOW_TRACKING_URI on a sqlite file of its own, RELXFER_CACHE
+on the session's cache, no MLflow run or experiment and no service key inherited from the shell,
+and whatever it changes in os.environ is undone after it.
+
+Shared (per session, so per xdist worker): a real `mlflow server` on 127.0.0.1 (free port,
+temporary backend), the relxfer cache, the real data directory, a vLLM server."""
 
 from __future__ import annotations
 
@@ -15,8 +27,52 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import shared_data
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TIERS = ("unit", "integration", "system")
+# Settings a test must not inherit from the shell that started pytest: they would point a test at
+# a real server, a real run, a real key.
+INHERITED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_EXPERIMENT_ID",
+    "RELXFER_CACHE",
+    "RELXFER_VLLM_PYTHON",
+    "BELEBELE_DIR",
+    "RAY_ADDRESS",
+    "TINKER_API_KEY",
+    "TINKER_BASE_URL",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything: every collected test is checked
+def pytest_collection_modifyitems(config, items):
+    wrong = []
+    for item in items:
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            wrong.append(f"  {item.nodeid}: {', '.join(tiers) or 'no tier'}")
+    if wrong:
+        raise pytest.UsageError(
+            f"every test needs exactly one tier marker ({', '.join(TIERS)}; pytestmark in its file):\n"
+            + "\n".join(wrong)
+        )
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(request, tmp_path_factory):
+    """A private tracking store and the session's cache for every test; os.environ as it was
+    afterwards. A test that wants another tracking URI sets its own (monkeypatch.setenv)."""
+    saved = dict(os.environ)
+    for name in INHERITED_ENV:
+        os.environ.pop(name, None)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
+    os.environ["RELXFER_CACHE"] = str(request.getfixturevalue("relxfer_cache"))
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def die_with_parent() -> None:
@@ -90,6 +146,22 @@ class MlflowServer:
                 self.process.wait()
 
 
+@pytest.fixture(autouse=True)
+def unit_tests_open_no_connection(request, monkeypatch):
+    """A unit test that connects to anything over the network (a server, even a refused port)
+    fails, so the fast tier cannot come to depend on one."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    connect = socket.socket.connect
+
+    def refuse(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"a unit test connected to {address}: mark its file integration")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
@@ -104,10 +176,7 @@ def relxfer_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def belebele_dir() -> Path:
-    path = SHARED_DATA / "belebele"
-    if not (path / "eng_Latn.jsonl").exists():
-        pytest.skip(f"real Belebele files not found at {path}")
-    return path
+    return shared_data.belebele_dir()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ logits of base + adapter downloaded from the tracking server's artifact store.""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from relxfer.data.prompts import PromptBuilder
@@ -11,6 +12,8 @@ from relxfer.evaluate.local_backend import LocalBackend
 from relxfer.models.tiny import BUILTIN_ID
 from relxfer.tracking.client import Tracker
 from relxfer.train import train_lora
+
+pytestmark = pytest.mark.integration
 
 TINY = {"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"}
 NF4 = {"load_in_4bit": True, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}

@@ -13,6 +13,8 @@ from relxfer.evaluate.local_backend import CPU_PASS_OVERHEAD_TOKENS, LocalBacken
 from relxfer.models.tiny import BUILTIN_ID
 from relxfer.models.tokenization import cut_at_stop
 
+pytestmark = pytest.mark.unit
+
 # One intra-op thread: the tiny model gains nothing from more, and on a shared 2-core machine
 # two OpenMP threads can run 50x slower when another process holds a core.
 torch.set_num_threads(1)

@@ -11,6 +11,8 @@ from relxfer.evaluate.local_backend import LocalBackend
 from relxfer.models.tiny import BUILTIN_ID
 from relxfer.train import train_lora
 
+pytestmark = pytest.mark.unit
+
 EXAMPLES = [
     (f"Item: {w}\nAnswer:", f" {n}")
     for w, n in [("mabo", 1), ("lupi", 2), ("teka", 3), ("rako", 4), ("sinu", 1), ("gedo", 2), ("pali", 3), ("kemu", 4)]

@@ -18,6 +18,8 @@ from relxfer.plan.cells import plan
 from relxfer.spec.load import load_spec
 from relxfer.spec.memory import estimate, finetune_tags, misfit
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 FULL = REPO / "specs" / "full.json"
 

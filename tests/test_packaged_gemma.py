@@ -25,6 +25,8 @@ from relxfer.models.packaged_gemma import (
     build_gemma_270m,
 )
 
+pytestmark = pytest.mark.integration
+
 torch.set_num_threads(1)
 
 GEMMA = {"name": "gemma", "source": BUILTIN_ID, "dtype": "float32"}

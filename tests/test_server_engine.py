@@ -29,6 +29,8 @@ from relxfer.spec.load import load_spec
 from relxfer.train import train_lora
 from tests.servers.vllm_server import MAX_LORA_RANK, SERVED_NAME
 
+pytestmark = pytest.mark.system
+
 torch.set_num_threads(1)
 
 TINY = {"name": "tiny", "source": "builtin:tiny-llama", "dtype": "float32"}

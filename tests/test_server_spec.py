@@ -15,6 +15,8 @@ from relxfer.services.vllm_launch import LaunchError, lora_rank_limit, server_ar
 from relxfer.spec.load import load_spec
 from tests.test_plan import keys, load_variant
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = {"kind": "vllm", "launch": {"tensor_parallel_size": 8, "dtype": "bfloat16"}}
 RUNNING = {"kind": "vllm", "base_url": "http://10.0.0.5:8000/v1", "dtype": "bfloat16"}
