@@ -4,7 +4,7 @@ Tiers: every test carries exactly one of the markers `unit` (in this process and
 server, no subprocess, no socket; `python -m pytest -m unit` is the fast tier), `integration`
 (real subprocesses or servers: an mlflow server, torchrun, a tiny study) or `system` (whole
 studies, Ray clusters, vLLM, SkyRL tx), set by `pytestmark` in its file; a test with none or two
-stops the run at collection.
+is a collection error, which stops the run.
 
 Isolation: every test starts with MLFLOW_TRACKING_URI on a sqlite file of its own, RELXFER_CACHE
 on the session's cache, no MLflow run or experiment and no service key inherited from the shell,
@@ -47,18 +47,26 @@ INHERITED_ENV = (
 )
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything: every collected test is checked
-def pytest_collection_modifyitems(config, items):
-    wrong = []
-    for item in items:
-        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
-        if len(tiers) != 1:
-            wrong.append(f"  {item.nodeid}: {', '.join(tiers) or 'no tier'}")
-    if wrong:
-        raise pytest.UsageError(
-            f"every test needs exactly one tier marker ({', '.join(TIERS)}; pytestmark in its file):\n"
-            + "\n".join(wrong)
-        )
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A file with a test that has no tier, or two, fails to collect: the run stops with a
+    collection error naming the tests, with or without `-m` and xdist."""
+    report = yield
+    if report.passed:
+        wrong = []
+        for node in report.result:
+            if isinstance(node, pytest.Item):
+                tiers = sorted({mark.name for mark in node.iter_markers() if mark.name in TIERS})
+                if len(tiers) != 1:
+                    wrong.append(f"  {node.nodeid}: {', '.join(tiers) or 'no tier'}")
+        if wrong:
+            report.outcome = "failed"
+            report.longrepr = (
+                f"every test needs exactly one tier marker ({', '.join(TIERS)}; pytestmark in its file):\n"
+                + "\n".join(wrong)
+            )
+            report.result = []
+    return report
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 pytest_plugins = ["pytester"]
 
 # The inner runs use the suite's own hooks and fixtures, and its markers.
-CONFTEST = "from tests.conftest import isolated_environment, pytest_collection_modifyitems, relxfer_cache\n"
+CONFTEST = "from tests.conftest import isolated_environment, pytest_make_collect_report, relxfer_cache\n"
 INI = """
 [pytest]
 addopts = --strict-markers -p no:cacheprovider
@@ -36,7 +36,7 @@ def inner(pytester):
     return pytester
 
 
-def test_a_test_with_no_tier_or_two_stops_the_run_at_collection(inner):
+def test_a_test_with_no_tier_or_two_is_a_collection_error(inner):
     inner.makepyfile(
         test_tiers=textwrap.dedent("""
             import pytest
@@ -55,15 +55,17 @@ def test_a_test_with_no_tier_or_two_stops_the_run_at_collection(inner):
         """)
     )
     result = inner.runpytest_inprocess("-m", "integration")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(
         [
+            "*ERROR collecting test_tiers.py*",
             "*every test needs exactly one tier marker*",
             "*test_tiers.py::test_none: no tier",
             "*test_tiers.py::test_two: system, unit",
+            "*1 error*",
         ]
     )
-    assert "test_one" not in result.stderr.str()
+    assert "test_one:" not in result.stdout.str()
 
 
 def test_each_test_gets_its_own_store_and_leaves_the_environment_as_it_was(inner, monkeypatch):
