@@ -69,6 +69,20 @@ def pytest_make_collect_report(collector):
     return report
 
 
+def tier_of(item: pytest.Item) -> str:
+    return next(mark.name for mark in item.iter_markers() if mark.name in TIERS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Distributed (xdist), the longest tiers go first: with `--dist loadfile
+    --no-loadscope-reorder` each worker takes the next file when it is free, so the whole
+    studies and servers start at once and the many short unit tests fill in at the end, which
+    keeps the workers' finishing times close. One process keeps the files' order."""
+    if hasattr(config, "workerinput"):  # an xdist worker: only workers collect
+        rank = {"system": 0, "integration": 1, "unit": 2}
+        items.sort(key=lambda item: rank[tier_of(item)])  # stable: a file's tests stay together
+
+
 @pytest.fixture(autouse=True)
 def isolated_environment(request, tmp_path_factory):
     """A private tracking store and the session's cache for every test; os.environ as it was
