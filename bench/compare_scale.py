@@ -10,7 +10,7 @@ What it does:
    questions) with as many fine-tuning seeds as it takes to reach --runs evaluation runs
    (46 seeds: 7 x 6 x (1 baseline + 1 cot + 46 finetuned) = 2,016 runs). Each cell is run by
    `relxfer.run.cell.CellRunner.evaluate` (the per-cell code of every executor) on an engine
-   serving a scripted backend whose answers come from
+   serving a scripted backend (tests/support/fake_engine.py) whose answers come from
    `tests.support.simulate.simulate_study`, so tags, params, data set inputs, metrics and the
    `predictions.json` table are exactly what `relxfer run` logs; the parent run gets the
    runner's `cells.json` table, so `--parent` works too. Cells run in parallel client threads
