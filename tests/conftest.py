@@ -7,8 +7,9 @@ studies, Ray clusters, vLLM, SkyRL tx), set by `pytestmark` in its file; a test 
 is a collection error, which stops the run.
 
 Isolation: every test starts with MLFLOW_TRACKING_URI on a sqlite file of its own, RELXFER_CACHE
-on the session's cache, no MLflow run or experiment and no service key inherited from the shell,
-and whatever it changes in os.environ is undone after it.
+on the session's cache, no MLflow run or experiment and no service key inherited from the shell
+(session and module fixtures too), and whatever it changes in os.environ is undone after it; a
+unit test runs in a directory of its own.
 
 Shared (per session, so per xdist worker): a real `mlflow server` on 127.0.0.1 (free port,
 temporary backend), the relxfer cache, the real data directory, a vLLM server."""
@@ -83,16 +84,37 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: rank[tier_of(item)])  # stable: a file's tests stay together
 
 
-@pytest.fixture(autouse=True)
-def isolated_environment(request, tmp_path_factory):
-    """A private tracking store and the session's cache for every test; os.environ as it was
-    afterwards. A test that wants another tracking URI sets its own (monkeypatch.setenv)."""
-    saved = dict(os.environ)
+def isolate(tracking_dir: Path, cache: Path) -> None:
     for name in INHERITED_ENV:
         os.environ.pop(name, None)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
-    os.environ["RELXFER_CACHE"] = str(request.getfixturevalue("relxfer_cache"))
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tracking_dir / 'mlflow.db'}"
+    os.environ["RELXFER_CACHE"] = str(cache)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session(tmp_path_factory, relxfer_cache):
+    """The same settings for session and module fixtures, which start before any test's own."""
+    saved = dict(os.environ)
+    isolate(tmp_path_factory.mktemp("tracking"), relxfer_cache)
     yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(request, tmp_path_factory, isolated_session):
+    """A private tracking store and the session's cache for every test; os.environ as it was
+    afterwards. A test that wants another tracking URI sets its own (monkeypatch.setenv). A unit
+    test also runs in that store's directory: MLflow's `./mlruns` (a sqlite store's artifacts)
+    and `./mlflow.db` defaults land there, not in the checkout (unit tests start no process
+    that would need the checkout as its working directory)."""
+    saved, cwd = dict(os.environ), os.getcwd()
+    tracking_dir = tmp_path_factory.mktemp("tracking")
+    isolate(tracking_dir, request.getfixturevalue("relxfer_cache"))
+    if request.node.get_closest_marker("unit") is not None:
+        os.chdir(tracking_dir)
+    yield
+    os.chdir(cwd)
     os.environ.clear()
     os.environ.update(saved)
 

@@ -9,6 +9,7 @@ smoke study's own criteria, and its accuracies must be the logged tables'."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,15 @@ def study(tmp_path_factory):
     raw["experiment"] = EXPERIMENT
     spec = write_variant(raw, root / "smoke.json")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    with planted_engines():
-        result = CliRunner().invoke(
-            main, ["run", str(spec), "--tracking-uri", uri, "--cache-dir", str(root / "cache"), "--no-progress"]
-        )
+    cwd = os.getcwd()
+    os.chdir(root)  # a sqlite store keeps artifacts in ./mlruns: here, not in the checkout
+    try:
+        with planted_engines():
+            result = CliRunner().invoke(
+                main, ["run", str(spec), "--tracking-uri", uri, "--cache-dir", str(root / "cache"), "--no-progress"]
+            )
+    finally:
+        os.chdir(cwd)
     assert result.exit_code == 0, result.output
     return spec, uri, result.output
 

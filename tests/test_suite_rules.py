@@ -18,7 +18,9 @@ pytestmark = pytest.mark.unit
 pytest_plugins = ["pytester"]
 
 # The inner runs use the suite's own hooks and fixtures, and its markers.
-CONFTEST = "from tests.conftest import isolated_environment, pytest_make_collect_report, relxfer_cache\n"
+CONFTEST = (
+    "from tests.conftest import isolated_environment, isolated_session, pytest_make_collect_report, relxfer_cache\n"
+)
 INI = """
 [pytest]
 addopts = --strict-markers -p no:cacheprovider
@@ -68,7 +70,7 @@ def test_a_test_with_no_tier_or_two_is_a_collection_error(inner):
     assert "test_one:" not in result.stdout.str()
 
 
-def test_each_test_gets_its_own_store_and_leaves_the_environment_as_it_was(inner, monkeypatch):
+def test_each_test_gets_its_own_store_and_directory_and_leaves_the_environment_as_it_was(inner, monkeypatch):
     monkeypatch.setenv("MLFLOW_RUN_ID", "a-run-of-the-shell")
     monkeypatch.setenv("RELXFER_CACHE", "/the/users/cache")
     inner.makepyfile(
@@ -83,6 +85,7 @@ def test_each_test_gets_its_own_store_and_leaves_the_environment_as_it_was(inner
                 assert "MLFLOW_RUN_ID" not in os.environ
                 assert os.environ["RELXFER_CACHE"] == str(relxfer_cache)
                 seen.append(os.environ["MLFLOW_TRACKING_URI"])
+                assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{os.getcwd()}/mlflow.db"
                 os.environ["MLFLOW_EXPERIMENT_NAME"] = "leaks?"
                 os.environ["RELXFER_CACHE"] = "/elsewhere"
 
