@@ -70,6 +70,15 @@ def pytest_make_collect_report(collector):
     return report
 
 
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):  # an xdist worker
+        # The workers share the machine's cores: one intra-op thread each, also in the processes
+        # they start. With more, OpenMP threads spin on a core another worker holds, and in-process
+        # training ran ten times slower than alone. Set before torch or numpy is imported.
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+
+
 def tier_of(item: pytest.Item) -> str:
     return next(mark.name for mark in item.iter_markers() if mark.name in TIERS)
 
