@@ -10,7 +10,7 @@ What it does:
    questions) with as many fine-tuning seeds as it takes to reach --runs evaluation runs
    (46 seeds: 7 x 6 x (1 baseline + 1 cot + 46 finetuned) = 2,016 runs). Each cell is run by
    `relxfer.run.cell.CellRunner.evaluate` (the per-cell code of every executor) on an engine
-   serving a scripted backend whose answers come from
+   serving a scripted backend (tests/support/fake_engine.py) whose answers come from
    `tests.support.simulate.simulate_study`, so tags, params, data set inputs, metrics and the
    `predictions.json` table are exactly what `relxfer run` logs; the parent run gets the
    runner's `cells.json` table, so `--parent` works too. Cells run in parallel client threads
@@ -66,11 +66,19 @@ from relxfer.run.cell import CellRunner, StudyContext  # noqa: E402
 from relxfer.run.runner import StudyRunner  # noqa: E402
 from relxfer.spec.load import load_spec  # noqa: E402
 from relxfer.tracking.client import CELLS_TABLE, PREDICTIONS_TABLE, TAG, Tracker  # noqa: E402
+from tests.support.fake_engine import ScriptedBackend, ScriptedEngine  # noqa: E402
 from tests.support.simulate import simulate_study  # noqa: E402
 
 FULL_SPEC = REPO / "specs" / "full.json"
 FIXED_CELLS = 2  # seedless evaluation cells per model x language: baseline and cot
 QID = re.compile(r"\[\[(q\d+)\]\]")
+
+
+def qid(text: str) -> str:
+    """The question id a scripted prompt carries as [[q012]]."""
+    match = QID.search(text)
+    assert match is not None, text[:200]
+    return match.group(1)
 
 
 # --- the study ---------------------------------------------------------------------------------
@@ -91,57 +99,6 @@ def write_spec(path: Path, experiment: str, n_models: int = 7, n_seeds: int = 1)
     raw["seeds"] = list(range(n_seeds))
     path.write_text(json.dumps(raw, indent=1))
     return path
-
-
-class ScriptedEngine:
-    """An evaluation engine (relxfer.evaluate.base.EvaluationEngine) serving one scripted backend."""
-
-    kind = "scripted"
-
-    def __init__(self, backend):
-        self._backend = backend
-
-    def check(self) -> None:
-        pass
-
-    def backend(self, adapter):
-        return self._backend
-
-    def run_tags(self) -> dict[str, str]:
-        return {"engine": self.kind}
-
-    def log_files(self) -> dict:
-        return {}
-
-    def close(self) -> None:
-        pass
-
-
-class ScriptedBackend:
-    """A Backend that answers from a script: per question id, the label log-probs to return and,
-    for CoT, the reasoning text to "generate". Prompts carry their question id as [[q012]]."""
-
-    name = "scripted"
-
-    def __init__(self, logprobs: dict[str, np.ndarray], reasoning: dict[str, str], n_labels: int):
-        self.logprobs, self.reasoning, self.n_labels = logprobs, reasoning, n_labels
-        self._texts: list[str] = []
-
-    def encode(self, text: str) -> list[int]:
-        self._texts.append(text)
-        return [len(self._texts) - 1]
-
-    def split_continuation(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        return self.encode(context), [len(continuation)]
-
-    def _qid(self, ids) -> str:
-        return QID.search(self._texts[ids[0]]).group(1)
-
-    def label_logprobs(self, prompts, continuations, batch_size=None, progress=False) -> np.ndarray:
-        return np.stack([self.logprobs[self._qid(p)] for p in prompts])
-
-    def generate(self, prompts, max_new_tokens, stop=(), batch_size=None, progress=False) -> list[str]:
-        return [self.reasoning[self._qid(p)] for p in prompts]
 
 
 REASONING = (
@@ -266,7 +223,9 @@ def populate(
         index, cell = index_cell
         rng = np.random.default_rng(index)
         rows = by_cell[(cell.model, cell.condition, cell.language, 0 if cell.seed is None else cell.seed)]
-        backend = ScriptedBackend(*_script(rng, rows, labels, cot=cell.condition.uses_cot), len(labels))
+        logprobs, reasoning = _script(rng, rows, labels, cot=cell.condition.uses_cot)
+        # Prompts carry their question id as [[q012]]: the script answers by it.
+        backend = ScriptedBackend(lambda text: logprobs[qid(text)], lambda text: reasoning[qid(text)])
         # The script holds the fine-tuned answers too: the adapter is a name only.
         adapter = Adapter(cell.finetune_key, Path(), "scripted") if cell.finetune_key else None
         run_id = runner.evaluate(cell, ScriptedEngine(backend), None, adapter)

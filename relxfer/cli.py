@@ -13,7 +13,10 @@ import click
 from relxfer import __version__
 from relxfer.errors import RelxferError
 
-DEFAULT_CACHE = Path(os.environ.get("RELXFER_CACHE", Path.home() / ".cache" / "relxfer"))
+
+def default_cache() -> Path:
+    """$RELXFER_CACHE as it is when a command runs (not when this module was imported)."""
+    return Path(os.environ.get("RELXFER_CACHE") or Path.home() / ".cache" / "relxfer")
 
 
 class RelxferGroup(click.Group):
@@ -159,8 +162,8 @@ def _table(
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_CACHE,
-    show_default=True,
+    default=default_cache,
+    show_default="$RELXFER_CACHE, else ~/.cache/relxfer",
     help="Where built models, checkpoints and downloaded adapters live (with --executor ray: the driver's; "
     "each node uses its own $RELXFER_CACHE, default ~/.cache/relxfer).",
 )

@@ -1,5 +1,18 @@
-"""Shared fixtures: a real `mlflow server` on 127.0.0.1 (free port, temporary backend), the
-shared real data directory, and a per-session relxfer cache."""
+"""Test tiers, per-test isolation and shared fixtures.
+
+Tiers: every test carries exactly one of the markers `unit` (in this process and quick: no
+server, no subprocess, no socket; `python -m pytest -m unit` is the fast tier), `integration`
+(real subprocesses or servers: an mlflow server, torchrun, a tiny study) or `system` (whole
+studies, Ray clusters, vLLM, SkyRL tx), set by `pytestmark` in its file; a test with none or two
+is a collection error, which stops the run.
+
+Isolation: every test starts with MLFLOW_TRACKING_URI on a sqlite file of its own, RELXFER_CACHE
+on the session's cache, no MLflow run or experiment and no service key inherited from the shell
+(session and module fixtures too), and whatever it changes in os.environ is undone after it; a
+unit test runs in a directory of its own.
+
+Shared (per session, so per xdist worker): a real `mlflow server` on 127.0.0.1 (free port,
+temporary backend), the relxfer cache, the real data directory, a vLLM server."""
 
 from __future__ import annotations
 
@@ -15,8 +28,104 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import shared_data
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TIERS = ("unit", "integration", "system")
+# Settings a test must not inherit from the shell that started pytest: they would point a test at
+# a real server, a real run, a real key.
+INHERITED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_EXPERIMENT_ID",
+    "RELXFER_CACHE",
+    "RELXFER_VLLM_PYTHON",
+    "BELEBELE_DIR",
+    "RAY_ADDRESS",
+    "TINKER_API_KEY",
+    "TINKER_BASE_URL",
+)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A file with a test that has no tier, or two, fails to collect: the run stops with a
+    collection error naming the tests, with or without `-m` and xdist."""
+    report = yield
+    if report.passed:
+        wrong = []
+        for node in report.result:
+            if isinstance(node, pytest.Item):
+                tiers = sorted({mark.name for mark in node.iter_markers() if mark.name in TIERS})
+                if len(tiers) != 1:
+                    wrong.append(f"  {node.nodeid}: {', '.join(tiers) or 'no tier'}")
+        if wrong:
+            report.outcome = "failed"
+            report.longrepr = (
+                f"every test needs exactly one tier marker ({', '.join(TIERS)}; pytestmark in its file):\n"
+                + "\n".join(wrong)
+            )
+            report.result = []
+    return report
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput"):  # an xdist worker
+        # The workers share the machine's cores: one intra-op thread each, also in the processes
+        # they start. With more, OpenMP threads spin on a core another worker holds, and in-process
+        # training ran ten times slower than alone. Set before torch or numpy is imported.
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, "1")
+
+
+def tier_of(item: pytest.Item) -> str:
+    return next(mark.name for mark in item.iter_markers() if mark.name in TIERS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Distributed (xdist), the longest tiers go first: with `--dist loadfile
+    --no-loadscope-reorder` each worker takes the next file when it is free, so the whole
+    studies and servers start at once and the many short unit tests fill in at the end, which
+    keeps the workers' finishing times close. One process keeps the files' order."""
+    if hasattr(config, "workerinput"):  # an xdist worker: only workers collect
+        rank = {"system": 0, "integration": 1, "unit": 2}
+        items.sort(key=lambda item: rank[tier_of(item)])  # stable: a file's tests stay together
+
+
+def isolate(tracking_dir: Path, cache: Path) -> None:
+    for name in INHERITED_ENV:
+        os.environ.pop(name, None)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tracking_dir / 'mlflow.db'}"
+    os.environ["RELXFER_CACHE"] = str(cache)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session(tmp_path_factory, relxfer_cache):
+    """The same settings for session and module fixtures, which start before any test's own."""
+    saved = dict(os.environ)
+    isolate(tmp_path_factory.mktemp("tracking"), relxfer_cache)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(request, tmp_path_factory, isolated_session):
+    """A private tracking store and the session's cache for every test; os.environ as it was
+    afterwards. A test that wants another tracking URI sets its own (monkeypatch.setenv). A unit
+    test also runs in that store's directory: MLflow's `./mlruns` (a sqlite store's artifacts)
+    and `./mlflow.db` defaults land there, not in the checkout (unit tests start no process
+    that would need the checkout as its working directory)."""
+    saved, cwd = dict(os.environ), os.getcwd()
+    tracking_dir = tmp_path_factory.mktemp("tracking")
+    isolate(tracking_dir, request.getfixturevalue("relxfer_cache"))
+    if request.node.get_closest_marker("unit") is not None:
+        os.chdir(tracking_dir)
+    yield
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def die_with_parent() -> None:
@@ -90,6 +199,22 @@ class MlflowServer:
                 self.process.wait()
 
 
+@pytest.fixture(autouse=True)
+def unit_tests_open_no_connection(request, monkeypatch):
+    """A unit test that connects to anything over the network (a server, even a refused port)
+    fails, so the fast tier cannot come to depend on one."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    connect = socket.socket.connect
+
+    def refuse(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f"a unit test connected to {address}: mark its file integration")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
@@ -104,10 +229,7 @@ def relxfer_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def belebele_dir() -> Path:
-    path = SHARED_DATA / "belebele"
-    if not (path / "eng_Latn.jsonl").exists():
-        pytest.skip(f"real Belebele files not found at {path}")
-    return path
+    return shared_data.belebele_dir()
 
 
 @pytest.fixture(scope="session")

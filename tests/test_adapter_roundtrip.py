@@ -3,6 +3,7 @@ logits of base + adapter downloaded from the tracking server's artifact store.""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from relxfer.data.prompts import PromptBuilder
@@ -12,6 +13,8 @@ from relxfer.models.tiny import BUILTIN_ID
 from relxfer.spec.types import FinetuneSpec, ModelSpec, Quantization
 from relxfer.tracking.client import Tracker
 from relxfer.train import train_lora
+
+pytestmark = pytest.mark.integration
 
 TINY = ModelSpec.from_partial({"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"})
 NF4 = Quantization.from_partial(

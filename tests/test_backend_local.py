@@ -14,6 +14,8 @@ from relxfer.models.tiny import BUILTIN_ID
 from relxfer.models.tokenization import cut_at_stop
 from relxfer.spec.types import ModelSpec, Quantization
 
+pytestmark = pytest.mark.unit
+
 # One intra-op thread: the tiny model gains nothing from more, and on a shared 2-core machine
 # two OpenMP threads can run 50x slower when another process holds a core.
 torch.set_num_threads(1)

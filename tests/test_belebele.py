@@ -4,8 +4,6 @@ repository), corrupt and missing variants built in tmp_path, the hub path offlin
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import types
 import zipfile
@@ -15,14 +13,15 @@ import pytest
 
 from relxfer.data.belebele import load_belebele
 from relxfer.errors import DataError, SpecError
+from tests.support import shared_data
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "belebele"
+pytestmark = pytest.mark.unit
+
+DATA_DIR = shared_data.BELEBELE
 LANGUAGES = ["arb_Arab", "eng_Latn", "fra_Latn", "tur_Latn", "zho_Hans"]
 LOCAL_HINT = "a local directory of <code>.jsonl files or the Belebele release zip"
 
-needs_data = pytest.mark.skipif(
-    not DATA_DIR.is_dir(), reason=f"real Belebele data not found at {DATA_DIR} (../shared/data beside the repo)"
-)
+needs_data = pytest.mark.usefixtures("belebele_dir")  # skipped without the real data (or failed: shared_data)
 
 
 @pytest.fixture
@@ -32,9 +31,7 @@ def tmp_path(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real():
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"real Belebele data not found at {DATA_DIR} (../shared/data beside the repo)")
+def real(belebele_dir):
     return load_belebele(LANGUAGES, path=DATA_DIR)
 
 
@@ -329,23 +326,3 @@ def test_hub_failure_is_one_line_with_a_fix(monkeypatch):
         "(ConnectionError: Couldn't reach 'facebook/belebele' on the Hub); check the network and "
         f"HF_HUB_OFFLINE, or point the data source at {LOCAL_HINT}"
     )
-
-
-def test_real_datasets_offline_gives_a_clear_error(tmp_path):
-    """The real `datasets` library in offline mode, in a fresh process (offline settings are read
-    at import time) with an empty cache, so nothing is served from a previous download."""
-    pytest.importorskip("datasets")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    script = (
-        "from relxfer.data.belebele import load_belebele\n"
-        "from relxfer.errors import DataError\n"
-        "try:\n    load_belebele(['arb_Arab'])\n"
-        "except DataError as error:\n    print(error)\n"
-    )
-    repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", script], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    message = done.stdout.strip()
-    assert "\n" not in message
-    assert message.startswith("could not load facebook/belebele config 'arb_Arab' from the Hugging Face hub (")
-    assert message.endswith(f"; check the network and HF_HUB_OFFLINE, or point the data source at {LOCAL_HINT}")

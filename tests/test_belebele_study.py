@@ -18,7 +18,7 @@ from relxfer.spec.load import load_spec
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "specs" / "belebele-local.json"
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 
 def test_belebele_local_spec_runs_end_to_end(belebele_dir, relxfer_cache, tmp_path, monkeypatch):

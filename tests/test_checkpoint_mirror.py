@@ -10,8 +10,12 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from relxfer.tracking.checkpoint_mirror import CheckpointMirror
 from relxfer.tracking.client import Tracker
+
+pytestmark = pytest.mark.integration
 
 
 def write_checkpoint(work: Path, step: int) -> Path:

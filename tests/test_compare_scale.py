@@ -28,6 +28,8 @@ from relxfer.errors import TrackingError
 from relxfer.tracking.client import TAG, Tracker
 from tests import recompute
 
+pytestmark = pytest.mark.integration
+
 EXPERIMENT = "compare-scale-test"
 N_MODELS, N_SEEDS, N_QUESTIONS = 2, 2, 40
 N_RUNS = N_MODELS * 6 * (2 + N_SEEDS)  # 48

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "specs" / "smoke.json"
 EXPERIMENT = "smoke-e2e"
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 
 def mlflow_run(server, workdir: Path, env: dict, *params: str) -> subprocess.CompletedProcess:

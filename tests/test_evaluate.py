@@ -25,6 +25,8 @@ from relxfer.spec.types import CotSpec, ModelSpec
 from tests.support.lm_eval_tasks import write_belebele_tasks
 from tests.test_prompts import BELEBELE, lm_eval_requests
 
+pytestmark = pytest.mark.unit
+
 # One intra-op thread: on a shared 2-core machine two threads can run 50x slower.
 torch.set_num_threads(1)
 
@@ -173,10 +175,8 @@ def test_parse_failures_never_earn_credit(items):
 
 
 @pytest.fixture(scope="module")
-def harness(backend, tmp_path_factory):
-    pytest.importorskip("lm_eval")
-    if not (BELEBELE / "eng_Latn.jsonl").exists():
-        pytest.skip(f"real Belebele files not found at {BELEBELE}")
+def harness(backend, belebele_dir, tmp_path_factory):
+    pytest.importorskip("lm_eval", reason='the `test` extra: pip install -e ".[test]"')
     from lm_eval.models.huggingface import HFLM
 
     # lm-eval 0.4.13's default BOS policy (add_bos_token=None) is the tokenizer's own: this

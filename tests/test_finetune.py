@@ -1,17 +1,11 @@
 """QLoRA fine-tuning of the built-in tiny model with real bitsandbytes 4-bit layers: the loss
-falls on a learnable toy, the saved adapter reproduces the trained model, a killed run resumes
-from its checkpoint and ends where an uninterrupted run ends."""
+falls on a learnable toy, the saved adapter reproduces the trained model, a finished run is not
+redone (a killed run's resume: test_finetune_killed.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +21,15 @@ from relxfer.models.loading import load_causal_lm
 from relxfer.models.tiny import BUILTIN_ID
 from relxfer.spec.types import FinetuneSpec, ModelSpec, Quantization
 from relxfer.train import (
-    KEEP_CHECKPOINTS,
     completion_loss,
     tokenize_examples,
     train_lora,
 )
 
+pytestmark = pytest.mark.unit
+
 # One intra-op thread: fast for the tiny model, robust on a shared 2-core machine, and the same
-# in the subprocess of the resume test (results are compared bit for bit).
+# as in test_finetune_killed.py's killed process (results are compared bit for bit).
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,63 +134,6 @@ def test_rerun_returns_the_finished_result_and_a_changed_config_is_refused(train
     assert again.model is None
     with pytest.raises(ModelError, match="holds a finished fine-tuning run with other settings"):
         train_lora(TINY, qlora(max_steps=31), toy, out, seed=0, cache_dir=relxfer_cache, progress=False)
-
-
-KILLED_RUN = textwrap.dedent(
-    """
-    import json, sys, time, torch
-    from pathlib import Path
-    torch.set_num_threads(1)
-    from relxfer.spec.types import FinetuneSpec, ModelSpec
-    from relxfer.train import train_lora
-    args = json.loads(sys.argv[1])
-    def slow_after_checkpoint(step, metrics):
-        if step >= 4:
-            time.sleep(2.0)  # the parent kills the process during this sleep
-    train_lora(ModelSpec.from_dict(args["model"]), FinetuneSpec.from_dict(args["finetune"]),
-               [tuple(e) for e in args["examples"]], Path(args["out"]),
-               seed=1, cache_dir=Path(args["cache"]), on_step=slow_after_checkpoint, progress=False)
-    """
-)
-
-
-def test_killed_run_resumes_from_its_checkpoint(toy, relxfer_cache, tmp_path):
-    finetune = qlora(max_steps=8, checkpoint_every=2)
-    reference = train_lora(TINY, finetune, toy, tmp_path / "reference", seed=1, cache_dir=relxfer_cache, progress=False)
-
-    out = tmp_path / "killed"
-    args = {
-        "model": TINY.to_dict(),
-        "finetune": finetune.to_dict(),
-        "examples": toy,
-        "out": str(out),
-        "cache": str(relxfer_cache),
-    }
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_RUN, json.dumps(args)], cwd=REPO, env=env, stderr=subprocess.PIPE
-    )
-    deadline = time.time() + 60
-    while not (out / "checkpoints" / "step-4" / "state.json").exists():
-        assert child.poll() is None, child.stderr.read().decode()[-2000:]
-        assert time.time() < deadline, "no checkpoint within 60 s"
-        time.sleep(0.05)
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait()
-    assert not (out / "adapter").exists()
-    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert kept == ["step-2", "step-4"] and len(kept) <= KEEP_CHECKPOINTS
-
-    resumed = train_lora(TINY, finetune, toy, out, seed=1, cache_dir=relxfer_cache, progress=False)
-    assert resumed.resumed_from_step == 4 and resumed.steps == 8
-    # Adapter, optimizer, scheduler, RNG (LoRA dropout) and data position all restored: the
-    # resumed run ends where the uninterrupted one does, here bit for bit (tolerance 1e-6).
-    np.testing.assert_allclose(resumed.loss_history, reference.loss_history, atol=1e-6, rtol=0)
-    a = load_file(out / "adapter" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "reference" / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and len(a) == 28  # A and B of 7 projections x 2 layers
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0)
 
 
 def test_gradient_accumulation_equals_one_big_batch(toy, relxfer_cache, tmp_path):

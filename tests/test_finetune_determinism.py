@@ -4,9 +4,13 @@ a killed study resume and still reproduce an uninterrupted one)."""
 
 from __future__ import annotations
 
+import pytest
+
 from relxfer.models.tiny import BUILTIN_ID
 from relxfer.spec.types import FinetuneSpec, ModelSpec
 from relxfer.train import train_lora
+
+pytestmark = pytest.mark.unit
 
 TINY = ModelSpec.from_partial({"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"})
 EXAMPLES = [(f"Item: {w}\nAnswer:", f" {n}") for w, n in [("mabo", 1), ("lupi", 2), ("teka", 3), ("rako", 4)]] * 6

@@ -12,6 +12,8 @@ from relxfer.models.tiny import BUILTIN_ID
 from relxfer.spec.types import FinetuneMethod, FinetuneSpec, ModelSpec
 from relxfer.train import train_lora
 
+pytestmark = pytest.mark.unit
+
 EXAMPLES = [
     (f"Item: {w}\nAnswer:", f" {n}")
     for w, n in [("mabo", 1), ("lupi", 2), ("teka", 3), ("rako", 4), ("sinu", 1), ("gedo", 2), ("pali", 3), ("kemu", 4)]

@@ -15,6 +15,8 @@ from relxfer.train import train_lora
 from relxfer.train.torchrun_trainer import TorchrunTrainer
 from tests.fsdp_helpers import LOSS_TOLERANCE, NF4, TINY, context, engine, predictions, recipe, request, toy
 
+pytestmark = pytest.mark.integration
+
 torch.set_num_threads(1)
 
 

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow import MlflowClient
 
 from relxfer.data.prompts import PromptBuilder
@@ -23,6 +24,8 @@ from relxfer.plan.study_data import load_study_data
 from relxfer.spec.load import load_spec
 from relxfer.train import train_lora
 from tests.fsdp_helpers import LOSS_TOLERANCE
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 12

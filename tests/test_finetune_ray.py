@@ -10,6 +10,8 @@ from relxfer.train import train_lora
 from tests.fsdp_helpers import LOSS_TOLERANCE, TINY, context, engine, predictions, recipe, request, toy
 from tests.ray_cluster import RayCluster
 
+pytestmark = pytest.mark.system
+
 pytest.importorskip("ray.train.torch", reason='pip install "relxfer[ray]"')
 
 

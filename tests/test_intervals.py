@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import statsmodels.api as sm
 from statsmodels.stats.proportion import proportion_confint
 
@@ -14,6 +15,8 @@ from relxfer.evaluate.intervals import (
     clustered_accuracy_interval,
     design_effect,
 )
+
+pytestmark = pytest.mark.unit
 
 
 def clustered_outcomes(seed=0, n_passages=40, per_passage=2):

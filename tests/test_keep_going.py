@@ -27,6 +27,8 @@ from relxfer.run.failures import describe
 from tests.smoke_study import write_variant
 from tests.support.failing_study import CORRUPT, REPO, cell_runs, corrupt_model, repair_model, smoke, two_model_spec
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def bad_model(relxfer_cache, tmp_path) -> Path:

@@ -17,6 +17,8 @@ from mlflow import MlflowClient
 from tests.ray_cluster import RayCluster
 from tests.support.failing_study import CORRUPT, cell_runs, corrupt_model, repair_model, two_model_spec
 
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):

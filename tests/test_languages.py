@@ -10,6 +10,8 @@ import pytest
 from relxfer.data.languages import all_languages, language, languages_in, table_version
 from relxfer.errors import SpecError
 
+pytestmark = pytest.mark.unit
+
 # The 122 language variants of the Belebele release (FLORES-200 codes).
 BELEBELE_CODES = """
 acm_Arab afr_Latn als_Latn amh_Ethi apc_Arab arb_Arab arb_Latn ars_Arab ary_Arab arz_Arab asm_Beng

@@ -20,6 +20,8 @@ from relxfer.spec.load import load_spec
 from relxfer.spec.memory import estimate, finetune_tags, misfit
 from relxfer.spec.types import FinetuneMethod, Resources
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 FULL = REPO / "specs" / "full.json"
 

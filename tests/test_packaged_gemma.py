@@ -26,6 +26,8 @@ from relxfer.models.packaged_gemma import (
 )
 from relxfer.spec.types import ModelSpec
 
+pytestmark = pytest.mark.integration
+
 torch.set_num_threads(1)
 
 GEMMA = ModelSpec.from_partial({"name": "gemma", "source": BUILTIN_ID, "dtype": "float32"})

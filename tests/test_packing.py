@@ -16,6 +16,8 @@ from relxfer.evaluate.packing import (
     shared_prefix_rows,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def test_a_row_runs_the_prefix_once_and_maps_each_members_positions():
     a = Request(0, None, [1, 2, 3, 4, 5], [[7, 8]])

@@ -21,6 +21,8 @@ from relxfer.compare.stats import (
 )
 from tests.support.simulate import simulate_points_study, simulate_study
 
+pytestmark = pytest.mark.unit
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -25,6 +25,8 @@ from relxfer.compare.stats import family_gap
 from tests.support.power_check import check_family_gap, check_per_language, check_slope
 from tests.support.simulate import simulate_points_study
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 
 

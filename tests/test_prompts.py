@@ -11,12 +11,15 @@ from relxfer.data.belebele import load_belebele
 from relxfer.data.items import MCItem
 from relxfer.data.prompts import INSTRUCTIONS, PromptBuilder, extract_answer
 from relxfer.errors import SpecError
+from tests.support import shared_data
 from tests.support.lm_eval_tasks import write_belebele_tasks
+
+pytestmark = pytest.mark.unit
 
 ITEM = MCItem("q#1", "q", "eng_Latn", "The cat sat.", " Where did the cat sit? ", ("mat", "sofa", "roof", "tree"), 0)
 V1 = {"preset": "relxfer-v1", "labels": ["1", "2", "3", "4"]}
 LM_EVAL = {"preset": "lm-eval-belebele", "labels": ["1", "2", "3", "4"]}
-BELEBELE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "belebele"
+BELEBELE = shared_data.BELEBELE
 
 
 def test_relxfer_v1_text():
@@ -162,10 +165,8 @@ def lm_eval_requests(task_dir: Path, code: str, limit=None, chat_template=None) 
 
 
 @pytest.fixture(scope="module")
-def belebele_codes() -> list[str]:
-    pytest.importorskip("lm_eval")
-    if not (BELEBELE / "eng_Latn.jsonl").exists():
-        pytest.skip(f"real Belebele files not found at {BELEBELE}")
+def belebele_codes(belebele_dir) -> list[str]:
+    pytest.importorskip("lm_eval", reason='the `test` extra: pip install -e ".[test]"')
     return sorted(p.stem for p in BELEBELE.glob("*_*.jsonl"))
 
 

@@ -23,6 +23,8 @@ from relxfer.provenance import (
     visible_count,
 )
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -26,6 +26,8 @@ from relxfer.spec.load import load_spec
 from relxfer.tracking.client import Tracker
 from tests.ray_cluster import RayCluster
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[1]
 
 

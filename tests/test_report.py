@@ -18,6 +18,8 @@ from relxfer.compare.report import (
 from relxfer.compare.stats import RULE
 from tests.support.simulate import simulate_study
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def report():

@@ -41,7 +41,7 @@ SECRETS = {
     "MLFLOW_TRACKING_TOKEN": "relxferTestSecret0004",
 }
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.system
 
 
 def start_run(uri: str, experiment: str, cache: Path, log: Path) -> subprocess.Popen:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from relxfer.data.prompts import PromptBuilder
 from relxfer.plan.cells import plan
 from relxfer.run.runner import StudyRunner
@@ -13,6 +15,8 @@ from relxfer.spec.load import load_spec
 from relxfer.tracking.client import Tracker
 from tests.smoke_study import plumbing_variant
 from tests.support.provenance import assert_provenance
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -30,6 +30,8 @@ from relxfer.spec.types import CotSpec, FinetuneSpec, ModelSpec
 from relxfer.train import train_lora
 from tests.servers.vllm_server import MAX_LORA_RANK, SERVED_NAME
 
+pytestmark = pytest.mark.system
+
 torch.set_num_threads(1)
 
 TINY_ENTRY = {"name": "tiny", "source": "builtin:tiny-llama", "dtype": "float32"}

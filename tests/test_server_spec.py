@@ -16,6 +16,8 @@ from relxfer.spec.load import load_spec
 from relxfer.spec.types import ModelSpec, VllmLaunch
 from tests.test_plan import keys, load_variant
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = {"kind": "vllm", "launch": {"tensor_parallel_size": 8, "dtype": "bfloat16"}}
 RUNNING = {"kind": "vllm", "base_url": "http://10.0.0.5:8000/v1", "dtype": "bfloat16"}

@@ -28,6 +28,8 @@ from relxfer.compare.stats.family_fits import fit_ols
 from tests.support.simulate import simulate_points_study, simulate_study
 from tests.support.simulate.runs import Questions, SimRun, runs_to_items
 
+pytestmark = pytest.mark.unit
+
 TWO_CONDITIONS = ("baseline", "finetuned")
 SIX_MODELS = dict(n_models=6, model_baselines=np.linspace(0.30, 0.70, 6), gain=0.25)
 

@@ -22,6 +22,8 @@ from click.testing import CliRunner
 from relxfer.cli import main
 from tests.smoke_study import findings, null_failures, smoke_failures, write_seed_variant
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "specs" / "smoke.json"
 NULL = REPO / "specs" / "smoke-null.json"

@@ -13,6 +13,8 @@ from relxfer.cli import main
 from relxfer.errors import SpecError
 from relxfer.spec.load import fill_defaults, load_schema, load_spec
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "specs" / "smoke.json"
 

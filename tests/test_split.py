@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +15,16 @@ from relxfer.data.split import (
     training_items,
 )
 from relxfer.errors import DataError, SpecError
+from tests.support import shared_data
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "belebele"
+pytestmark = pytest.mark.unit
+
+DATA_DIR = shared_data.BELEBELE
 LANGUAGES = ["arb_Arab", "eng_Latn", "fra_Latn", "tur_Latn", "zho_Hans"]
 
 
 @pytest.fixture(scope="module")
-def real():
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"real Belebele data not found at {DATA_DIR} (../shared/data beside the repo)")
+def real(belebele_dir):
     return load_belebele(LANGUAGES, path=DATA_DIR).items_by_language
 
 

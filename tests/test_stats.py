@@ -33,6 +33,8 @@ from relxfer.errors import DataError
 from tests.recompute import signflip_by_enumeration
 from tests.support.simulate import simulate_study
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def study() -> pd.DataFrame:

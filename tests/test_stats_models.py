@@ -21,6 +21,8 @@ from relxfer.compare.stats.data import (
 )
 from tests.support.simulate import simulate_points_study, simulate_study
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def cells_study() -> pd.DataFrame:

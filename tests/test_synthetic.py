@@ -16,6 +16,8 @@ from relxfer.data.synthetic import (
     vocabulary_overlap,
 )
 
+pytestmark = pytest.mark.unit
+
 LANGS = [
     SyntheticLanguage("syn_Base"),
     SyntheticLanguage("syn_Rela", overlap=0.85),

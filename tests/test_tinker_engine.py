@@ -17,6 +17,8 @@ from relxfer.spec.load import load_spec
 from relxfer.spec.types import FinetuneSpec, TinkerEvaluateEngine, TrainingSpec
 from tests.test_bad_input import run_cli, write
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 TINKER = {"kind": "tinker"}
 
@@ -114,7 +116,7 @@ def test_learning_rates_equal_the_local_trainers_scheduler():
 
 
 def test_lora_groups_and_optimizer_settings_are_explicit():
-    tinker = pytest.importorskip("tinker")
+    tinker = pytest.importorskip("tinker", reason='the `test` extra: pip install -e ".[test]"')
     from relxfer.train.tinker_recipe import adam_params, lora_groups, not_applied
 
     assert lora_groups("all-linear") == {"train_attn": True, "train_mlp": True, "train_unembed": False}
@@ -137,7 +139,7 @@ def test_lora_groups_and_optimizer_settings_are_explicit():
 
 
 def test_service_failures_are_one_line_without_the_key(monkeypatch):
-    tinker = pytest.importorskip("tinker")
+    tinker = pytest.importorskip("tinker", reason='the `test` extra: pip install -e ".[test]"')
     import httpx
 
     from relxfer.services.tinker_client import TinkerError, call

@@ -31,7 +31,9 @@ from tests.conftest import REPO, MlflowServer, free_port
 from tests.servers.skyrl_env import skyrl_python
 from tests.servers.skyrl_server import SkyRLServer, served_tiny_model
 
-tinker = pytest.importorskip("tinker")
+pytestmark = pytest.mark.system
+
+tinker = pytest.importorskip("tinker", reason='the `test` extra: pip install -e ".[test]"')
 TOLERANCE = 1e-4
 STEPS, CHECKPOINT_EVERY = 6, 2
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from mlflow import MlflowClient
 
 from relxfer.tracking.client import Study, Tracker
 from relxfer.tracking.study_view import DEFAULT_SETTINGS, file_rerun, parent_name
+
+pytestmark = pytest.mark.integration
 
 
 def test_processes_creating_one_experiment_at_once_share_it(mlflow_server):

@@ -17,6 +17,8 @@ from relxfer.spec.json_reader import MAX_DEPTH
 from relxfer.spec.load import load_schema
 from relxfer.spec.schema_problems import schema_problems
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
@@ -23,6 +24,8 @@ from relxfer.cli import main
 from relxfer.plan.cells import plan
 from relxfer.spec.load import load_spec
 from tests.servers.vllm_server import launch_env, session_processes
+
+pytestmark = pytest.mark.system
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "specs" / "vllm-smoke.json"

@@ -20,6 +20,8 @@ from relxfer.services.openai_client import OpenAIClient, ServerError
 from relxfer.services.vllm_launch import LaunchError, VllmServer, free_port
 from tests.servers.vllm_server import session_processes
 
+pytestmark = pytest.mark.integration
+
 SERVER = textwrap.dedent("""
     import http.server, subprocess, sys
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # like vLLM's engine process

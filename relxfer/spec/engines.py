@@ -68,6 +68,19 @@ FINETUNE_ENGINES: dict[FinetuneEngineKind, EngineEntry] = {
 }
 
 
+def register(stage: str, kind: str, entry: EngineEntry | None) -> EngineEntry | None:
+    """Put `entry` behind `kind` for `stage` ("evaluate" or "finetune"), or take `kind` away
+    with None; returns the entry it replaces, so a caller can put that back. This is how an
+    implementation from outside the package (a test double, an in-house engine) runs behind an
+    existing kind: the spec and the cell keys stay the kind's own. A new kind also needs the
+    schema to admit it."""
+    table = {"evaluate": EVALUATION_ENGINES, "finetune": FINETUNE_ENGINES}[stage]
+    previous = table.pop(kind, None)
+    if entry is not None:
+        table[kind] = entry
+    return previous
+
+
 @dataclass
 class EngineContext:
     """What an engine may use: the resolved model entry and spec, the cache directory, and the
