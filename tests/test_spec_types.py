@@ -29,6 +29,8 @@ from relxfer.spec.types import (
     SpecPart,
 )
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema()
 

@@ -140,7 +140,7 @@ class PlantedEngine:
     def backend(self, adapter: Adapter | None) -> ScriptedBackend:
         related = {lang for g in self.context.spec.groups if g.role == "related" for lang in g.languages}
         trained = json.loads((adapter.path / PLANTED_ADAPTER).read_text())["accuracy"] if adapter else None
-        labels = self.context.spec.prompt["labels"]
+        labels = self.context.spec.prompt.labels
 
         def accuracy(language: str) -> float:
             return trained if trained is not None and language in related else BASE_ACCURACY
