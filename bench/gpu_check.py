@@ -31,6 +31,7 @@ from relxfer.data.synthetic import SyntheticLanguage, generate  # noqa: E402
 from relxfer.evaluate.local_backend import LocalBackend  # noqa: E402
 from relxfer.models.tiny import BUILTIN_ID  # noqa: E402
 from relxfer.train import train_lora  # noqa: E402
+from tests.support.gpu_runs import engine_finetune, finetune_engine, machine, synchronize  # noqa: E402
 
 LABELS = [" 1", " 2", " 3", " 4"]
 
@@ -47,35 +48,21 @@ def score(backend: LocalBackend, items) -> tuple[np.ndarray, float, int]:
         pairs = [backend.split_continuation(prompt(item), label) for label in LABELS]
         prompts.append(pairs[0][0])
         conts.append([c for _, c in pairs])
-    if backend.device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(backend.device)
     started = time.perf_counter()
     logprobs = backend.label_logprobs(prompts, conts)
-    if backend.device.type == "cuda":
-        torch.cuda.synchronize()
+    synchronize(backend.device)
     return logprobs, time.perf_counter() - started, sum(len(p) for p in prompts)
 
 
 def fsdp_check(ranks, model, quant, finetune, examples, eval_items, single, single_lp, cache, work) -> dict:
     """The same fine-tune through the torchrun engine (FSDP2 over `ranks` GPUs); its loss curve and
     predictions against the one-process GPU run."""
-    from types import SimpleNamespace
+    from relxfer.spec.types import ModelSpec
 
-    from relxfer.spec.engines import EngineContext
-    from relxfer.spec.types import ModelSpec, TorchrunFinetuneEngine
-    from relxfer.train.base import TrainRequest
-    from relxfer.train.torchrun_trainer import TorchrunTrainer
-
-    config = TorchrunFinetuneEngine.from_partial({"kind": "torchrun", "nproc_per_node": ranks})
-    entry = ModelSpec.from_partial(
-        {**model.to_dict(), "engines": {"finetune": config.to_dict()}, "resources": {"gpus": ranks}}
-    )
-    context = EngineContext(entry, SimpleNamespace(finetune=finetune), cache)
-    started = time.perf_counter()
-    result = TorchrunTrainer(config, context).train(
-        TrainRequest(model, finetune, examples, work / "fsdp", 0, cache, False), lambda s, m: None
-    )
-    wall = time.perf_counter() - started
+    entry = ModelSpec.from_partial({**model.to_dict(), "resources": {"gpus": ranks}})
+    engine = finetune_engine("torchrun", nproc_per_node=ranks)
+    result, wall = engine_finetune(entry, finetune, engine, examples, work / "fsdp", cache)
     backend = LocalBackend.load(model, quant, cache, adapter_dir=result.adapter_dir)
     lp, _, _ = score(backend, eval_items)
     report = {
@@ -116,7 +103,7 @@ def main() -> int:
     torch.set_num_threads(4)  # the CPU reference pass
     work = Path(tempfile.mkdtemp(prefix="relxfer-gpu-check-"))
     cache = args.cache_dir or work / "cache"
-    print(f"device: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; work dir {work}")
+    print(f"device: {machine()}; work dir {work}")
 
     n_passages = (args.items + args.eval_items) // 2 + 1
     items = generate([SyntheticLanguage("base")], n_passages=n_passages, seed=0)["base"]
@@ -156,7 +143,7 @@ def main() -> int:
     eval_peak = torch.cuda.max_memory_allocated() / 2**20
     started = time.perf_counter()
     texts = gpu.generate([gpu.encode(prompt(i)) for i in eval_items[:100]], max_new_tokens=32, stop=["\n\n"])
-    torch.cuda.synchronize()
+    synchronize(gpu.device)
     gen_s = time.perf_counter() - started
     print(
         f"gpu eval: {len(eval_items)} prompts in {gpu_s:.2f} s ({n_tokens / gpu_s:,.0f} prompt tokens/s), "
