@@ -14,7 +14,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from relxfer.spec.types import (
     EvaluateEngine,
@@ -68,13 +68,14 @@ FINETUNE_ENGINES: dict[FinetuneEngineKind, EngineEntry] = {
 }
 
 
-def register(stage: str, kind: str, entry: EngineEntry | None) -> EngineEntry | None:
+def register(stage: Literal["evaluate", "finetune"], kind: str, entry: EngineEntry | None) -> EngineEntry | None:
     """Put `entry` behind `kind` for `stage` ("evaluate" or "finetune"), or take `kind` away
     with None; returns the entry it replaces, so a caller can put that back. This is how an
     implementation from outside the package (a test double, an in-house engine) runs behind an
     existing kind: the spec and the cell keys stay the kind's own. A new kind also needs the
     schema to admit it."""
-    table = {"evaluate": EVALUATION_ENGINES, "finetune": FINETUNE_ENGINES}[stage]
+    # Keys are str-valued enums, so a plain kind string finds and replaces its member's entry.
+    table: dict[Any, EngineEntry] = EVALUATION_ENGINES if stage == "evaluate" else FINETUNE_ENGINES
     previous = table.pop(kind, None)
     if entry is not None:
         table[kind] = entry
