@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from relxfer.compare.stats.alignment import TaskAlignmentResult
-    from relxfer.compare.stats.baseline import BaselineGainResult
-    from relxfer.compare.stats.family import FamilyGapResult
+    from relxfer.compare.stats.baseline_result import BaselineGainResult
+    from relxfer.compare.stats.family_result import FamilyGapResult
 
 DPI = 120
 

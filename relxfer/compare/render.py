@@ -14,7 +14,7 @@ from relxfer.compare.stats.accuracy import HIGH_PARSE_FAILURE, accuracy_summary
 from relxfer.compare.stats.common import fmt_p_value
 
 if TYPE_CHECKING:
-    from relxfer.compare.report import Analysis, Report
+    from relxfer.compare.report_types import Analysis, Report
 
 WIDTH = 100
 VERDICT_WORDS = {"above": "gain", "below": "loss", "none": "-", "inconclusive": "inconclusive"}

@@ -27,10 +27,12 @@ when the analysis ran), and `as_record()` for logging.
 
 from relxfer.compare.stats.accuracy import accuracy_summary, accuracy_table
 from relxfer.compare.stats.alignment import TaskAlignmentResult, task_alignment
-from relxfer.compare.stats.baseline import BaselineGainResult, baseline_gain
+from relxfer.compare.stats.baseline import baseline_gain
+from relxfer.compare.stats.baseline_result import BaselineGainResult
 from relxfer.compare.stats.cluster import OLSFit, ols
 from relxfer.compare.stats.common import RULE
-from relxfer.compare.stats.family import FamilyGapResult, family_gap
+from relxfer.compare.stats.family import family_gap
+from relxfer.compare.stats.family_result import FamilyGapResult
 from relxfer.compare.stats.mixed import MixedModelResult, mixed_model
 from relxfer.compare.stats.paired import (
     holm_adjust,

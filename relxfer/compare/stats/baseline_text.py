@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from relxfer.compare.stats.common import fmt_num, is_missing
 
 if TYPE_CHECKING:
-    from relxfer.compare.stats.baseline import BaselineGainResult
+    from relxfer.compare.stats.baseline_result import BaselineGainResult
 
 
 def describe(result: BaselineGainResult) -> BaselineGainResult:

@@ -15,7 +15,7 @@ from relxfer.compare.stats.common import (
 )
 
 if TYPE_CHECKING:
-    from relxfer.compare.stats.family import FamilyGapResult
+    from relxfer.compare.stats.family_result import FamilyGapResult
 
 MIN_LANGUAGES = 3  # family.MIN_LANGUAGES_PER_GROUP (repeated to keep the import one-way)
 
