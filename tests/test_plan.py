@@ -112,3 +112,24 @@ def test_cell_keys_of_every_shipped_spec_are_pinned(monkeypatch, belebele_dir):
     assert sorted(pinned) == shipped
     for name in shipped:
         assert keys(load_spec(REPO / "specs" / name)) == pinned[name], name
+
+
+def test_a_local_data_directory_is_keyed_by_its_items_not_its_location(tmp_path, monkeypatch, belebele_dir):
+    """The same files in another clone give the same keys; one edited answer gives new ones."""
+    spec_path = REPO / "specs" / "belebele-local.json"
+    monkeypatch.setenv("BELEBELE_DIR", str(belebele_dir))
+    original = keys(load_spec(spec_path))
+
+    copy = tmp_path / "elsewhere"
+    copy.mkdir()
+    for name in ("eng_Latn", "fra_Latn", "tur_Latn", "zho_Hans", "arb_Arab"):
+        (copy / f"{name}.jsonl").write_bytes((belebele_dir / f"{name}.jsonl").read_bytes())
+    monkeypatch.setenv("BELEBELE_DIR", str(copy))
+    assert keys(load_spec(spec_path)) == original
+
+    rows = (copy / "fra_Latn.jsonl").read_text(encoding="utf-8").splitlines()
+    first = json.loads(rows[0])
+    first["correct_answer_num"] = "1" if first["correct_answer_num"] != "1" else "2"
+    (copy / "fra_Latn.jsonl").write_text("\n".join([json.dumps(first, ensure_ascii=False), *rows[1:]]) + "\n")
+    edited = keys(load_spec(spec_path))
+    assert all(edited[name] != original[name] for name in original)

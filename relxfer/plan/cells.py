@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relxfer import RESULT_VERSION
+from relxfer.plan.study_data import local_data_digest
 from relxfer.spec.engines import (
     evaluation_identity,
     evaluation_quantization,
@@ -64,7 +65,13 @@ def _model_identity(model: ModelSpec, engine: dict[str, Any] | None = None) -> d
 
 
 def _data_identity(spec: Spec) -> dict[str, Any]:
-    return {"source": spec.data.source.to_dict(), "split": spec.data.split.to_dict()}
+    # A local directory is named by what it holds, not where it lies: the same files in another
+    # clone or under another mount give the same keys, and edited files give new ones.
+    source = dict(spec.data.source.to_dict())
+    if source.get("path"):
+        del source["path"]
+        source["content"] = local_data_digest(spec)
+    return {"source": source, "split": spec.data.split.to_dict()}
 
 
 def _dict_or_none(part: Any) -> dict[str, Any] | None:

@@ -3,7 +3,9 @@ evaluation sets, and refuse to go on if any held-out question reached training."
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 from relxfer.data import split, synthetic
 from relxfer.data.digest import items_digest
@@ -43,6 +45,29 @@ def _load_source(spec: Spec, languages: list[str]) -> tuple[dict[str, list[MCIte
 
     data = load_belebele(languages, path=source.path, hub_id=source.hub_id, revision=source.revision)
     return data.items_by_language, data.source
+
+
+def local_data_digest(spec: Spec) -> str:
+    """Digest of the items a local-path source gives for the spec's languages: the data's identity
+    in cell keys, wherever the directory lies."""
+    languages = sorted({*spec.train_languages, *spec.eval_languages})
+    source = spec.data.source
+    assert isinstance(source, BelebeleSource) and source.path, "only a local source has a directory"
+    return _local_digest(source.path, tuple(languages), _mtimes(source.path))
+
+
+def _mtimes(path: str) -> tuple[tuple[str, int], ...]:
+    # Part of the cache key, so a file edited within one process is read again.
+    folder = Path(path)
+    return tuple(sorted((f.name, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()))
+
+
+@functools.lru_cache(maxsize=8)
+def _local_digest(path: str, languages: tuple[str, ...], _stamp: tuple[tuple[str, int], ...]) -> str:
+    from relxfer.data.belebele import load_belebele
+
+    data = load_belebele(list(languages), path=path, hub_id=None, revision=None)
+    return data.digest
 
 
 def load_study_data(spec: Spec) -> StudyData:
