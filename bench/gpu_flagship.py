@@ -422,7 +422,7 @@ def base_results(args, spec: Spec) -> dict:
         "weights_expected_note": (
             "bytes of the weights once relxfer's QLoRA has loaded and prepared them, counted from the "
             "config on the meta device: nn.Linear layers but the head in NF4, every other weight "
-            "(embeddings, norms, fused MoE experts) cast to float32 by peft's prepare_model_for_kbit_training"
+            "(embeddings, norms, fused MoE experts) in the bfloat16 it was loaded in, LoRA in float32"
         ),
         "phases": {},
         "models": models,

@@ -131,7 +131,7 @@ def in_loop_step_times(
 
 
 def bare_step_times(finetune: FinetuneSpec, data, cache: Path, seed: int) -> list[float]:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
     cfg = finetune
@@ -145,7 +145,8 @@ def bare_step_times(finetune: FinetuneSpec, data, cache: Path, seed: int) -> lis
         )
     keep_compute_dtype(model, quant.bnb_4bit_compute_dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    for param in model.parameters():  # relxfer's QLoRA: frozen weights stay as loaded
+        param.requires_grad = False
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,

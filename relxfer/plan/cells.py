@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from relxfer import RESULT_VERSION
+from relxfer import FINETUNE_VERSION, RESULT_VERSION
 from relxfer.plan.study_data import local_data_digest
 from relxfer.spec.engines import (
     evaluation_identity,
@@ -82,6 +82,7 @@ def finetune_cell(spec: Spec, model: ModelSpec, seed: int) -> Cell:
     key = _key(
         {
             "version": RESULT_VERSION,
+            "finetune_version": FINETUNE_VERSION,
             "kind": "finetune",
             "model": _model_identity(model, finetune_identity(model)),
             "data": _data_identity(spec),

@@ -212,7 +212,7 @@ def train_lora(
 def _load_peft_model(model: ModelSpec, cfg: FinetuneSpec, cache_dir: Path, seed: int, parallel):
     """(PeftModel ready to train, tokenizer): the base (4-bit for QLoRA), LoRA on top, sharded by
     `parallel` (nothing happens to it in one process)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     quantization = cfg.quantization if cfg.method is FinetuneMethod.QLORA else None
     checkpointing = parallel.gradient_checkpointing(cfg.training.gradient_checkpointing)
@@ -225,13 +225,15 @@ def _load_peft_model(model: ModelSpec, cfg: FinetuneSpec, cache_dir: Path, seed:
         # the LoRA initialisation: a process that built the base and one that loaded it agree,
         # and so do all ranks of a distributed run.
         seed_everything(seed)
-        gc_kwargs = {"use_reentrant": False}
-        if quantization:
-            base = prepare_model_for_kbit_training(
-                base, use_gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs=gc_kwargs
-            )
-        elif checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        # Frozen weights keep the dtype they were loaded in. peft's prepare_model_for_kbit_training
+        # would upcast every weight bnb did not quantize (embeddings, norms, fused MoE experts) to
+        # float32: twice the memory of a bfloat16 model's experts, for weights that never train.
+        # The trainable LoRA weights are float32 all the same (peft's autocast_adapter_dtype).
+        for param in base.parameters():
+            param.requires_grad = False
+        if checkpointing:
+            # Non-reentrant checkpointing needs no input that requires grad.
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         lora = cfg.lora
         target = lora.target_modules
         lora_config = LoraConfig(

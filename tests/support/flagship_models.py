@@ -180,10 +180,10 @@ def _nf4_constant_bytes(n: int, double: bool) -> int:
 def expected_weight_bytes(config: dict, finetune) -> dict[str, int]:
     """What the same count gives for `config` under relxfer's QLoRA recipe `finetune` (a FinetuneSpec), computed on the meta device
     (no memory, any size): bitsandbytes turns every `nn.Linear` but the output head into NF4
-    (4 bits a weight plus constants); peft's `prepare_model_for_kbit_training` then casts every
-    other 16-bit parameter (embeddings, norms, fused MoE experts, router) to float32, except the
-    biases of 4-bit layers, which bitsandbytes casts back to the compute dtype; the LoRA adapter
-    (r x (in + out) a targeted layer) is float32. Buffers (rotary tables) keep their dtype."""
+    (4 bits a weight plus constants); every other parameter (embeddings, norms, fused MoE experts,
+    router) keeps the bfloat16 it was loaded in, and the biases of 4-bit layers take the compute
+    dtype (bitsandbytes casts them at the first forward); the LoRA adapter (r x (in + out) a
+    targeted layer) is float32. Buffers (rotary tables) keep their dtype."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     hf_config = AutoConfig.for_model(**config)
@@ -193,7 +193,7 @@ def expected_weight_bytes(config: dict, finetune) -> dict[str, int]:
     double = finetune.quantization.double_quant
     compute = str(finetune.quantization.compute_dtype)
     rank = finetune.lora.r
-    totals = {"nf4": 0, "float32": 0}
+    totals = {"nf4": 0, "float32": 0, "bfloat16": 0}
     seen: set[int] = set()
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module is not head:
@@ -206,7 +206,7 @@ def expected_weight_bytes(config: dict, finetune) -> dict[str, int]:
                 seen.add(id(module.bias))
     for param in model.parameters():  # tied weights are listed once
         if id(param) not in seen:
-            totals["float32"] += param.numel() * 4
+            totals["bfloat16"] += param.numel() * 2
     for buffer in model.buffers():
         key = str(buffer.dtype).removeprefix("torch.")
         totals[key] = totals.get(key, 0) + buffer.numel() * buffer.element_size()
