@@ -123,3 +123,26 @@ def test_a_second_run_of_the_same_spec_runs_nothing(study, tmp_path):
     assert "nothing to run" in result.output
     kinds = runs_by_kind(uri)
     assert sum(len(runs) for k, runs in kinds.items() if k != "rerun") == before
+
+
+def test_plan_estimates_its_assumptions_from_the_study_as_a_pilot(study):
+    """`relxfer plan --from-experiment` reads the finished study back from the store: its baseline
+    and mean gain are the logged accuracies' means, and the planted transfer (related languages
+    gain, controls do not) shows as a large SD of gains between languages."""
+    spec_path, uri, _ = study
+    args = ["plan", str(spec_path), "--from-experiment", EXPERIMENT, "--tracking-uri", uri]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    accuracy = {
+        (r.data.tags["relxfer.condition"], r.data.tags["relxfer.language"]): r.data.metrics["accuracy"]
+        for r in runs_by_kind(uri)["evaluate"]
+    }
+    languages = sorted({language for _, language in accuracy})
+    baseline = sum(accuracy[("baseline", lang)] for lang in languages) / len(languages)
+    gain = sum(accuracy[("finetuned", lang)] - accuracy[("baseline", lang)] for lang in languages) / len(languages)
+    (line,) = [line for line in result.output.splitlines() if "estimated from experiment" in line]
+    assert f"estimated from experiment '{EXPERIMENT}', 1 model(s) x {len(languages)} languages, finetuned" in line
+    assert f"baseline {100 * baseline:.1f}".rstrip("0").rstrip(".") + "%" in line
+    assert f"mean gain {100 * gain:.1f}".rstrip("0").rstrip(".") + " points" in line
+    between = float(line.split("SD of gains between languages ")[1].split(",")[0])
+    assert between > 20, line  # half the languages gain about 60 points, half none
