@@ -258,6 +258,8 @@ def test_rerun_with_nothing_to_do_adds_no_run(smoke_study, mlflow_server, relxfe
         "rerun",
     )
     assert rerun.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert rerun.data.tags["relxfer.spec_hash"] == parent.data.tags["relxfer.spec_hash"]
+    assert_provenance(rerun.data.tags)  # what the re-run was made with, as on every other run
     assert rerun.data.params["cache_dir"] == str(relxfer_cache)  # `-P cache_dir=DIR` reached relxfer
     assert not [r for r in after if r.data.tags.get("mlflow.parentRunId") == rerun.info.run_id]
 

@@ -39,8 +39,8 @@ def bad_model(relxfer_cache, tmp_path) -> Path:
     return corrupt_model(relxfer_cache, tmp_path / "bad-model")
 
 
-def driver(cluster: RayCluster, spec: Path, uri: str, cache: Path) -> subprocess.CompletedProcess:
-    argv = [sys.executable, "-m", "relxfer.cli", "run", str(spec), "--executor", "ray"]
+def driver(cluster: RayCluster, spec: Path, uri: str, cache: Path, *extra: str) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "relxfer.cli", "run", str(spec), "--executor", "ray", *extra]
     argv += ["--ray-address", cluster.address, "--tracking-uri", uri, "--cache-dir", str(cache), "--no-progress"]
     return subprocess.run(
         argv, env=cluster.env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=900, cwd=cache.parent
@@ -90,3 +90,32 @@ def test_a_model_with_corrupt_weights_fails_alone_on_ray_and_a_rerun_after_the_f
         name: [r.info.status for r in rs] for name, rs in runs.items() if "/bad/" in name
     } == RERUN_STATUSES_OF_BAD_MODEL
     assert all(len(runs[name]) == 1 for name in good)
+
+
+def test_fail_fast_on_ray_stops_scheduling_at_the_first_failure(cluster, tmp_path, relxfer_cache, bad_model):
+    """Cells run side by side on Ray, so some may have started before the first failure came back:
+    those end as they end; every cell not started by then is recorded NOT_RUN with the reason,
+    and the bad model's fine-tuned cells never run."""
+    spec = two_model_spec(tmp_path / "fail-fast-ray.json", bad_model, bad_first=True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = driver(cluster, spec, uri, tmp_path / "driver-cache", "--fail-fast")
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-4000:]
+    assert "Traceback" not in output
+    client = MlflowClient(uri)
+    runs = cell_runs(client, "fail-fast-ray")
+    cause = f"cannot load model from '{bad_model}': {CORRUPT}"
+    failures = [line for line in result.stdout.splitlines() if line.startswith("failed   ")]
+    first = failures[0].removeprefix("failed   ").split(":")[0]
+    stopped = f"the study stopped at the first failure ({first}; --fail-fast)"
+    not_run = [line for line in result.stdout.splitlines() if line.startswith("not run  ")]
+    assert not_run and all(line.endswith(stopped) for line in not_run), result.stdout
+    assert all(cause in line for line in failures)
+    ran = len(runs)
+    assert ran + len(not_run) == 10  # every cell either started before the stop or is recorded not run
+    assert not any("/bad/finetuned/" in name for name in runs)
+    summary = next(line for line in result.stdout.splitlines() if line.startswith(f"{spec}: "))
+    assert summary.endswith(f"{len(failures)} failed, {len(not_run)} not run; tracking URI {uri}")
+    parent = client.get_run(next(iter(runs.values()))[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FAILED"

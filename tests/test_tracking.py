@@ -95,10 +95,11 @@ def test_reruns_with_nothing_to_run_leave_one_record_under_the_parent(mlflow_ser
     records = []
     for _ in range(2):
         adopted = client.create_run(experiment_id).info.run_id  # as `mlflow run` does
-        file_rerun(tracker, Study(experiment_id, adopted), "smoke")
+        file_rerun(tracker, Study(experiment_id, adopted), "smoke", {"relxfer.spec_hash": "abc"})
         client.set_terminated(adopted)  # as `mlflow run` does when relxfer returns
         records.append(client.get_run(adopted))
     assert [(r.info.run_name, r.data.tags["mlflow.parentRunId"]) for r in records] == [
         ("smoke (nothing to run)", parent)
     ] * 2
     assert [client.get_run(r.info.run_id).info.lifecycle_stage for r in records] == ["deleted", "active"]
+    assert [r.data.tags["relxfer.spec_hash"] for r in records] == ["abc"] * 2

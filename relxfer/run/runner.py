@@ -89,6 +89,14 @@ class StudyRunner:
         self.executor.check(self.spec, self.tracker)
         return data
 
+    def _study_tags(self) -> dict[str, str]:
+        """What a study's runs were made with: the spec and the provenance of this process."""
+        return {
+            f"{TAG}spec_hash": self.spec.hash,
+            f"{TAG}spec_name": self.spec.name,
+            **run_provenance(self.executor.packages),
+        }
+
     def run(self, force: bool = False, fail_fast: bool = False) -> list[CellOutcome]:
         data = self.preflight()
         cells = plan(self.spec)
@@ -96,20 +104,14 @@ class StudyRunner:
         describe_experiment(self.tracker, target.experiment_id, self.spec)
         finished = {} if force else self.tracker.finished_cells(target.experiment_id)
         if all(c.key in finished for c in cells):  # nothing to run: no new parent run either
-            file_rerun(self.tracker, target, self.spec.name)
+            file_rerun(self.tracker, target, self.spec.name, self._study_tags())
             self.outcomes = [CellOutcome(c, finished[c.key], SKIPPED) for c in cells]
             self.report(f"nothing to run: all {len(cells)} cells have a FINISHED run; no new parent run")
             return self.outcomes
         parent = self.tracker.start_parent(
             target,
             run_name=parent_name(target, self.spec.name),
-            tags={
-                f"{TAG}kind": "study",
-                f"{TAG}spec_hash": self.spec.hash,
-                f"{TAG}spec_name": self.spec.name,
-                NOTE_TAG: study_note(self.spec),
-                **run_provenance(self.executor.packages),
-            },
+            tags={f"{TAG}kind": "study", NOTE_TAG: study_note(self.spec), **self._study_tags()},
             params={"cache_dir": str(self.cache_dir)},
         )
         self.parent = parent

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -106,10 +107,11 @@ def latest_study_run(tracker: Tracker, experiment_id: str) -> str | None:
     return (finished or runs)[0].info.run_id if runs else None
 
 
-def file_rerun(tracker: Tracker, study: Study, spec_name: str) -> None:
+def file_rerun(tracker: Tracker, study: Study, spec_name: str, tags: Mapping[str, str] | None = None) -> None:
     """A re-run with nothing to run makes no parent run, but `mlflow run` has started one already
     (and ends it itself when the command returns, so it cannot be deleted): file it under the
-    study's latest parent run, as the only record of such a re-run there."""
+    study's latest parent run, as the only record of such a re-run there. `tags`: what the re-run
+    was made with (provenance, the spec's hash), as a parent run would carry them."""
     if not study.adopted_id:
         return
     parent_id = latest_study_run(tracker, study.experiment_id)
@@ -124,7 +126,8 @@ def file_rerun(tracker: Tracker, study: Study, spec_name: str) -> None:
     )
     parent = {"mlflow.parentRunId": parent_id} if parent_id else {}
     tracker.set_tags(
-        study.adopted_id, {f"{TAG}kind": "rerun", "mlflow.runName": f"{spec_name} (nothing to run)", **parent}
+        study.adopted_id,
+        {**(tags or {}), f"{TAG}kind": "rerun", "mlflow.runName": f"{spec_name} (nothing to run)", **parent},
     )
     for run in earlier:
         tracker.delete(run.info.run_id)
