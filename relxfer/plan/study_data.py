@@ -66,7 +66,7 @@ def _mtimes(path: str) -> tuple[tuple[str, int], ...]:
 def _local_digest(path: str, languages: tuple[str, ...], _stamp: tuple[tuple[str, int], ...]) -> str:
     from relxfer.data.belebele import load_belebele
 
-    data = load_belebele(list(languages), path=path, hub_id=None, revision=None)
+    data = load_belebele(list(languages), path=path)
     return data.digest
 
 
