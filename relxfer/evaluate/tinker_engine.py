@@ -73,6 +73,15 @@ def sampler_path(adapter_dir: Path) -> str:
     return path
 
 
+def open_sampling_client(client, timeout: float, base_model: str, model_path: str | None = None):
+    """A sampling client of the service's base model, or of the sampler weights at `model_path`."""
+    if model_path is None:
+        make = partial(client.create_sampling_client, base_model=base_model)
+    else:
+        make = partial(client.create_sampling_client, model_path=model_path)
+    return call(make, timeout, retries=2, base_model=base_model)
+
+
 class TinkerEngine:
     kind = "tinker"
 
@@ -102,12 +111,8 @@ class TinkerEngine:
             if self._client is None:
                 self._client = service_client(timeout)
                 check_base_model(self._client, self.base_model, timeout)
-            client = self._client
-            if adapter is None:
-                make = partial(client.create_sampling_client, base_model=self.base_model)
-            else:
-                make = partial(client.create_sampling_client, model_path=sampler_path(adapter.path))
-            sampling = call(make, timeout, retries=2, base_model=self.base_model)
+            model_path = sampler_path(adapter.path) if adapter is not None else None
+            sampling = open_sampling_client(self._client, timeout, self.base_model, model_path)
             self._backend = (
                 key,
                 TinkerBackend(

@@ -116,6 +116,8 @@ def download_signed(
                 time.sleep(backoff * 2 ** (failures - 1))
                 break
             done.add(name)
+        else:
+            return
 
 
 def _expiring(expires: datetime.datetime | None) -> bool:

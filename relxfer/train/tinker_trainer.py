@@ -256,7 +256,7 @@ def train_on_service(
         start_step, loss_history = int(latest["step"]), list(latest["loss_history"])
     else:
         kwargs = dict(base_model=base_model, rank=finetune.lora.r, **lora_groups(finetune.lora.target_modules))
-        if supports(client.create_lora_training_client, "seed"):
+        if supports(tinker.ServiceClient.create_lora_training_client, "seed"):
             kwargs["seed"] = int(seed)
         training = call(lambda: client.create_lora_training_client(**kwargs), timeout, base_model=base_model)
         start_step, loss_history = 0, []
