@@ -198,7 +198,7 @@ class TinkerBackend(TokenizerMethods):
         if not len(prompts):
             return out
         single = all(len(c) == 1 for conts in continuations for c in conts)
-        rest = range(len(prompts))
+        rest: Sequence[int] = range(len(prompts))
         if self.targeted and single:
             rest = self._targeted_scores(prompts, continuations, out, progress)
         pairs = [(i, j, list(prompts[i]), list(c)) for i in rest for j, c in enumerate(continuations[i])]
