@@ -48,13 +48,13 @@ def check_environment(what: str) -> None:
     sdk()
     if os.environ.get(KEY_VARIABLE):
         return
-    store = _credential_store()
-    if store is None:  # an SDK that reads the environment variable only
+    stored = _stored_key_check()
+    if stored is None:  # an SDK that reads the environment variable only
         raise TinkerError(
             f"{what} runs on Tinker, but {KEY_VARIABLE} is not set: export {KEY_VARIABLE}=tml-... "
             f"(and {URL_VARIABLE} for a service other than the hosted one)"
         )
-    if os.environ.get(CREDENTIAL_COMMAND_VARIABLE) or _has_stored_key(store):
+    if os.environ.get(CREDENTIAL_COMMAND_VARIABLE) or stored():
         return
     raise TinkerError(
         f"{what} runs on Tinker, but no Tinker credential was found: run `tinker auth login`, or export "
@@ -62,27 +62,28 @@ def check_environment(what: str) -> None:
     )
 
 
-def _credential_store():
-    """Where `tinker auth login` keeps the default key, in an SDK that reads it (0.38 line:
-    `tinker.lib.credentials`, the module its client and its CLI use); None in one that does not."""
+def _stored_key_check() -> Callable[[], bool] | None:
+    """Whether `tinker auth login` stored a default key, asked of the SDK's own credential store
+    (0.38 line: `tinker.lib.credentials`, which its client and its CLI use); None for an SDK
+    that has none."""
     try:
         from tinker.lib import credentials
     except ImportError:
         return None
     if not hasattr(credentials, "JsonCredentialStore") or not hasattr(credentials, "default_credentials_path"):
         return None
-    return credentials.JsonCredentialStore(credentials.default_credentials_path())
+    path = Path(credentials.default_credentials_path())
 
+    def has_default_key() -> bool:
+        try:
+            return credentials.JsonCredentialStore(path).get_default_key() is not None
+        except Exception as error:  # noqa: BLE001 - a damaged file: the SDK's own validation error
+            raise TinkerError(
+                f"{path}: cannot read the Tinker credentials `tinker auth login` stored ({type(error).__name__}); "
+                "run `tinker auth logout` and log in again"
+            ) from None
 
-def _has_stored_key(store) -> bool:
-    try:
-        return store.get_default_key() is not None
-    except Exception as error:  # noqa: BLE001 - a damaged file: the SDK's own validation error
-        path = Path(getattr(store, "_path", "~/.tinker/credentials.json"))
-        raise TinkerError(
-            f"{path}: cannot read the Tinker credentials `tinker auth login` stored ({type(error).__name__}); "
-            "run `tinker auth logout` and log in again"
-        ) from None
+    return has_default_key
 
 
 def sdk():
