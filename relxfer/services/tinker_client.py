@@ -20,6 +20,7 @@ installed SDK offers (`supports`, `standalone_rest_client`) instead of pinning o
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 import os
 import threading
@@ -66,8 +67,8 @@ def _stored_key_check() -> Callable[[], bool] | None:
     """Whether `tinker auth login` stored a default key, asked of the SDK's own credential store
     (0.38 line: `tinker.lib.credentials`, which its client and its CLI use); None for an SDK
     that has none."""
-    try:
-        from tinker.lib import credentials
+    try:  # imported by name: the 0.16 line has no such module
+        credentials = importlib.import_module("tinker.lib.credentials")
     except ImportError:
         return None
     if not hasattr(credentials, "JsonCredentialStore") or not hasattr(credentials, "default_credentials_path"):
