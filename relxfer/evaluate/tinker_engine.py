@@ -250,7 +250,7 @@ class TinkerBackend(TokenizerMethods):
 
     def _logprobs_request(self, tokens: list[int], n_label: int):
         model_input = sdk().types.ModelInput.from_ints(tokens)
-        if self.last_n:  # only the label's positions: the service may serve the prompt from its cache
+        if self.last_n and n_label < len(tokens):  # only the label's positions: the prompt may come from cache
             return lambda: self.client.compute_logprobs(model_input, prompt_logprobs_last_n=n_label)
         return lambda: self.client.compute_logprobs(model_input)
 
