@@ -5,8 +5,12 @@ backend does (lm-eval's rules, `relxfer.evaluate.local_backend`); the service on
 Label scoring: with an SDK that has `target_prompt_logprobs` (0.38 line), one request per prompt
 scores every single-token label: the prompt plus one label token is sent, and the row of the
 position after the prompt names the label ids. Otherwise (0.16 line, and any multi-token label)
-`compute_logprobs` runs on prompt + label, once per label, and the label's tokens are summed.
-Either way the numbers are the log-probabilities of exactly the label token ids after the prompt.
+`compute_logprobs` runs on prompt + label, once per label, and the label's tokens are summed
+(only the label's positions are asked for where the SDK has `prompt_logprobs_last_n`). A service
+that answers a targeted request without the table (the field is optional in the SDK) gets those
+prompts again through `compute_logprobs`, and so does every later prompt of that backend; the
+run tag `relxfer.tinker.scoring` says which way the scores were made. Either way the numbers are
+the log-probabilities of exactly the label token ids after the prompt.
 
 Generation: greedy (temperature 0), cut at the first EOS and before the first stop string, as
 the local backend does. The fine-tuned condition samples from the sampler weights the `tinker`
@@ -34,6 +38,7 @@ from relxfer.services.tinker_client import (
     run_all,
     sdk,
     sdk_version,
+    service_address,
     service_client,
     supports,
 )
@@ -44,6 +49,15 @@ if TYPE_CHECKING:
     import tinker
 
 RECORD_FILE = "relxfer_finetune.json"  # relxfer.train.FINETUNE_JSON, without importing torch here
+
+TARGETED = "target_prompt_logprobs"
+PER_LABEL = "compute_logprobs"
+FALLEN_BACK = "compute_logprobs (the service returned no target_prompt_logprobs)"
+
+
+def targeted_scoring_supported() -> bool:
+    """Whether the installed SDK's sampling client takes `target_prompt_logprobs` (0.30+)."""
+    return supports(sdk().SamplingClient.sample, "target_prompt_logprobs")
 
 
 def sampler_path(adapter_dir: Path) -> str:
@@ -57,6 +71,15 @@ def sampler_path(adapter_dir: Path) -> str:
             "evaluation engine can only sample from a `tinker` fine-tune of the same model"
         )
     return path
+
+
+def open_sampling_client(client, timeout: float, base_model: str, model_path: str | None = None):
+    """A sampling client of the service's base model, or of the sampler weights at `model_path`."""
+    if model_path is None:
+        make = partial(client.create_sampling_client, base_model=base_model)
+    else:
+        make = partial(client.create_sampling_client, model_path=model_path)
+    return call(make, timeout, retries=2, base_model=base_model)
 
 
 class TinkerEngine:
@@ -88,12 +111,8 @@ class TinkerEngine:
             if self._client is None:
                 self._client = service_client(timeout)
                 check_base_model(self._client, self.base_model, timeout)
-            client = self._client
-            if adapter is None:
-                make = partial(client.create_sampling_client, base_model=self.base_model)
-            else:
-                make = partial(client.create_sampling_client, model_path=sampler_path(adapter.path))
-            sampling = call(make, timeout, retries=2, base_model=self.base_model)
+            model_path = sampler_path(adapter.path) if adapter is not None else None
+            sampling = open_sampling_client(self._client, timeout, self.base_model, model_path)
             self._backend = (
                 key,
                 TinkerBackend(
@@ -114,13 +133,11 @@ class TinkerEngine:
         return self._tokenizer
 
     def run_tags(self) -> dict[str, str]:
-        import tinker
-
-        scoring = (
-            "target_prompt_logprobs"
-            if supports(tinker.SamplingClient.sample, "target_prompt_logprobs")
-            else "compute_logprobs"
-        )
+        # Read after the evaluation: the backend knows whether the service filled the table.
+        if self._backend is not None:
+            scoring = self._backend[1].scoring
+        else:
+            scoring = TARGETED if targeted_scoring_supported() else PER_LABEL
         return {
             "engine": self.kind,
             "tinker.base_model": self.base_model,
@@ -157,7 +174,9 @@ class TinkerBackend(TokenizerMethods):
         self.timeout = float(config.request_timeout_s)
         self.retries = config.max_retries
         self.max_in_flight = config.max_in_flight
-        self.targeted = supports(type(sampling_client).sample, "target_prompt_logprobs")
+        self.targeted = targeted_scoring_supported()
+        self.scoring = TARGETED if self.targeted else PER_LABEL
+        self.last_n = supports(sdk().SamplingClient.compute_logprobs, "prompt_logprobs_last_n")
 
     # -- scoring ----------------------------------------------------------------------------------
 
@@ -179,21 +198,11 @@ class TinkerBackend(TokenizerMethods):
         if not len(prompts):
             return out
         single = all(len(c) == 1 for conts in continuations for c in conts)
+        rest: Sequence[int] = range(len(prompts))
         if self.targeted and single:
-            submits = [
-                self._targeted_request(list(p), [c[0] for c in conts]) for p, conts in zip(prompts, continuations)
-            ]
-            rows = self._run(submits, progress, "scoring")
-            for i, (prompt, response) in enumerate(zip(prompts, rows)):
-                table = np.asarray(response.target_prompt_logprobs.to_numpy(), dtype=np.float64)
-                out[i] = table[len(prompt) - 1]
-            return out
-        pairs = [
-            (i, j, list(p), list(c))
-            for i, (p, conts) in enumerate(zip(prompts, continuations))
-            for j, c in enumerate(conts)
-        ]
-        submits = [self._logprobs_request(p + c) for _, _, p, c in pairs]
+            rest = self._targeted_scores(prompts, continuations, out, progress)
+        pairs = [(i, j, list(prompts[i]), list(c)) for i in rest for j, c in enumerate(continuations[i])]
+        submits = [self._logprobs_request(p + c, len(c)) for _, _, p, c in pairs]
         for (i, j, _p, c), logprobs in zip(pairs, self._run(submits, progress, "scoring")):
             # The list ends at the last token whether it has an entry for position 0 (None: the
             # hosted service) or starts at position 1 (SkyRL tx): the label's are the last ones.
@@ -202,6 +211,28 @@ class TinkerBackend(TokenizerMethods):
                 raise TinkerError(f"Tinker returned no log-probability for some label tokens of prompt {i}")
             out[i, j] = float(np.sum(np.asarray(scored, dtype=np.float64)))
         return out
+
+    def _targeted_scores(self, prompts, continuations, out: np.ndarray, progress: bool) -> list[int]:
+        """Fill `out` from one targeted request per prompt; the prompts whose answer came without
+        the table (a service that does not fill the optional field), to score per label."""
+        submits = [self._targeted_request(list(p), [c[0] for c in conts]) for p, conts in zip(prompts, continuations)]
+        missing = []
+        for i, (prompt, response) in enumerate(zip(prompts, self._run(submits, progress, "scoring"))):
+            target = getattr(response, "target_prompt_logprobs", None)
+            if target is None:
+                missing.append(i)
+                continue
+            table = np.asarray(target.to_numpy(), dtype=np.float64)
+            expected = (len(prompt), out.shape[1])
+            if table.shape != expected:
+                raise TinkerError(
+                    f"Tinker at {service_address()} returned target_prompt_logprobs of shape {table.shape} for a "
+                    f"request of shape {expected}; relxfer cannot tell which numbers score the labels"
+                )
+            out[i] = table[len(prompt) - 1]
+        if missing:
+            self.targeted, self.scoring = False, FALLEN_BACK
+        return missing
 
     def _targeted_request(self, prompt: list[int], label_ids: list[int]):
         """One prefill scoring every label id at the position after the prompt: the sent tokens
@@ -217,8 +248,10 @@ class TinkerBackend(TokenizerMethods):
             prompt=model_input, num_samples=1, sampling_params=params, target_prompt_logprobs=target
         )
 
-    def _logprobs_request(self, tokens: list[int]):
+    def _logprobs_request(self, tokens: list[int], n_label: int):
         model_input = sdk().types.ModelInput.from_ints(tokens)
+        if self.last_n and n_label < len(tokens):  # only the label's positions: the prompt may come from cache
+            return lambda: self.client.compute_logprobs(model_input, prompt_logprobs_last_n=n_label)
         return lambda: self.client.compute_logprobs(model_input)
 
     def _run(self, submits: list, progress: bool, desc: str) -> list:

@@ -1,18 +1,14 @@
-"""Training data for the one loop: examples to token ids, the seeded order of micro-batches, and
-the completion-only loss of a micro-batch. Single-process and distributed runs share all of it:
-a rank takes its slice of every global micro-batch (`relxfer.train.parallel`)."""
+"""Training data for every fine-tuning engine: examples to token ids and the seeded order of
+micro-batches. Single-process and distributed runs share all of it (a rank takes its slice of
+every global micro-batch, `relxfer.train.parallel`), and so does the Tinker trainer, which is why
+this module needs no torch (the completion-only loss is in `relxfer.train.loss`)."""
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
-
-import torch
-import torch.nn.functional as F
 
 from relxfer.errors import DataError
-from relxfer.models.padding import left_pad
 from relxfer.models.tokenization import encode_pair
 from relxfer.spec.types import TrainingSpec
 
@@ -56,21 +52,3 @@ def step_counts(n_rows: int, train: TrainingSpec) -> tuple[int, int]:
         return train.max_steps, train.max_steps * accum
     total_micro = max(1, math.ceil(math.ceil(n_rows / batch_size) * train.epochs))
     return math.ceil(total_micro / accum), total_micro
-
-
-def completion_loss(model, rows: Sequence[Row], pad_id: int, device) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy of the completion tokens of left-padded `rows`, and their number.
-    Left padding puts every completion at the end, so logits are computed for the last
-    (longest completion + 1) positions only."""
-    ids, mask, positions = left_pad([r[0] for r in rows], pad_id, device)
-    keep = max(n for _, n in rows) + 1
-    logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False
-    ).logits
-    targets = ids[:, -(keep - 1) :].clone()  # position t of `logits` predicts token t + 1
-    for i, (_, n) in enumerate(rows):
-        targets[i, : keep - 1 - n] = -100  # prompt (and padding): no loss
-    loss = F.cross_entropy(
-        logits[:, :-1, :].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return loss, sum(n for _, n in rows)

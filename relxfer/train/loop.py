@@ -41,12 +41,8 @@ from relxfer.train.checkpoints import (
     save_checkpoint,
     seed_everything,
 )
-from relxfer.train.data import (
-    completion_loss,
-    micro_batches,
-    step_counts,
-    tokenize_examples,
-)
+from relxfer.train.data import micro_batches, step_counts, tokenize_examples
+from relxfer.train.loss import completion_loss
 from relxfer.train.parallel import Single
 from relxfer.train.records import (
     FINETUNE_JSON,

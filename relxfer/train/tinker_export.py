@@ -1,9 +1,12 @@
 """Bring a Tinker-trained LoRA adapter home in peft format (loadable by peft and vLLM).
 
 Download, by what the installed SDK offers:
-- 0.16 line: the sampler checkpoint's archive (`RestClient.get_checkpoint_archive_url`), a tar of
-  `adapter_model.safetensors` + `adapter_config.json`;
+- 0.16 line: the sampler checkpoint's archive (`RestClient.get_checkpoint_archive_url`, gone
+  since 0.36), a tar of `adapter_model.safetensors` + `adapter_config.json`;
 - 0.38 line: `save_weights_external` and one signed URL per file (`get_external_weights_urls`).
+Signed URLs expire: they are signed again before a download that would start close to their
+expiry and after every failed download; a file already downloaded is kept. Each download is
+bounded in total time, not only between bytes.
 
 Conversion: Tinker stores peft-style keys (`base_model.model.<module>.lora_A.weight`) with its own
 names in places (`unembed_tokens` for the output layer) and an adapter_config.json without
@@ -15,17 +18,25 @@ installed, otherwise the adapter is kept in Tinker's own format and the record s
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 import tarfile
 import tempfile
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from relxfer.services.tinker_client import TinkerError, call
+from relxfer.services.tinker_client import TinkerError, call, rest_client
 
 KEY_RENAMES = (("unembed_tokens", "lm_head"),)
 PREFIX = "base_model.model."
+DOWNLOAD_ATTEMPTS = 4  # failed downloads in all before the export fails; each retry signs the URLs again
+EXPIRY_MARGIN_S = 60.0  # a URL expiring sooner than this is signed again before its download starts
+ARCHIVE = "adapter.tar"
+# {file path relative to the adapter: signed URL}, and when those URLs expire (None: not said)
+Signed = tuple[dict[str, str], "datetime.datetime | None"]
 
 
 def parse_tinker_path(path: str) -> tuple[str, str]:
@@ -41,36 +52,101 @@ def parse_tinker_path(path: str) -> tuple[str, str]:
     raise TinkerError(f"not a Tinker checkpoint path: {path!r}")
 
 
-def download_adapter(service_client, training_client, sampler_path: str, dest: Path, timeout: float) -> Path:
+def download_adapter(
+    service_client,
+    training_client,
+    sampler_path: str,
+    dest: Path,
+    timeout: float,
+    attempts: int = DOWNLOAD_ATTEMPTS,
+    backoff: float = 2.0,
+) -> Path:
     """The trained adapter's files in `dest` (Tinker's format), by the route the SDK offers."""
     dest.mkdir(parents=True, exist_ok=True)
-    rest = service_client.create_rest_client()
+    rest = rest_client(service_client, timeout)
     if hasattr(training_client, "save_weights_external") and hasattr(rest, "get_external_weights_urls"):
-        name = "relxfer-export"
-        external = call(lambda: training_client.save_weights_external(name), timeout).path
-        urls = call(lambda: rest.get_external_weights_urls(external), timeout, retries=3).urls
-        for relative, url in urls.items():
-            target = (dest / relative).resolve()
-            if not target.is_relative_to(dest.resolve()):
-                raise TinkerError(f"unsafe file name in the exported adapter: {relative!r}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _fetch(url, target, timeout)
+        external = call(lambda: training_client.save_weights_external("relxfer-export"), timeout).path
+
+        def sign_files() -> Signed:
+            response = call(lambda: rest.get_external_weights_urls(external), timeout, retries=3)
+            return dict(response.urls), getattr(response, "expires", None)
+
+        download_signed(sign_files, dest, timeout, attempts, backoff)
         return dest
     run, checkpoint = parse_tinker_path(sampler_path)
-    response = call(lambda: rest.get_checkpoint_archive_url(run, checkpoint), timeout, retries=3)
+
+    def sign_archive() -> Signed:
+        response = call(lambda: rest.get_checkpoint_archive_url(run, checkpoint), timeout, retries=3)
+        return {ARCHIVE: response.url}, getattr(response, "expires", None)
+
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        archive = Path(tmp) / "adapter.tar"
-        _fetch(response.url, archive, timeout)
-        _safe_extract(archive, dest)
+        download_signed(sign_archive, Path(tmp), timeout, attempts, backoff)
+        _safe_extract(Path(tmp) / ARCHIVE, dest)
     return dest
 
 
+def download_signed(
+    sign: Callable[[], Signed], dest: Path, timeout: float, attempts: int = DOWNLOAD_ATTEMPTS, backoff: float = 2.0
+) -> None:
+    """Every file `sign()` names, into `dest`. URLs are signed again (another `sign()`) before a
+    download that would start within EXPIRY_MARGIN_S of their expiry and after a failed
+    download (an expired signature answers 400 or 403; a connection may drop); files already
+    downloaded are kept. `attempts` failed downloads in all end the export in one line."""
+    done: set[str] = set()
+    failures = 0
+    while True:
+        urls, expires = sign()
+        signed_at = time.monotonic()
+        pending = [name for name in urls if name not in done]
+        if not pending:
+            return
+        for name in pending:
+            # URLs signed a moment ago are tried even when short-lived: signing again won't help.
+            if _expiring(expires) and time.monotonic() - signed_at > 1.0:
+                break
+            try:
+                _fetch(urls[name], _inside(dest, name), timeout)
+            except OSError as error:
+                failures += 1
+                if failures >= attempts:
+                    raise TinkerError(
+                        f"downloading the trained adapter failed {failures} times, each time with freshly signed "
+                        f"URLs; last: {name}: {error}"
+                    ) from error
+                time.sleep(backoff * 2 ** (failures - 1))
+                break
+            done.add(name)
+        else:
+            return
+
+
+def _expiring(expires: datetime.datetime | None) -> bool:
+    if expires is None:
+        return False
+    if expires.tzinfo is None:  # the SDK's timestamps are UTC
+        expires = expires.replace(tzinfo=datetime.timezone.utc)
+    left = (expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    return left < EXPIRY_MARGIN_S
+
+
+def _inside(dest: Path, relative: str) -> Path:
+    target = (dest / relative).resolve()
+    if not target.is_relative_to(dest.resolve()):
+        raise TinkerError(f"unsafe file name in the exported adapter: {relative!r}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
 def _fetch(url: str, target: Path, timeout: float) -> None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(target, "wb") as out:
-            shutil.copyfileobj(response, out)
-    except OSError as error:
-        raise TinkerError(f"downloading the trained adapter failed: {error}") from error
+    """Download `url` into `target` within `timeout` seconds in all (a TimeoutError past it)."""
+    deadline = time.monotonic() + timeout
+    tmp = target.with_name(f".{target.name}.part")
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the download took longer than {timeout:g} s")
+    tmp.replace(target)
 
 
 def _safe_extract(archive: Path, dest: Path) -> None:

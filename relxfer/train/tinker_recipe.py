@@ -18,6 +18,7 @@ import math
 
 from relxfer.errors import SpecError as RecipeError
 from relxfer.spec.types import FinetuneMethod, FinetuneSpec, TrainingSpec
+from relxfer.train.data import micro_batches
 
 TORCH_ADAMW = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}  # torch.optim.AdamW defaults, as the local trainer uses
 TINKER_LORA_ALPHA = 32.0
@@ -99,8 +100,6 @@ def not_applied(finetune: FinetuneSpec, sdk_has_clipping: bool) -> str:
 def step_examples(n_rows: int, training: TrainingSpec, seed: int, step: int, total_micro: int) -> list[int]:
     """Example indices of optimizer step `step`: its micro-batches in the local trainer's order,
     concatenated (one forward_backward per step computes the same summed gradient)."""
-    from relxfer.train import micro_batches
-
     accum = training.grad_accum_steps
     batches = micro_batches(n_rows, training.batch_size, seed, (step - 1) * accum, min(step * accum, total_micro))
     return [i for batch in batches for i in batch]

@@ -31,8 +31,10 @@ import resource
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from relxfer.provenance import VERSIONS
 from relxfer.services.tinker_client import (
@@ -48,6 +50,7 @@ from relxfer.services.tinker_client import (
 from relxfer.spec.engines import EngineContext
 from relxfer.spec.types import FinetuneSpec, ModelSpec, TinkerFinetuneEngine
 from relxfer.train.base import StepCallback, TrainRequest
+from relxfer.train.data import Row
 from relxfer.train.tinker_recipe import (
     adam_params,
     learning_rate,
@@ -90,8 +93,6 @@ class TinkerTrainer:
         return tags
 
     def train(self, request: TrainRequest, on_step: StepCallback):
-        from tqdm.auto import tqdm
-
         from relxfer.models.loading import load_tokenizer
         from relxfer.models.tokenization import default_add_bos_token
         from relxfer.train import TrainResult, tokenize_examples
@@ -111,91 +112,46 @@ class TinkerTrainer:
         # -- data: the local trainer's tokenization, order and completion-only weights ----------
         tokenizer = load_tokenizer(model, request.cache_dir)
         rows = tokenize_examples(tokenizer, request.examples, default_add_bos_token(), train.max_seq_len)
-        steps, total_micro = schedule_length(len(rows), train)
 
-        # -- service: a new LoRA, or the saved state of an interrupted run ----------------------
-        tinker = sdk()
+        # -- the service: train (or resume), then save the weights the evaluation samples -------
         client = service_client(self.timeout)
         check_base_model(client, self.base_model, self.timeout)
-        state = _load_state(out_dir, config_hash)
-        if state["checkpoints"]:
-            latest = state["checkpoints"][-1]
-            training = call(
-                lambda: client.create_training_client_from_state_with_optimizer(latest["path"]),
-                self.timeout,
-                base_model=self.base_model,
-            )
-            start_step, loss_history = int(latest["step"]), list(latest["loss_history"])
-        else:
-            kwargs = dict(base_model=self.base_model, rank=cfg.lora.r, **lora_groups(cfg.lora.target_modules))
-            if supports(client.create_lora_training_client, "seed"):
-                kwargs["seed"] = int(request.seed)
-            training = call(
-                lambda: client.create_lora_training_client(**kwargs), self.timeout, base_model=self.base_model
-            )
-            start_step, loss_history = 0, []
-        # Steps the interrupted run had: the runner logs those its MLflow run is missing.
-        for step, loss in enumerate(loss_history, start=1):
-            on_step(step, {"train_loss": loss, "learning_rate": learning_rate(step, steps, train)})
-
-        # -- train ------------------------------------------------------------------------------
-        speeds = []
-        with tqdm(total=steps, initial=start_step, desc="fine-tuning (tinker)", disable=not request.progress) as bar:
-            for step in range(start_step + 1, steps + 1):
-                started = time.perf_counter()
-                batch = [rows[i] for i in step_examples(len(rows), train, request.seed, step, total_micro)]
-                n_targets = sum(n for _, n in batch)
-                data = [_datum(tinker.types, ids, n, 1.0 / n_targets) for ids, n in batch]
-                lr = learning_rate(step, steps, train)
-                # Both submitted before waiting: the service runs them back to back, in order.
-                backward = training.forward_backward(data, "cross_entropy")
-                update = training.optim_step(adam_params(tinker.types, lr, train))
-                output = call(_submitted(backward), self.timeout, base_model=self.base_model)
-                call(_submitted(update), self.timeout, base_model=self.base_model)
-                loss_history.append(_weighted_loss(output, data))
-                speeds.append(sum(len(ids) for ids, _ in batch) / (time.perf_counter() - started))
-                metrics = {"train_loss": loss_history[-1], "learning_rate": lr, "tokens_per_s": speeds[-1]}
-                if train.checkpoint_every and step % train.checkpoint_every == 0 and step < steps:
-                    saved = call(partial(training.save_state, f"relxfer-step-{step}"), self.timeout).path
-                    state["checkpoints"] = [{"step": step, "path": saved, "loss_history": loss_history}]
-                    directory = _write_state(out_dir, step, state)
-                    if request.on_checkpoint is not None:
-                        request.on_checkpoint(step, directory)
-                    metrics |= {"tinker.state_path": saved, "tinker.state_step": str(step)}
-                # After the state is saved: a kill before this line resumes from the previous
-                # state and repeats the step; one after it re-reports the step (see above).
-                on_step(step, metrics)
-                bar.set_postfix(loss=f"{loss_history[-1]:.4f}")
-                bar.update(1)
-
-        # -- export -----------------------------------------------------------------------------
-        sampler = call(lambda: training.save_weights_for_sampler("relxfer-final"), self.timeout).path
-        on_step(steps, {"tinker.sampler_path": sampler})
+        run = train_on_service(
+            client,
+            rows,
+            base_model=self.base_model,
+            finetune=cfg,
+            seed=request.seed,
+            out_dir=out_dir,
+            config_hash=config_hash,
+            timeout=self.timeout,
+            on_step=on_step,
+            on_checkpoint=request.on_checkpoint,
+            progress=request.progress,
+        )
         result = TrainResult(
             adapter_dir=out_dir / "adapter",
             n_items=len(rows),
-            steps=steps,
-            resumed_from_step=start_step,
-            final_loss=loss_history[-1],
-            tokens_per_s=sum(speeds) / len(speeds) if speeds else 0.0,
+            steps=run.steps,
+            resumed_from_step=run.start_step,
+            final_loss=run.loss_history[-1],
+            tokens_per_s=sum(run.speeds) / len(run.speeds) if run.speeds else 0.0,
             peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this client process
-            loss_history=loss_history,
+            loss_history=run.loss_history,
             config_hash=config_hash,
         )
-        self._export(client, training, sampler, tokenizer, model, cfg, request, result, state)
+        self._export(client, run, tokenizer, model, cfg, request, result)
         return result
 
     def _export(
         self,
         client,
-        training,
-        sampler: str,
+        run: ServiceRun,
         tokenizer,
         model: ModelSpec,
         cfg: FinetuneSpec,
         request: TrainRequest,
         result,
-        state: dict,
     ) -> None:
         from relxfer.models.build_once import build_once
         from relxfer.train import FINETUNE_JSON
@@ -205,7 +161,9 @@ class TinkerTrainer:
         out_dir = Path(request.out_dir)
 
         def write(tmp: Path) -> None:
-            raw = download_adapter(client, training, sampler, tmp.parent / f".{tmp.name}-raw", self.timeout)
+            raw = download_adapter(
+                client, run.training, run.sampler_path, tmp.parent / f".{tmp.name}-raw", self.timeout
+            )
             try:
                 export = to_peft(raw, tmp, model.source, cfg.lora.r)
             finally:
@@ -224,9 +182,9 @@ class TinkerTrainer:
                 "result": result_record(result),
                 "tinker": {
                     "base_model": self.base_model,
-                    "sampler_path": sampler,
+                    "sampler_path": run.sampler_path,
                     "sdk": sdk_version(),
-                    "state_paths": [c["path"] for c in state["checkpoints"]],
+                    "state_paths": [c["path"] for c in run.state["checkpoints"]],
                     "export": export,
                 },
             }
@@ -252,6 +210,101 @@ class TinkerTrainer:
         return h.hexdigest()[:16]
 
 
+@dataclass
+class ServiceRun:
+    """What training on the service left: the client that holds the trained LoRA, the path of
+    its sampler weights, the losses of every step, and the state record (`state.json`)."""
+
+    training: Any
+    sampler_path: str
+    steps: int
+    start_step: int
+    loss_history: list[float]
+    speeds: list[float]
+    state: dict
+
+
+def train_on_service(
+    client,
+    rows: list[Row],
+    *,
+    base_model: str,
+    finetune: FinetuneSpec,
+    seed: int,
+    out_dir: Path,
+    config_hash: str,
+    timeout: float,
+    on_step: StepCallback,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
+    progress: bool = False,
+) -> ServiceRun:
+    """Train a LoRA on the service from tokenized `rows` (or resume the newest saved state in
+    `out_dir`) and save its sampler weights: every SDK call of a fine-tune but the download."""
+    from tqdm.auto import tqdm
+
+    tinker = sdk()
+    train = finetune.training
+    steps, total_micro = schedule_length(len(rows), train)
+    state = _load_state(out_dir, config_hash)
+    if state["checkpoints"]:
+        latest = state["checkpoints"][-1]
+        training = call(
+            lambda: client.create_training_client_from_state_with_optimizer(latest["path"]),
+            timeout,
+            base_model=base_model,
+        )
+        start_step, loss_history = int(latest["step"]), list(latest["loss_history"])
+    else:
+        kwargs = dict(base_model=base_model, rank=finetune.lora.r, **lora_groups(finetune.lora.target_modules))
+        if supports(tinker.ServiceClient.create_lora_training_client, "seed"):
+            kwargs["seed"] = int(seed)
+        training = call(lambda: client.create_lora_training_client(**kwargs), timeout, base_model=base_model)
+        start_step, loss_history = 0, []
+    # Steps the interrupted run had: the runner logs those its MLflow run is missing.
+    for step, loss in enumerate(loss_history, start=1):
+        on_step(step, {"train_loss": loss, "learning_rate": learning_rate(step, steps, train)})
+
+    speeds: list[float] = []
+    with tqdm(total=steps, initial=start_step, desc="fine-tuning (tinker)", disable=not progress) as bar:
+        for step in range(start_step + 1, steps + 1):
+            started = time.perf_counter()
+            batch = [rows[i] for i in step_examples(len(rows), train, seed, step, total_micro)]
+            data = step_data(tinker.types, batch)
+            lr = learning_rate(step, steps, train)
+            # Both submitted before waiting: the service runs them back to back, in order.
+            backward = training.forward_backward(data, "cross_entropy")
+            update = training.optim_step(adam_params(tinker.types, lr, train))
+            output = call(_submitted(backward), timeout, base_model=base_model)
+            call(_submitted(update), timeout, base_model=base_model)
+            loss_history.append(weighted_loss(output, data))
+            speeds.append(sum(len(ids) for ids, _ in batch) / (time.perf_counter() - started))
+            metrics = {"train_loss": loss_history[-1], "learning_rate": lr, "tokens_per_s": speeds[-1]}
+            if train.checkpoint_every and step % train.checkpoint_every == 0 and step < steps:
+                saved = call(partial(training.save_state, f"relxfer-step-{step}"), timeout).path
+                state["checkpoints"] = [{"step": step, "path": saved, "loss_history": loss_history}]
+                directory = _write_state(out_dir, step, state)
+                if on_checkpoint is not None:
+                    on_checkpoint(step, directory)
+                metrics |= {"tinker.state_path": saved, "tinker.state_step": str(step)}
+            # After the state is saved: a kill before this line resumes from the previous
+            # state and repeats the step; one after it re-reports the step (see above).
+            on_step(step, metrics)
+            bar.set_postfix(loss=f"{loss_history[-1]:.4f}")
+            bar.update(1)
+
+    sampler = call(lambda: training.save_weights_for_sampler("relxfer-final"), timeout).path
+    on_step(steps, {"tinker.sampler_path": sampler})
+    return ServiceRun(training, sampler, steps, start_step, loss_history, speeds, state)
+
+
+def step_data(types_module, batch: list[Row]) -> list:
+    """One optimizer step's Datums: every completion token of the step weighs 1 / (completion
+    tokens of the step), so the service's summed cross-entropy is the step's mean token loss,
+    the convention of every relxfer fine-tuning engine (`relxfer.train.loss`)."""
+    n_targets = sum(n for _, n in batch)
+    return [_datum(types_module, ids, n, 1.0 / n_targets) for ids, n in batch]
+
+
 def _datum(types_module, ids: list[int], n_completion: int, weight: float):
     """Input ids[:-1], targets ids[1:]; the last `n_completion` targets weigh `weight`, the rest 0."""
     targets = ids[1:]
@@ -262,13 +315,13 @@ def _datum(types_module, ids: list[int], n_completion: int, weight: float):
     )
 
 
-def _weighted_loss(output, data) -> float:
+def weighted_loss(output, data) -> float:
     """sum(-logprob x weight) over the step's tokens, from the log-probs the service returned."""
     total = 0.0
     for result, datum in zip(output.loss_fn_outputs, data):
         logprobs = result["logprobs"]
         values = logprobs.to_numpy() if hasattr(logprobs, "to_numpy") else logprobs["data"]
-        weights = datum.loss_fn_inputs["weights"].data
+        weights = datum.loss_fn_inputs["weights"].to_numpy()
         total -= float(sum(float(lp) * w for lp, w in zip(values, weights) if w))
     return total
 
