@@ -9,9 +9,11 @@ server's plain top-k as a reference. A mode counts as exact when
   other source (the label-id path, the other continuation mode, or labels that happen to be in
   the top-k): a server whose echoed log-probs are shifted by a token is caught here.
 Any two sources that disagree beyond the tolerance make the probe refuse: one of them is wrong
-and the probe cannot tell which. The plan takes `label_ids` for single-token labels (one request
-per question) and the first exact continuation mode for the rest; with none, a clear one-line
-refusal. Nothing is ever scored from a truncated top-k.
+and the probe cannot tell which. The plan takes `label_ids` for labels that differ in their last
+token only (one request per question; the tokens they share go with the prompt) and the first
+exact continuation mode for the rest, and keeps the reason where the label-id mode could not
+score the probe's labels; with no exact mode, a clear one-line refusal. Nothing is ever scored
+from a truncated top-k.
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from relxfer.evaluate.scoring_modes import (
     continuation_request,
     label_ids_request,
     read_continuation,
+    read_label_ids,
     read_next_token,
+    split_labels,
     top_k_request,
 )
 from relxfer.services.openai_client import ServerError, one_line
@@ -46,9 +50,11 @@ class ScoringRefused(RelxferError):
 
 @dataclass(frozen=True)
 class ScoringPlan:
-    label_ids: bool  # single-token labels: one request per question through `logprob_token_ids`
-    continuation: str | None  # the exact continuation mode (multi-token labels, or no label ids)
+    label_ids: bool  # one request per question through `logprob_token_ids`
+    continuation: str | None  # the exact continuation mode (other labels, or no label ids)
     max_difference: float  # largest disagreement between sources seen by the probe
+    # Why the label-id mode is not used for the probe's labels (None where it is).
+    label_ids_fallback: str | None = None
 
     @property
     def tag(self) -> str:
@@ -62,17 +68,19 @@ def _source_values(mode: str, map_requests: Callable, model: str, prompts, conti
     the source gave none. Connection failures propagate: they are not a property of the mode.
     Continuation requests go one at a time: vLLM 0.32's CPU LoRA kernels crash the server on a
     batch of several prompt-log-prob requests (see ScoringState.serial_continuations)."""
-    single = all(len(c) == 1 for conts in continuations for c in conts)
     try:
-        if mode in (LABEL_IDS, TOP_K):
-            if not single:
+        if mode == LABEL_IDS:
+            splits = [split_labels(conts) for conts in continuations]
+            reason = next((s for s in splits if isinstance(s, str)), None)
+            if reason is not None:
+                return reason
+            answers = map_requests([label_ids_request(model, p, i, s) for p, (s, i) in zip(prompts, splits)])
+            rows = [read_label_ids(a, p, i, s) for a, p, (s, i) in zip(answers, prompts, splits)]
+        elif mode == TOP_K:
+            if not all(len(c) == 1 for conts in continuations for c in conts):
                 return "labels of more than one token"
             ids = [[c[0] for c in conts] for conts in continuations]
-            bodies = [
-                label_ids_request(model, p, i) if mode == LABEL_IDS else top_k_request(model, p)
-                for p, i in zip(prompts, ids)
-            ]
-            answers = map_requests(bodies)
+            answers = map_requests([top_k_request(model, p) for p in prompts])
             rows = [read_next_token(a, i) for a, i in zip(answers, ids)]
         else:
             pairs = [(p, c) for p, conts in zip(prompts, continuations) for c in conts]
@@ -134,16 +142,19 @@ def probe_scoring(
         raise ScoringRefused(
             f"{where} offers no exact way to score the answer labels ({_reasons(sources, values, overlaps, allowed, continuations)}); relxfer never scores from a truncated top-k"
         )
-    return ScoringPlan(label_ids, continuation, worst)
+    fallback = None if label_ids else _reasons(sources, values, overlaps, allowed, continuations, (LABEL_IDS,))
+    return ScoringPlan(label_ids, continuation, worst, fallback)
 
 
 def _label(mode: str) -> str:
     return {LABEL_IDS: "label-id", TOP_K: "top-k"}.get(mode, mode)
 
 
-def _reasons(sources: dict, values: dict, overlaps: dict, allowed: Sequence[str], continuations) -> str:
+def _reasons(
+    sources: dict, values: dict, overlaps: dict, allowed: Sequence[str], continuations, modes=SCORING_MODES
+) -> str:
     reasons = []
-    for mode in SCORING_MODES:
+    for mode in modes:
         source = sources[mode]
         if mode not in allowed:
             reason = "not allowed by `scoring`"
@@ -151,7 +162,7 @@ def _reasons(sources: dict, values: dict, overlaps: dict, allowed: Sequence[str]
             reason = source
         elif mode == LABEL_IDS:
             labels = sorted(
-                {c[0] for conts, row in zip(continuations, source) for c, v in zip(conts, row) if np.isnan(v)}
+                {c[-1] for conts, row in zip(continuations, source) for c, v in zip(conts, row) if np.isnan(v)}
             )
             reason = (
                 f"the answers lacked label ids {', '.join(map(str, labels))}: only the server's top-k came back "

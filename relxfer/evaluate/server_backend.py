@@ -4,8 +4,9 @@ Prompts are token ids built with the model's own tokenizer by the same rules as 
 backend (tokenization.py), so the server never re-tokenizes and both engines score the same
 sequences. Scoring follows the plan of the start-up probe (scoring_probe.py), run on the first
 real prompts this server is asked about: one request per question through `logprob_token_ids`
-where the labels are single tokens, else one request per question and label through an exact
-continuation mode. Every answer is checked: a label the server left out fails the cell, it is
+where the labels differ in their last token only (the tokens they share go with the prompt and
+their log-probs come back in the same answer), else one request per question and label through
+an exact continuation mode. Every answer is checked: a label the server left out fails the cell, it is
 never filled in from a top-k. Generation is greedy (`temperature: 0`) with the spec's stop
 strings and token limit; the generated token ids are decoded here and cut at the first stop
 string, exactly as the local backend does.
@@ -21,12 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from relxfer.evaluate.scoring_modes import (
+    LABEL_IDS,
     SCORING_MODES,
     AnswerError,
     continuation_request,
     label_ids_request,
     read_continuation,
-    read_next_token,
+    read_label_ids,
+    split_labels,
 )
 from relxfer.evaluate.scoring_probe import ScoringPlan, probe_scoring
 from relxfer.models.tokenization import (
@@ -45,9 +48,10 @@ class ScoringState:
     allowed: tuple[str, ...] = SCORING_MODES
     tolerance: float = 1e-3
     plan: ScoringPlan | None = None
-    # Send continuation requests (prompt log-probs) one at a time: vLLM 0.32 with --enable-lora
-    # on the CPU crashes its engine on a batch of several such requests (its CPU LoRA logits
-    # kernel indexes by request where it needs prompt positions). Label-id requests are fine.
+    # Send requests that ask for prompt log-probs (continuation requests, label-id requests with
+    # shared label tokens) one at a time: vLLM 0.32 with --enable-lora on the CPU crashes its
+    # engine on a batch of several such requests (its CPU LoRA logits kernel indexes by request
+    # where it needs prompt positions). Plain label-id requests are fine.
     # The engine sets it from `requests.serial_prompt_logprobs`.
     serial_continuations: bool = False
 
@@ -113,33 +117,45 @@ class ServerBackend(TokenizerMethods):
         if not prompts:
             return out
         plan = self.plan(prompts, continuations)
-        # One job per question where the labels are single tokens, else one per question and label
-        # (with the label's index and the continuation mode that scores it).
-        jobs: list[tuple[int, tuple[int, str] | None, dict]] = []
+        # One job per question where the label-id mode scores its labels, else one per question and
+        # label. A job: the question, how its answer is read (the labels' shared tokens and last
+        # ids, or the label's index and continuation mode), whether it asks for prompt log-probs.
+        jobs: list[tuple[int, tuple, bool, dict]] = []
         for i, (prompt, conts) in enumerate(zip(prompts, continuations)):
-            if plan.label_ids and all(len(c) == 1 for c in conts):
-                jobs.append((i, None, label_ids_request(self.served_model, prompt, [c[0] for c in conts])))
+            split = split_labels(conts) if plan.label_ids else None
+            if isinstance(split, tuple):
+                shared, last = split
+                body = label_ids_request(self.served_model, prompt, last, shared)
+                jobs.append((i, (LABEL_IDS, shared, last), bool(shared), body))
             elif plan.continuation is None:
                 raise ServerError(
-                    f"{self.where}: labels of several tokens need prompt_logprobs or echo, "
-                    f"and the start-up probe found neither exact"
+                    f"{self.where}: prompt {i}: {split or 'labels of several tokens'}, so they need prompt_logprobs "
+                    f"or echo, and the start-up probe found neither exact"
                 )
             else:
                 jobs += [
-                    (i, (j, plan.continuation), continuation_request(plan.continuation, self.served_model, prompt, c))
+                    (
+                        i,
+                        (plan.continuation, j),
+                        True,
+                        continuation_request(plan.continuation, self.served_model, prompt, c),
+                    )
                     for j, c in enumerate(conts)
                 ]
-        answers = self._run_jobs([body for _, j, body in jobs], [j is not None for _, j, _ in jobs], progress)
-        for (i, label, _), answer in zip(jobs, answers):
+        answers = self._run_jobs([job[3] for job in jobs], [job[2] for job in jobs], progress)
+        for (i, how, _, _), answer in zip(jobs, answers):
             try:
-                if label is None:
-                    values = read_next_token(answer, [c[0] for c in continuations[i]])
-                    missing = [continuations[i][k][0] for k, v in enumerate(values) if v is None]
+                if how[0] == LABEL_IDS:
+                    _, shared, last = how
+                    values = read_label_ids(answer, prompts[i], last, shared)
+                    missing = [t for t, v in zip(last, values) if v is None]
                     if missing:
-                        raise AnswerError(f"label ids {missing} missing from the answer (a truncated top-k?)")
+                        raise AnswerError(
+                            f"label ids {missing} (or a shared token's prompt log-prob) missing from the answer (a truncated top-k?)"
+                        )
                     out[i] = values
                 else:
-                    j, mode = label
+                    mode, j = how
                     value = read_continuation(mode, answer, prompts[i], continuations[i][j])
                     if value is None:
                         raise AnswerError("a label token's log-prob missing from the answer")
@@ -150,14 +166,16 @@ class ServerBackend(TokenizerMethods):
                 ) from None
         return out
 
-    def _run_jobs(self, bodies: list[dict], continuation: list[bool], progress: bool) -> list[dict]:
-        if not self.scoring.serial_continuations or not any(continuation):
+    def _run_jobs(self, bodies: list[dict], prompt_logprobs: list[bool], progress: bool) -> list[dict]:
+        """The answers, in order; requests that ask for prompt log-probs one at a time where the
+        server needs that (`ScoringState.serial_continuations`)."""
+        if not self.scoring.serial_continuations or not any(prompt_logprobs):
             return self._map(bodies, progress=progress, desc="scoring")
         answers: list = [None] * len(bodies)
-        parallel = [i for i, c in enumerate(continuation) if not c]
+        parallel = [i for i, c in enumerate(prompt_logprobs) if not c]
         for i, answer in zip(parallel, self._map([bodies[i] for i in parallel], progress=progress, desc="scoring")):
             answers[i] = answer
-        for i in (i for i, c in enumerate(continuation) if c):  # one at a time, nothing else in flight
+        for i in (i for i, c in enumerate(prompt_logprobs) if c):  # one at a time, nothing else in flight
             answers[i] = self._post(bodies[i])
         return answers
 

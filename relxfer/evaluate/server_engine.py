@@ -121,6 +121,8 @@ class ServerEngine:
             "dtype": str(self.dtype),
             "scoring_mode": self.scoring.plan.tag if self.scoring.plan else "not probed",
         }
+        if self.scoring.plan is not None and self.scoring.plan.label_ids_fallback:
+            tags["scoring_fallback"] = self.scoring.plan.label_ids_fallback  # why not one request a question
         if self.launch:
             tags["tensor_parallel_size"] = str(self.launch.tensor_parallel_size)
         if self.kind == "vllm":  # an `openai` server may be any server: its version stays server_version

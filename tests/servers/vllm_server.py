@@ -32,8 +32,11 @@ def launch_env() -> dict[str, str]:
     return {**os.environ, **SERVER_ENV, "RELXFER_VLLM_PYTHON": str(vllm_python())}
 
 
-def start_test_server(cache_dir: Path, log_dir: Path, lora_rank: int | None = MAX_LORA_RANK) -> VllmServer:
-    model_dir = build_tiny_model(cache_dir)
+def start_test_server(
+    cache_dir: Path, log_dir: Path, lora_rank: int | None = MAX_LORA_RANK, model_dir: Path | None = None
+) -> VllmServer:
+    """A server for `model_dir` (the tiny built-in model by default) under the name SERVED_NAME."""
+    model_dir = model_dir or build_tiny_model(cache_dir)
     port = free_port()
     argv = [
         str(vllm_python()),
