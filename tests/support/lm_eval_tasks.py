@@ -7,11 +7,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# The harness's Belebele prompt with the options numbered 1-4 instead of lettered A-D, and the
+# digits as the choices: the labels " 1".." 4" that many tokenizers split into a space and a digit.
+DIGIT_LABELS = {
+    "doc_to_text": "P: {{flores_passage}}\nQ: {{question.strip()}}\n1: {{mc_answer1}}\n2: {{mc_answer2}}\n"
+    "3: {{mc_answer3}}\n4: {{mc_answer4}}\nAnswer:",
+    "doc_to_choice": ["1", "2", "3", "4"],
+}
 
-def write_belebele_tasks(root: Path, languages, belebele_dir: Path) -> Path:
+
+def write_belebele_tasks(root: Path, languages, belebele_dir: Path, digits: bool = False) -> Path:
     """One task config per language, `belebele_local_<code>`: the installed harness's own
     Belebele template (`include`: prompt, choices, metrics) with the data from
-    `<belebele_dir>/<code>.jsonl`. Returns `root`, for `TaskManager(include_path=root)`."""
+    `<belebele_dir>/<code>.jsonl` (`digits`: options and choices 1-4, DIGIT_LABELS). Returns
+    `root`, for `TaskManager(include_path=root)`."""
     import lm_eval
 
     template = Path(lm_eval.__file__).parent / "tasks" / "belebele" / "_default_template_yaml"
@@ -28,6 +37,6 @@ def write_belebele_tasks(root: Path, languages, belebele_dir: Path) -> Path:
             },
             "test_split": "test",
             "fewshot_split": "test",
-        }
+        } | (DIGIT_LABELS if digits else {})
         (root / f"belebele_local_{code}.yaml").write_text(json.dumps(config))  # JSON is YAML
     return root
