@@ -292,7 +292,7 @@ def test_driver_interrupted_then_killed_then_rerun_finishes_every_cell_once(
         experiment = client.get_experiment_by_name("ray-driver-kill")
         return experiment and sum(r.info.status == "FINISHED" for r in cell_runs(client, "ray-driver-kill"))
 
-    # Ctrl-C: running cells end FAILED, queued tasks are cancelled, nothing stays RUNNING.
+    # Ctrl-C: running cells end KILLED, queued tasks are cancelled, nothing stays RUNNING.
     process = driver(cluster, spec_path, mlflow_server.uri, "ray-driver-kill", log)
     wait_for(lambda: (finished_cells() or 0) >= 2, 300, "two finished cells", log)
     process.send_signal(signal.SIGINT)

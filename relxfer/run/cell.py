@@ -13,7 +13,7 @@ What makes a cell run exactly once, whoever runs it:
   fine-tune, resumed from its last checkpoint in the run's artifacts, logging only the steps
   the run does not have yet.
 - A run is marked FINISHED only after its metrics, table and artifacts are written; a cell
-  that raises is marked FAILED, with why in words (the `relxfer.error` tag) and the traceback
+  stopped from outside (Ctrl-C, a cancelled task) is marked KILLED; a cell that raises is marked FAILED, with why in words (the `relxfer.error` tag) and the traceback
   (`error.txt`), and the error is re-raised for the executor (`attempt`) to record.
 """
 
@@ -370,9 +370,11 @@ class CellRunner:
             self.outcomes.append(
                 CellOutcome(cell, run_id, FAILED, where=self.study.where, error=cause, traceback=trace)
             )
+            # Stopped from outside (Ctrl-C, a cancelled Ray task) is not a failure of the cell.
+            ended = "KILLED" if isinstance(e, KeyboardInterrupt) else FAILED
             try:
                 self.tracker.record_failure(run_id, cause, trace)
-                self.tracker.end(run_id, FAILED)
+                self.tracker.end(run_id, ended)
             except TrackingError:
                 pass  # the server is gone; the run stays RUNNING and the re-run marks it KILLED
             raise

@@ -52,11 +52,18 @@ class Ledger:
         """Whether no further cell may start (fail-fast, after a failure)."""
         return self.fail_fast and self.first_failure is not None
 
+    @property
+    def stop_reason(self) -> str | None:
+        """Why no further cell may start, or None while cells may."""
+        if not self.stopped:
+            return None
+        assert self.first_failure is not None
+        return f"the study stopped at the first failure ({self.first_failure.cell.run_name}; --fail-fast)"
+
     def why_not(self, cell: Cell) -> str | None:
         """Why `cell` must not run now, or None when it may."""
         if self.stopped:
-            assert self.first_failure is not None
-            return f"the study stopped at the first failure ({self.first_failure.cell.run_name}; --fail-fast)"
+            return self.stop_reason
         if cell.finetune_key in self.finetune_failed:
             return finetune_failed(self.finetune_failed[cell.finetune_key])
         return None

@@ -17,13 +17,13 @@ from relxfer.run.cell import FAILED, NOT_RUN, SKIPPED, CellOutcome, StudyContext
 from relxfer.run.executors import ray_tasks
 from relxfer.run.executors.ray_claims import ClusterClaims
 from relxfer.run.failures import describe, traceback_text
-from relxfer.run.ledger import Ledger
+from relxfer.run.ledger import Ledger, finetune_failed
 from relxfer.spec.resources import cell_request
 from relxfer.spec.types import ModelSpec
 
 MAX_RETRIES = 3  # retries of a task whose worker or node died (never of an error a cell raised)
 POLL_S = 1.0  # how often the driver looks for finished tasks and for cells another driver freed
-CANCEL_GRACE_S = 20.0  # after Ctrl-C: time for running cells to record FAILED before workers are killed
+CANCEL_GRACE_S = 20.0  # after Ctrl-C: time for running cells to record KILLED before workers are killed
 
 _remote: dict[str, object] = {}
 
@@ -60,7 +60,7 @@ class Schedule:
         try:
             while self.pending or self.inflight:
                 if self.ledger.stopped:  # fail-fast: nothing more starts, what runs is cancelled
-                    self._cancel("the study stopped at its first failure")
+                    self._cancel(self.ledger.stop_reason or "")
                     for cell in self.pending:
                         self._record(CellOutcome(cell, "", NOT_RUN, error=self.ledger.why_not(cell) or ""))
                     self.pending.clear()
@@ -128,18 +128,13 @@ class Schedule:
 
     # --- collecting ------------------------------------------------------------------------------
 
-    def _collect(self, ref) -> None:
+    def _collect(self, ref, cancelled: str = "") -> None:
+        """Record what the task of `ref` returned; `cancelled`: why this driver cancelled it."""
         cells = self.inflight.pop(ref)
         try:
             results = ray.get(ref)
         except ray.exceptions.RayError as e:  # retries used up, cancelled, or a failed dependency
-            cause = getattr(e, "cause", None) or e
-            results = [
-                CellOutcome(c, "", NOT_RUN, error=why)
-                if (why := self.ledger.why_not(c))
-                else CellOutcome(c, "", FAILED, error=describe(cause, c.kind), traceback=traceback_text(cause))
-                for c in cells
-            ]
+            results = [self._raised(c, e, cancelled) for c in cells]
         seen = {o.cell.key for o in results}
         results += [
             CellOutcome(c, "", FAILED, error="the task returned no outcome for it") for c in cells if c.key not in seen
@@ -147,6 +142,16 @@ class Schedule:
         for outcome in results:
             self._record(outcome)
         self.claims.release([c.key for c in cells])
+
+    def _raised(self, cell: Cell, error: Exception, cancelled: str) -> CellOutcome:
+        """What became of `cell` when its task raised `error`: cancelled by this driver, held back
+        by its failed fine-tune (the task's dependency), or failed in its own right."""
+        if isinstance(error, ray.exceptions.TaskCancelledError):
+            return CellOutcome(cell, "", NOT_RUN, error=f"cancelled ({cancelled or 'by the driver'})")
+        if cell.finetune_key in self.ledger.finetune_failed:
+            return CellOutcome(cell, "", NOT_RUN, error=finetune_failed(self.ledger.finetune_failed[cell.finetune_key]))
+        cause = getattr(error, "cause", None) or error
+        return CellOutcome(cell, "", FAILED, error=describe(cause, cell.kind), traceback=traceback_text(cause))
 
     def _record(self, outcome: CellOutcome) -> None:
         cell = outcome.cell
@@ -178,13 +183,13 @@ class Schedule:
         if refs:
             self._write(f"{why}: cancelling {len(refs)} tasks")
         for ref in refs:
-            ray.cancel(ref, recursive=True)  # a running cell gets KeyboardInterrupt and ends FAILED
+            ray.cancel(ref, recursive=True)  # a running cell gets KeyboardInterrupt and ends KILLED
         ready, stuck = ray.wait(refs, num_returns=len(refs), timeout=CANCEL_GRACE_S)
         for ref in stuck:
             ray.cancel(ref, force=True)
         for ref in refs:
             if ref in ready:
-                self._collect(ref)
+                self._collect(ref, cancelled=why)
             else:
                 for cell in self.inflight.pop(ref):
                     self._record(CellOutcome(cell, "", NOT_RUN, error=f"cancelled ({why})"))
