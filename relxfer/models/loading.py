@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from relxfer.errors import ModelError
-from relxfer.models import packaged_gemma, tiny
+from relxfer.models import packaged_gemma, tiny, twins
 from relxfer.models.build_once import quiet_transformers
 from relxfer.spec.checks import is_local_path, local_source_problem
 from relxfer.spec.types import ModelSpec, Quantization
@@ -27,6 +27,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 BUILTIN_MODELS = {
     tiny.BUILTIN_ID: tiny.build_tiny_model,
     packaged_gemma.BUILTIN_ID: packaged_gemma.build_gemma_270m,
+    **{item.builtin_id: twins.builder(item.builtin_id) for item in twins.TWINS},
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -39,6 +40,8 @@ def check_source(model: ModelSpec) -> None:
     if source.startswith("builtin:"):
         if source not in BUILTIN_MODELS:
             raise ModelError(f"unknown built-in model {source!r}; known: {', '.join(sorted(BUILTIN_MODELS))}")
+        if source in twins.BY_ID:
+            twins.check_tokenizer_files(source)
     problem = local_source_problem(source, model.gguf_file)
     if problem:
         raise ModelError(problem)
