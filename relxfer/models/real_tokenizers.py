@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 from relxfer.errors import ModelError
@@ -47,6 +48,7 @@ DEEPSEEK_SPECIALS = (
     "<｜tool▁output▁end｜>",
 )
 DEEPSEEK_TEMPLATE = "chat_template.jinja"
+MODEL_FILES = ("config.json", "generation_config.json")  # the real model's, not the tokenizer's
 DEEPSEEK_MAX_LENGTH = 163840  # DeepSeek-V3.1's max_position_embeddings
 
 
@@ -87,6 +89,14 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def copy_tokenizer_files(name: str, target: Path) -> None:
+    """The family's tokenizer files, byte for byte, into a model directory (not its model
+    config.json and generation_config.json: a twin writes its own)."""
+    for path in sorted(folder(name).iterdir()):
+        if path.is_file() and path.name not in MODEL_FILES:
+            shutil.copyfile(path, Path(target) / path.name)
 
 
 def load_family_tokenizer(name: str):

@@ -269,7 +269,10 @@ def build_twin(cache_dir: Path, builtin_id: str, seed: int = 0) -> Path:
         model = build_model(item, tokenizer, seed)
         with quiet_transformers():
             model.to(STORED_DTYPE).save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            if item.tokenizer == "deepseek-v3.1":
+                tokenizer.save_pretrained(tmp)
+            else:
+                real_tokenizers.copy_tokenizer_files(item.tokenizer, tmp)
         (tmp / "relxfer_builtin.json").write_text(
             json.dumps(
                 {

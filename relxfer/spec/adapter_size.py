@@ -6,9 +6,10 @@ fetched, so its adapter is left out of the floor (None).
 
 LoRA puts two matrices, A (r x in) and B (out x r), beside each targeted linear layer: r * (in +
 out) parameters a layer. `all-linear` targets the attention and MLP projections of every block,
-not the output head (peft leaves it out). The fused 3-D expert weights of MoE models are not
-linear layers, so LoRA does not reach them: counting the dense projections only keeps this a
-floor.
+not the output head (peft leaves it out). The fused 3-D expert weights of transformers 5's MoE
+models are not linear layers; peft 0.22 still puts LoRA on them (and on the router) for Qwen3-MoE
+and DeepSeek-V3, as parameters, but not for gpt-oss (tests/test_twins.py checks both). Counting the
+dense projections only keeps this a floor either way.
 """
 
 from __future__ import annotations
