@@ -152,6 +152,10 @@ TWINS = (
             "moe_intermediate_size": 64,  # 2048
             "routed_scaling_factor": 2.5,
             "norm_topk_prob": True,
+            # Not read by transformers (it always routes this way) but by servers: without them
+            # vLLM routes by softmax without the score-correction bias.
+            "topk_method": "noaux_tc",
+            "scoring_func": "sigmoid",
             "num_nextn_predict_layers": 0,  # no multi-token-prediction weights
             "max_position_embeddings": 163840,
             "rope_parameters": {
