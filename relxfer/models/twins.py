@@ -139,10 +139,12 @@ TWINS = (
             "intermediate_size": 128,  # the dense first layer
             "num_key_value_heads": 4,
             "q_lora_rank": 64,  # 1536
-            "kv_lora_rank": 32,  # 512
-            "qk_nope_head_dim": 32,  # 128
-            "qk_rope_head_dim": 32,  # 64
-            "v_head_dim": 32,  # 128
+            # The real latent attention sizes: vLLM's CPU kernel only runs a latent cache of
+            # kv_lora_rank + qk_rope_head_dim = 576.
+            "kv_lora_rank": 512,
+            "qk_nope_head_dim": 128,
+            "qk_rope_head_dim": 64,
+            "v_head_dim": 128,
             "first_k_dense_replace": 1,  # 3: the first layers are dense
             "n_routed_experts": 8,  # 256
             "n_shared_experts": 1,
