@@ -92,7 +92,7 @@ def test_twin_fine_tunes_with_qlora_and_evaluates_real_belebele(builtin_id, bele
     examples = [builder.training_example(x, chat=lambda text: render_chat(tokenizer, text, True)) for x in english]
     assert examples[0][0].endswith(prompt_end)
     # The labels are single digits after the template's ending, as in the real tokenizers.
-    assert tokenizer.encode("1", add_special_tokens=False) == [16] or item.tokenizer == "gpt-oss"
+    assert tokenizer.encode("1", add_special_tokens=False) == [16]
     assert tokenizer.encode(" 1", add_special_tokens=False) == [220, 16]
 
     result = train_lora(
@@ -105,7 +105,7 @@ def test_twin_fine_tunes_with_qlora_and_evaluates_real_belebele(builtin_id, bele
     fused = [p for n, p in trained.named_parameters() if ".experts." in n and p.dim() == 3]
     assert bool(fused) == (item.architecture == "moe")  # fused experts stay in the compute dtype
     lora = result.model.peft_config["default"]
-    assert set(lora.target_modules) == lora_modules
+    assert {name.rsplit(".", 1)[-1] for name in lora.target_modules} == lora_modules
     assert set(lora.target_parameters or ()) == lora_parameters
     assert any(".experts." in n and "lora_A" in n for n, _ in result.model.named_parameters()) == bool(lora_parameters)
 
