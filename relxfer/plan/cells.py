@@ -19,7 +19,7 @@ from relxfer.spec.engines import (
     evaluation_quantization,
     finetune_identity,
 )
-from relxfer.spec.types import Condition, EvalGroup, GroupRole, ModelSpec, Spec
+from relxfer.spec.types import Condition, EvalGroup, GroupRole, ModelSpec, Spec, chat_settings
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,15 @@ def _data_identity(spec: Spec) -> dict[str, Any]:
     return {"source": source, "split": spec.data.split.to_dict()}
 
 
+def _prompt_identity(spec: Spec, model: ModelSpec) -> dict[str, Any]:
+    # The model's own prompt format, resolved: `true` and the settings it stands for give one
+    # key, and a raw completion prompt (false) keeps the form it always had.
+    prompt = dict(spec.prompt.to_dict())
+    settings = chat_settings(spec.chat_template(model))
+    prompt["chat_template"] = False if settings is None else settings.to_dict()
+    return prompt
+
+
 def _dict_or_none(part: Any) -> dict[str, Any] | None:
     return None if part is None else dict(part.to_dict())
 
@@ -88,7 +97,7 @@ def finetune_cell(spec: Spec, model: ModelSpec, seed: int) -> Cell:
             "data": _data_identity(spec),
             "train": spec.train.to_dict(),
             "finetune": _dict_or_none(spec.finetune),
-            "prompt": spec.prompt.to_dict(),
+            "prompt": _prompt_identity(spec, model),
             "seed": seed,
         }
     )
@@ -105,7 +114,7 @@ def evaluation_cell(
         "data": _data_identity(spec),
         "condition": condition.value,
         "language": language,
-        "prompt": spec.prompt.to_dict(),
+        "prompt": _prompt_identity(spec, model),
         "max_items": spec.evaluation.max_items,
         "quantization": _dict_or_none(evaluation_quantization(spec, model)),
         "cot": spec.cot.to_dict() if condition.uses_cot else None,
