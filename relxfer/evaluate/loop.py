@@ -74,6 +74,19 @@ def reasoning_budget(builder: PromptBuilder, cot: CotSpec) -> int:
     return cot.max_new_tokens
 
 
+def without_moved_whitespace(tail: list[int], label_ids: list[list[int]]) -> list[int]:
+    """`tail` without the ids the labels' continuations start with: lm-eval's split moves a
+    header's trailing whitespace (Qwen3's "\n\n" after `</think>`) onto every label, so the
+    context after reasoning ends where the direct prompt's context ends."""
+    shared = 0
+    while all(len(ids) > shared + 1 and ids[shared] == label_ids[0][shared] for ids in label_ids):
+        shared += 1
+    for n in range(shared, 0, -1):
+        if tail[-n:] == label_ids[0][:n]:
+            return tail[:-n]
+    return tail
+
+
 def marked_cot(
     backend: Backend, builder: PromptBuilder, items: list[MCItem], cot: CotSpec, batch_size, progress
 ) -> tuple[np.ndarray, Reasoning]:
@@ -99,7 +112,7 @@ def marked_cot(
         for i in marked:
             split = splits[i]
             assert split is not None
-            contexts.append(list(prompt_ids[i]) + list(split.context_tail))
+            contexts.append(list(prompt_ids[i]) + without_moved_whitespace(list(split.context_tail), label_ids))
             texts[i] = backend.decode(split.reasoning_ids)
             answers[i] = cut_at_stop(backend.decode(split.answer_ids), cot.stop)
             truncated[i] = split.truncated

@@ -103,7 +103,10 @@ def split_generation(
         at = _find(ids, markers.close_ids)
         if at >= 0:
             reasoning = _strip_open(markers, ids[:at])
-            answer = _cut_at(ids[at + len(markers.close_ids) :], end_ids)
+            after = ids[at + len(markers.close_ids) :]
+            if markers.answer_ids and after[: len(markers.answer_ids)] == markers.answer_ids:
+                after = after[len(markers.answer_ids) :]  # the header the model wrote itself
+            answer = _cut_at(after, end_ids)
             return SplitGeneration(
                 reasoning, answer, ids[: at + len(markers.close_ids)] + markers.answer_ids, truncated=False
             )
