@@ -325,3 +325,63 @@ def test_settings_are_json_and_resolve_from_true():
         "date": "2025-01-01",
         "reasoning_budget": None,
     }
+
+
+# --- chain of thought end to end on the local engine -------------------------------------------
+
+
+def random_lm(tok):
+    """A one-layer random-weight Qwen3 over `tok`'s whole vocabulary: greedy generation is
+    deterministic and never closes the reasoning in a few tokens, so the budget cuts it."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        max_position_embeddings=2048,
+    )
+    return Qwen3ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize(
+    "family, closing",
+    [("deepseek", "\n</think>"), ("gpt-oss", "<|end|><|start|>assistant<|channel|>final<|message|>")],
+)
+def test_cut_reasoning_is_closed_and_the_labels_scored_after_it_on_the_local_engine(
+    family, closing, request, deepseek
+):
+    from relxfer.evaluate.local_backend import LocalBackend
+    from relxfer.evaluate.loop import evaluate_items
+
+    tok = deepseek if family == "deepseek" else request.getfixturevalue("gpt_oss")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    settings = DEFAULTS | {"reasoning_budget": 5}
+    if family == "deepseek":
+        settings |= {"template_args": {"thinking": True}}
+    backend = LocalBackend(random_lm(tok), tok, add_bos_token=True)
+    builder = PromptBuilder.from_spec(V1, settings)
+    cot = CotSpec(max_new_tokens=256, stop=("\n\n",))
+    result = evaluate_items(backend, [ITEM], builder, cot=cot, batch_size=1, progress=False)
+    record = result.records[0]
+    assert record["cot_truncated"] == 1 and result.metrics["truncated_rate"] == 1.0
+    assert "parse_failure_rate" in result.metrics
+
+    # The same scores from the context built by hand: prompt, the 5 generated ids, the closing.
+    bound = builder.bind(backend.chat_format(settings))
+    prompt = backend.encode(bound.cot(ITEM))
+    [(generated, ended)] = backend.generate_ids([prompt], 5)
+    assert len(generated) == 5 and not ended
+    assert record["cot_text"] == backend.decode(generated)
+    labels = [backend.split_continuation(bound.direct(ITEM), c)[1] for c in bound.continuations()]
+    assert labels == [[16], [17], [18], [19]]
+    context = prompt + generated + ids(tok, closing)
+    expected = backend.label_logprobs_bruteforce([context], [labels])[0]
+    assert [record[f"logprob_{label}"] for label in bound.labels] == pytest.approx(expected, abs=1e-5)
