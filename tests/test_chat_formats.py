@@ -178,12 +178,12 @@ def test_template_variables_come_from_the_template_source(qwen3, gpt_oss, deepse
 
 
 def test_an_argument_the_template_does_not_read_is_refused(qwen3, qwen3_2507):
-    with pytest.raises(SpecError, match=r"^prompt.chat_template.template_args: 'thinking' is not an argument"):
-        ChatFormat(qwen3, DEFAULTS | {"template_args": {"thinking": False}}, name="qwen3").check("prompt.chat_template")
+    with pytest.raises(SpecError, match=r"^/prompt/chat_template/template_args: 'thinking' is not an argument"):
+        ChatFormat(qwen3, DEFAULTS | {"template_args": {"thinking": False}}, name="qwen3").check("/prompt/chat_template")
     # Qwen3-2507's template has no thinking switch at all.
     with pytest.raises(SpecError, match=r"'enable_thinking' is not an argument of model 'q'"):
-        ChatFormat(qwen3_2507, THINKING_OFF, name="q").check("models[1].chat_template")
-    ChatFormat(qwen3, THINKING_OFF).check("prompt.chat_template")  # a real argument passes
+        ChatFormat(qwen3_2507, THINKING_OFF, name="q").check("/models/1/chat_template")
+    ChatFormat(qwen3, THINKING_OFF).check("/prompt/chat_template")  # a real argument passes
 
 
 def test_a_prefix_the_tokenizer_cannot_encode_is_refused():
@@ -197,9 +197,9 @@ def test_a_prefix_the_tokenizer_cannot_encode_is_refused():
     core.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
     tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
-    ChatFormat(tok, DEFAULTS | {"answer_prefix": "Answer:"}).check("prompt.chat_template")
+    ChatFormat(tok, DEFAULTS | {"answer_prefix": "Answer:"}).check("/prompt/chat_template")
     with pytest.raises(SpecError, match=r"answer_prefix: model 'model'.s tokenizer cannot encode 'Réponse:'"):
-        ChatFormat(tok, DEFAULTS | {"answer_prefix": "Réponse:"}).check("prompt.chat_template")
+        ChatFormat(tok, DEFAULTS | {"answer_prefix": "Réponse:"}).check("/prompt/chat_template")
 
 
 def test_a_template_that_cannot_continue_a_final_assistant_message_is_refused(qwen3):
@@ -212,7 +212,7 @@ def test_a_template_that_cannot_continue_a_final_assistant_message_is_refused(qw
         "{% if add_generation_prompt %}<reply>{% endif %}"
     )
     with pytest.raises(SpecError, match=r"cannot continue a final assistant message"):
-        ChatFormat(tok, DEFAULTS, name="odd").check("models[0].chat_template")
+        ChatFormat(tok, DEFAULTS, name="odd").check("/models/0/chat_template")
 
 
 # --- chain of thought on token ids -------------------------------------------------------------

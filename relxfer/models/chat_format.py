@@ -199,13 +199,13 @@ class ChatFormat:
     def check(self, where: str) -> None:
         """Refuse, before anything runs, a format this model cannot render: a template argument
         its template does not read, an answer prefix its tokenizer cannot encode, a template
-        that cannot continue a final assistant message. `where`: the setting's JSON path."""
+        that cannot continue a final assistant message. `where`: the setting's JSON pointer."""
         variables = template_variables(template_source(self.tokenizer, self.name))
         for arg in self.settings.get("template_args") or {}:
             if arg in RESERVED_VARIABLES or arg not in variables:
                 known = sorted(v for v in variables - RESERVED_VARIABLES if not v.startswith("_"))
                 raise SpecError(
-                    f"{where}.template_args: {arg!r} is not an argument of model {self.name!r}'s chat template "
+                    f"{where}/template_args: {arg!r} is not an argument of model {self.name!r}'s chat template "
                     f"(it reads: {', '.join(known) or 'none'})"
                 )
         prefix = self.settings.get("answer_prefix", "")
@@ -214,7 +214,7 @@ class ChatFormat:
             unk = self.tokenizer.unk_token_id
             if (unk is not None and unk in ids) or self.tokenizer.decode(ids) != prefix:
                 raise SpecError(
-                    f"{where}.answer_prefix: model {self.name!r}'s tokenizer cannot encode {prefix!r} "
+                    f"{where}/answer_prefix: model {self.name!r}'s tokenizer cannot encode {prefix!r} "
                     f"(it decodes back as {self.tokenizer.decode(ids)!r})"
                 )
         try:

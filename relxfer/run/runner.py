@@ -64,7 +64,7 @@ def check_prompt_format(spec: Spec, index: int, cache_dir: Path) -> None:
     from relxfer.models.chat_format import ChatFormat
     from relxfer.models.loading import load_tokenizer
 
-    where = f"models[{index}].chat_template" if model.chat_template is not None else "prompt.chat_template"
+    where = f"/models/{index}/chat_template" if model.chat_template is not None else "/prompt/chat_template"
     tokenizer = load_tokenizer(model, cache_dir)
     try:
         ChatFormat(tokenizer, settings.to_dict(), name=model.name).check(where)
