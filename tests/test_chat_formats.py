@@ -179,7 +179,9 @@ def test_template_variables_come_from_the_template_source(qwen3, gpt_oss, deepse
 
 def test_an_argument_the_template_does_not_read_is_refused(qwen3, qwen3_2507):
     with pytest.raises(SpecError, match=r"^/prompt/chat_template/template_args: 'thinking' is not an argument"):
-        ChatFormat(qwen3, DEFAULTS | {"template_args": {"thinking": False}}, name="qwen3").check("/prompt/chat_template")
+        ChatFormat(qwen3, DEFAULTS | {"template_args": {"thinking": False}}, name="qwen3").check(
+            "/prompt/chat_template"
+        )
     # Qwen3-2507's template has no thinking switch at all.
     with pytest.raises(SpecError, match=r"'enable_thinking' is not an argument of model 'q'"):
         ChatFormat(qwen3_2507, THINKING_OFF, name="q").check("/models/1/chat_template")
@@ -354,9 +356,7 @@ def random_lm(tok):
     "family, closing",
     [("deepseek", "\n</think>"), ("gpt-oss", "<|end|><|start|>assistant<|channel|>final<|message|>")],
 )
-def test_cut_reasoning_is_closed_and_the_labels_scored_after_it_on_the_local_engine(
-    family, closing, request, deepseek
-):
+def test_cut_reasoning_is_closed_and_the_labels_scored_after_it_on_the_local_engine(family, closing, request, deepseek):
     from relxfer.evaluate.local_backend import LocalBackend
     from relxfer.evaluate.loop import evaluate_items
 

@@ -123,7 +123,10 @@ def test_chat_keeps_exactly_one_bos(backend):
     bos = tokenizer.bos_token_id
     for add_bos in (True, False):
         other = LocalBackend(backend.model, tokenizer, add_bos_token=add_bos)
-        for rendered in (other.chat_format(CHAT).answer_prompt("hello"), other.chat_format(CHAT).generation_prompt("hi")):
+        for rendered in (
+            other.chat_format(CHAT).answer_prompt("hello"),
+            other.chat_format(CHAT).generation_prompt("hi"),
+        ):
             ids = other.encode(rendered)
             assert ids[0] == bos and ids.count(bos) == 1
 

@@ -25,6 +25,9 @@ class Backend(Protocol):
         """(context_ids, continuation_ids) the lm-evaluation-harness way: encode the whole
         string, then cut it at the length of the encoded context."""
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`, special tokens left out."""
+
     def chat_format(self, settings: ChatSettings) -> ChatFormat:
         """The model's chat template with `settings`: renders the prompts, the end of an answer
         and the family's reasoning markers (for a model whose prompt format is a chat template)."""

@@ -186,13 +186,15 @@ def evaluate_items(
 
 
 def make_records(
-    items: list[MCItem], builder: PromptBuilder, logprobs: np.ndarray, reasoning: Reasoning | None
+    items: list[MCItem], builder: PromptBuilder, logprobs: np.ndarray, reasoning: Reasoning | list[str] | None
 ) -> list[dict]:
     """One record per item: ids, gold, the scored prediction (argmax of the label log-probs; the
     first label on an exact tie, as lm-eval), each label's log-prob, and for CoT the reasoning,
     the extracted answer (-1 on a parse failure: read from the answer written after marked
     reasoning, else from the reasoning) and, where known, the answer text and whether the
-    reasoning was cut short."""
+    reasoning was cut short. `reasoning` may be the reasoning texts alone."""
+    if isinstance(reasoning, list):  # reasoning texts alone
+        reasoning = Reasoning(reasoning, [None] * len(reasoning), [None] * len(reasoning))
     records = []
     for i, item in enumerate(items):
         predicted = int(np.argmax(logprobs[i]))

@@ -233,7 +233,7 @@ class ServerBackend(TokenizerMethods):
             for p in prompts
         ]
         out = []
-        eos = self.tokenizer.eos_token_id
+        eos = getattr(self.tokenizer, "eos_token_id", None)
         for answer in self._map(bodies, progress=progress, desc="generating"):
             choice = (answer.get("choices") or [{}])[0]
             ids = choice.get("token_ids")
