@@ -159,7 +159,10 @@ def test_chat_template_prompts_and_cot_ids_equal_local(engine, local, belebele):
     chat = PromptBuilder.from_spec({"preset": "relxfer-v1"}, settings)
     items = belebele["eng_Latn"][:20]
     server = engine.backend(None)
-    ours, theirs = evaluate_items(local, items, chat, progress=False), evaluate_items(server, items, chat, progress=False)
+    ours, theirs = (
+        evaluate_items(local, items, chat, progress=False),
+        evaluate_items(server, items, chat, progress=False),
+    )
     assert ours.records[0]["prompt_template"] == theirs.records[0]["prompt_template"]
     assert np.abs(logprobs(ours.records) - logprobs(theirs.records)).max() < TOL
     assert [r["predicted"] for r in ours.records] == [r["predicted"] for r in theirs.records]

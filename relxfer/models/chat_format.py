@@ -22,9 +22,10 @@ from typing import Any
 
 from jinja2 import TemplateError
 
-from relxfer.data.prompts import ChatSettings
+from relxfer.data.prompts import ChatSettings, PromptBuilder
 from relxfer.errors import ModelError, SpecError
 from relxfer.models.reasoning import ReasoningMarkers
+from relxfer.spec.types import ModelSpec, Spec, chat_settings
 
 # Variables transformers itself passes to every template: not template arguments.
 RESERVED_VARIABLES = frozenset(
@@ -224,3 +225,15 @@ class ChatFormat:
                 f"{where}: model {self.name!r}'s chat template cannot continue a final assistant message, "
                 f"so there is no place to score the label ({exc})"
             ) from None
+
+
+def prompt_builder(spec: Spec, model: ModelSpec, tokenizer: Any = None, add_bos_token: bool = True) -> PromptBuilder:
+    """The prompt builder of `model` in `spec`: its own prompt format, bound to `tokenizer`'s
+    chat template when the format is one and a tokenizer is given (evaluation binds the
+    backend's own when it is not)."""
+    settings = chat_settings(spec.chat_template(model))
+    chat = None if settings is None else settings.to_dict()
+    builder = PromptBuilder.from_spec(spec.prompt.to_dict(), chat)
+    if chat is not None and tokenizer is not None:
+        builder = builder.bind(ChatFormat(tokenizer, chat, add_bos_token, model.name))
+    return builder

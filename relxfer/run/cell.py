@@ -387,18 +387,14 @@ class CellRunner:
         (rendered from its tokenizer alone) when the format is one, so that training examples,
         tags and evaluation records carry the same template id."""
         if model_name not in self._builders:
-            model = self.spec.model(model_name)
-            settings = chat_settings(self.spec.chat_template(model))
-            chat = None if settings is None else settings.to_dict()
-            builder = PromptBuilder.from_spec(self.spec.prompt.to_dict(), chat)
-            if chat is not None:
-                from relxfer.models.chat_format import ChatFormat
-                from relxfer.models.loading import load_tokenizer
-                from relxfer.models.tokenization import default_add_bos_token
+            from relxfer.models.chat_format import prompt_builder
+            from relxfer.models.loading import load_tokenizer
+            from relxfer.models.tokenization import default_add_bos_token
 
-                tokenizer = load_tokenizer(model, self.study.cache_dir)
-                builder = builder.bind(ChatFormat(tokenizer, chat, default_add_bos_token(), model.name))
-            self._builders[model_name] = builder
+            model = self.spec.model(model_name)
+            needs_tokenizer = chat_settings(self.spec.chat_template(model)) is not None
+            tokenizer = load_tokenizer(model, self.study.cache_dir) if needs_tokenizer else None
+            self._builders[model_name] = prompt_builder(self.spec, model, tokenizer, default_add_bos_token())
         return self._builders[model_name]
 
     def _fetch_adapter(self, finetune_run_id: str, finetune_key: str) -> Path:
