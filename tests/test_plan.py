@@ -159,3 +159,23 @@ def test_a_bad_prompt_format_is_a_schema_problem(tmp_path):
         load_variant(tmp_path, "a", lambda r: r["prompt"].update(chat_template={"date": "today"}))
     with pytest.raises(SpecError, match=r"unknown key 'enable_thinking'"):
         load_variant(tmp_path, "b", lambda r: r["prompt"].update(chat_template={"enable_thinking": False}))
+
+
+def test_a_local_models_chat_template_enters_its_keys(tmp_path):
+    """A local model directory's template text is in the keys of its chat-template cells (as a
+    hub model's revision is): an edited template re-runs them; raw-completion cells keep theirs."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+
+    def variant(name: str, chat) -> dict[str, str]:
+        return keys(
+            load_variant(tmp_path, name, lambda r: r["models"][0].update(source=str(model), chat_template=chat))
+        )
+
+    raw_before, chat_before = variant("a", False), variant("b", True)
+    (model / "chat_template.jinja").write_text("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}")
+    assert variant("c", False) == raw_before
+    after = variant("d", True)
+    assert all(after[name] != chat_before[name] for name in after)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from relxfer import FINETUNE_VERSION, RESULT_VERSION
 from relxfer.plan.study_data import local_data_digest
+from relxfer.spec.checks import is_local_path
 from relxfer.spec.engines import (
     evaluation_identity,
     evaluation_quantization,
@@ -80,7 +82,28 @@ def _prompt_identity(spec: Spec, model: ModelSpec) -> dict[str, Any]:
     prompt = dict(spec.prompt.to_dict())
     settings = chat_settings(spec.chat_template(model))
     prompt["chat_template"] = False if settings is None else settings.to_dict()
+    template = None if settings is None else local_chat_template(model.source)
+    if template is not None:
+        # A local model directory is named by its template's text, as a hub model is by its
+        # revision: an edited template re-runs the cells it renders.
+        prompt["chat_template_source"] = hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
     return prompt
+
+
+def local_chat_template(source: str) -> str | None:
+    """The chat template a local model directory holds (chat_template.jinja, else the
+    tokenizer_config.json entry), or None (a hub id, a built-in, a directory without one)."""
+    if source.startswith("builtin:") or not is_local_path(source):
+        return None
+    directory = Path(source).expanduser()
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
 
 
 def _dict_or_none(part: Any) -> dict[str, Any] | None:
