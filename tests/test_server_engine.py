@@ -149,7 +149,9 @@ def test_cot_text_equals_local_greedy_generation(engine, local, belebele):
     assert np.abs(logprobs(ours)[same_text] - logprobs(theirs)[same_text]).max() < TOL
 
 
-def test_chat_template_prompts_and_cot_ids_equal_local(engine, local, belebele):
+def test_chat_template_prompts_and_cot_ids_equal_local(
+    vllm_server, server_url, local, belebele, relxfer_cache, tmp_path
+):
     """Under a chat template the server backend renders the same prompts as the local one (one
     tokenization class), scores the labels where the template opens the answer, and keeps the
     generated ids of a chain of thought: the same ids, log-probs and predictions as local."""
@@ -158,6 +160,11 @@ def test_chat_template_prompts_and_cot_ids_equal_local(engine, local, belebele):
     settings = ChatTemplateSettings.from_partial({"reasoning_budget": 16}).to_dict()
     chat = PromptBuilder.from_spec({"preset": "relxfer-v1"}, settings)
     items = belebele["eng_Latn"][:20]
+    # The tiny template's header ends in "\n", which moves onto the labels: multi-token labels,
+    # read from prompt log-probs, one request at a time on this CPU server with LoRA.
+    engine = make_engine(
+        tmp_path, relxfer_cache, {"kind": "vllm", "base_url": server_url, "dtype": "float32", **SERIAL}
+    )
     server = engine.backend(None)
     ours, theirs = (
         evaluate_items(local, items, chat, progress=False),
@@ -173,6 +180,7 @@ def test_chat_template_prompts_and_cot_ids_equal_local(engine, local, belebele):
     theirs_cot = evaluate_items(server, items[:8], chat, cot=cot, progress=False)
     assert [r["cot_truncated"] for r in ours_cot.records] == [r["cot_truncated"] for r in theirs_cot.records]
     assert ours_cot.metrics["truncated_rate"] == theirs_cot.metrics["truncated_rate"]
+    engine.close()
 
 
 @pytest.fixture(scope="module")
