@@ -385,3 +385,20 @@ def test_cut_reasoning_is_closed_and_the_labels_scored_after_it_on_the_local_eng
     context = prompt + generated + ids(tok, closing)
     expected = backend.label_logprobs_bruteforce([context], [labels])[0]
     assert [record[f"logprob_{label}"] for label in bound.labels] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "family, completion_ids",
+    [("qwen3", [271, 17, 151645]), ("gpt-oss", [17, 200002])],  # "\n\n" "2" <|im_end|>; "2" <|return|>
+)
+def test_training_rows_learn_the_label_and_the_end_token(family, completion_ids, request):
+    """Fine-tuning tokenizes an example as scoring does: the loss covers the label and the
+    family's end token (one special id), never the prompt."""
+    from relxfer.train.data import tokenize_examples
+
+    tok = request.getfixturevalue("qwen3" if family == "qwen3" else "gpt_oss")
+    builder, methods = bound(tok, THINKING_OFF if family == "qwen3" else DEFAULTS)
+    [(ids, n_completion)] = tokenize_examples(tok, [builder.training_example(ITEM)], True, 4096)
+    assert ids[-n_completion:] == completion_ids
+    contexts, _ = encode_requests(methods, [builder.direct(ITEM)], builder.continuations())
+    assert ids[:-n_completion] == contexts[0]  # the prompt exactly as evaluation encodes it
