@@ -69,7 +69,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get
 
 from relxfer.data.belebele import load_belebele  # noqa: E402
 from relxfer.evaluate.local_backend import LocalBackend  # noqa: E402
-from relxfer.evaluate.loop import evaluate_items  # noqa: E402
+from relxfer.evaluate.loop import bind_backend, evaluate_items  # noqa: E402
 from relxfer.models.chat_format import prompt_builder  # noqa: E402
 from relxfer.spec.load import Spec, load_spec  # noqa: E402
 from relxfer.spec.memory import estimate  # noqa: E402
@@ -295,11 +295,12 @@ class Bench:
 
     def evaluate(self, name: str, adapter: Path) -> dict:
         spec, args = self.spec, self.args
-        builder = prompt_builder(spec, self.model_entry(name))  # bound to the backend's template below
         items = load_belebele(["fra_Latn"], path=self.belebele).items_by_language["fra_Latn"][: args.eval_items]
         started = time.perf_counter()
         backend = LocalBackend.load(self.model_entry(name), spec.eval_quantization, self.cache, adapter_dir=adapter)
         load_s = time.perf_counter() - started
+        # The model's prompt format, on the backend's own chat template.
+        builder = bind_backend(prompt_builder(spec, self.model_entry(name)), backend)
         evaluate_items(backend, items[:8], builder, progress=False)  # kernels warm up
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
