@@ -68,9 +68,9 @@ if "--tiny" in sys.argv[1:]:
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 from relxfer.data.belebele import load_belebele  # noqa: E402
-from relxfer.data.prompts import PromptBuilder  # noqa: E402
 from relxfer.evaluate.local_backend import LocalBackend  # noqa: E402
-from relxfer.evaluate.loop import evaluate_items  # noqa: E402
+from relxfer.evaluate.loop import bind_backend, evaluate_items  # noqa: E402
+from relxfer.models.chat_format import prompt_builder  # noqa: E402
 from relxfer.spec.load import Spec, load_spec  # noqa: E402
 from relxfer.spec.memory import estimate  # noqa: E402
 from relxfer.spec.types import FinetuneSpec, ModelSpec  # noqa: E402
@@ -113,10 +113,13 @@ def bench_finetune(spec: Spec, steps: int, max_seq_len: int | None = None) -> Fi
     return replace(spec.finetune, training=training)
 
 
-def training_examples(spec: Spec, belebele_dir: Path, n: int) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs of the first `n` Arabic Belebele items, as the runner builds them."""
+def training_examples(spec: Spec, model: ModelSpec, belebele_dir: Path, n: int) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs of the first `n` Arabic Belebele items, as the runner builds
+    them for `model` (its prompt format, on its checkpoint's tokenizer)."""
+    from transformers import AutoTokenizer
+
     items = load_belebele(["arb_Arab"], path=belebele_dir).items_by_language["arb_Arab"]
-    builder = PromptBuilder.from_spec(spec.prompt.to_dict())
+    builder = prompt_builder(spec, model, AutoTokenizer.from_pretrained(model.source))
     return [builder.training_example(item) for item in (items * (1 + n // len(items)))[:n]]
 
 
@@ -265,7 +268,9 @@ class Bench:
     def finetune(self, name: str, steps: int, engine, label: str) -> dict:
         finetune = bench_finetune(self.spec, steps, self.args.max_seq_len)
         training = finetune.training
-        examples = training_examples(self.spec, self.belebele, steps * training.batch_size * training.grad_accum_steps)
+        examples = training_examples(
+            self.spec, self.model_entry(name), self.belebele, steps * training.batch_size * training.grad_accum_steps
+        )
         model = self.model_entry(name)
         clock = StepClock()
         free_memory()
@@ -290,11 +295,12 @@ class Bench:
 
     def evaluate(self, name: str, adapter: Path) -> dict:
         spec, args = self.spec, self.args
-        builder = PromptBuilder.from_spec(spec.prompt.to_dict())
         items = load_belebele(["fra_Latn"], path=self.belebele).items_by_language["fra_Latn"][: args.eval_items]
         started = time.perf_counter()
         backend = LocalBackend.load(self.model_entry(name), spec.eval_quantization, self.cache, adapter_dir=adapter)
         load_s = time.perf_counter() - started
+        # The model's prompt format, on the backend's own chat template.
+        builder = bind_backend(prompt_builder(spec, self.model_entry(name)), backend)
         evaluate_items(backend, items[:8], builder, progress=False)  # kernels warm up
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()

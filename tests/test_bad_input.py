@@ -201,3 +201,64 @@ def test_malformed_json_in_every_command(tmp_path, command):
     spec = tmp_path / "broken.json"
     spec.write_text('{\n  "name": "x",\n  "models": [}\n')
     assert run_cli(tmp_path, [command, str(spec)]) == f"{spec}:3:14: invalid JSON: Expecting value"
+
+
+def tokenizer_model(tmp_path: Path, folder: str) -> Path:
+    """A model directory holding one of the real tokenizers (no weights: refused before loading)."""
+    from tests.support import shared_data
+
+    source = shared_data.need(shared_data.TOKENIZERS / folder, f"the {folder} tokenizer")
+    target = tmp_path / folder
+    shutil.copytree(source, target)
+    return target
+
+
+def test_a_template_argument_the_models_template_does_not_read(tmp_path):
+    raw = load("smoke.json")
+    raw["models"][0]["source"] = str(tokenizer_model(tmp_path, "qwen3-instruct-2507"))
+    raw["models"][0]["chat_template"] = {"template_args": {"enable_thinking": False}}
+    spec = write(tmp_path, raw)
+    assert run_cli(tmp_path, ["run", str(spec)]) == (
+        f"{spec}: /models/0/chat_template/template_args: 'enable_thinking' is not an argument of model 'tiny''s "
+        "chat template (it reads: content, reasoning_content)"
+    )
+
+
+def test_an_answer_prefix_the_tokenizer_cannot_encode(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel({"[UNK]": 0, "Answer": 1, ":": 2}, unk_token="[UNK]"))
+    core.pre_tokenizer, core.decoder = pre_tokenizers.Whitespace(), decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", eos_token="[UNK]")
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    model = tmp_path / "word-level"
+    tokenizer.save_pretrained(model)
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    raw = load("smoke.json")
+    raw["models"][0]["source"] = str(model)
+    raw["prompt"]["chat_template"] = {"answer_prefix": "Réponse:"}
+    spec = write(tmp_path, raw)
+    assert run_cli(tmp_path, ["run", str(spec)]) == (
+        f"{spec}: /prompt/chat_template/answer_prefix: model 'tiny''s tokenizer cannot encode 'Réponse:' "
+        "(it decodes back as '[UNK]:')"
+    )
+
+
+def test_a_template_that_cannot_continue_a_final_assistant_message(tmp_path):
+    model = tokenizer_model(tmp_path, "qwen3")
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    # Every assistant message becomes a fixed text: there is no place to score the label.
+    config["chat_template"] = (
+        "{% for m in messages %}{% if m.role == 'assistant' %}<reply>{% else %}{{ m.content }}{% endif %}"
+        "{% endfor %}{% if add_generation_prompt %}<reply>{% endif %}"
+    )
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    raw = load("smoke.json")
+    raw["models"][0]["source"] = str(model)
+    raw["prompt"]["chat_template"] = True
+    spec = write(tmp_path, raw)
+    message = run_cli(tmp_path, ["run", str(spec)])
+    assert message.startswith(
+        f"{spec}: /prompt/chat_template: model 'tiny''s chat template cannot continue a final assistant message"
+    )

@@ -15,13 +15,14 @@ from relxfer.data.prompts import EXTRACTOR_VERSION, PromptBuilder
 from relxfer.data.synthetic import SyntheticLanguage, generate
 from relxfer.evaluate.local_backend import LocalBackend
 from relxfer.evaluate.loop import (
+    bind_backend,
     encode_requests,
     evaluate_items,
     make_records,
     run_metrics,
 )
 from relxfer.models.tiny import BUILTIN_ID
-from relxfer.spec.types import CotSpec, ModelSpec
+from relxfer.spec.types import ChatTemplateSettings, CotSpec, ModelSpec
 from tests.support.lm_eval_tasks import write_belebele_tasks
 from tests.test_prompts import BELEBELE, lm_eval_requests
 
@@ -33,6 +34,7 @@ torch.set_num_threads(1)
 TINY = ModelSpec.from_partial({"name": "tiny", "source": BUILTIN_ID, "dtype": "float32"})
 V1 = {"preset": "relxfer-v1", "labels": ["1", "2", "3", "4"]}
 LM_EVAL = {"preset": "lm-eval-belebele"}
+CHAT = ChatTemplateSettings.from_partial({}).to_dict()  # `chat_template: true`, resolved
 TOL = 1e-4
 
 
@@ -101,10 +103,10 @@ def test_scores_are_brute_force_log_probs_and_batch_size_free(backend, items):
 
 
 def test_chat_template_prompts_go_through_the_backend(backend, items):
-    builder = PromptBuilder.from_spec(V1 | {"chat_template": True})
+    builder = PromptBuilder.from_spec(V1, CHAT)
     result = evaluate_items(backend, items[:4], builder, batch_size=2, progress=False)
-    assert result.records[0]["prompt_template"] == builder.template_id != PromptBuilder.from_spec(V1).template_id
-    bound = builder.bind(backend.chat)
+    bound = bind_backend(builder, backend)
+    assert result.records[0]["prompt_template"] == bound.template_id != PromptBuilder.from_spec(V1).template_id
     prompt = bound.direct(items[0])
     assert prompt == f"<|user|>\n{PromptBuilder.from_spec(V1).direct(items[0])}<|eos|>\n<|assistant|>\n"
     # The trailing newline moves onto the continuation (lm-eval's rule): "\n1" is scored.
@@ -115,14 +117,18 @@ def test_chat_template_prompts_go_through_the_backend(backend, items):
 
 
 def test_chat_keeps_exactly_one_bos(backend):
-    """A template that writes the BOS itself: `chat` drops it when `encode` adds one."""
+    """A template that writes the BOS itself: the chat format drops it when `encode` adds one."""
     tokenizer = copy.deepcopy(backend.tokenizer)
     tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
     bos = tokenizer.bos_token_id
     for add_bos in (True, False):
         other = LocalBackend(backend.model, tokenizer, add_bos_token=add_bos)
-        ids = other.encode(other.chat("hello"))
-        assert ids[0] == bos and ids.count(bos) == 1
+        for rendered in (
+            other.chat_format(CHAT).answer_prompt("hello"),
+            other.chat_format(CHAT).generation_prompt("hi"),
+        ):
+            ids = other.encode(rendered)
+            assert ids[0] == bos and ids.count(bos) == 1
 
 
 def test_cot_records_and_diagnostics(backend, items):
@@ -210,10 +216,10 @@ def test_predictions_equal_lm_eval_harness(harness, code, limit, chat):
     lm, ours, task_dir = harness
     theirs = harness_loglikelihoods(lm, task_dir, code, limit, chat)
     items = load_belebele([code], path=BELEBELE).items_by_language[code][:limit]
-    builder = PromptBuilder.from_spec(LM_EVAL | {"chat_template": chat})
+    builder = PromptBuilder.from_spec(LM_EVAL, CHAT if chat else None)
     if chat:  # the chat-templated requests are byte-identical too
         requests = lm_eval_requests(task_dir, code, limit=limit, chat_template=lm.apply_chat_template)
-        bound = builder.bind(ours.chat)
+        bound = bind_backend(builder, ours)
         assert [[(bound.direct(i), c) for c in bound.continuations()] for i in items] == [
             requests[d] for d in range(limit)
         ]

@@ -133,3 +133,49 @@ def test_a_local_data_directory_is_keyed_by_its_items_not_its_location(tmp_path,
     (copy / "fra_Latn.jsonl").write_text("\n".join([json.dumps(first, ensure_ascii=False), *rows[1:]]) + "\n")
     edited = keys(load_spec(spec_path))
     assert all(edited[name] != original[name] for name in original)
+
+
+def test_a_models_prompt_format_changes_its_keys_and_true_means_the_defaults(tmp_path):
+    before = keys(load_variant(tmp_path, "a"))
+    on = keys(load_variant(tmp_path, "b", lambda r: r["prompt"].update(chat_template=True)))
+    assert all(on[name] != before[name] for name in before)
+    spelled_out = {"template_args": {}, "system_prompt": None, "answer_prefix": "", "date": "2025-01-01"}
+    assert keys(load_variant(tmp_path, "c", lambda r: r["prompt"].update(chat_template=spelled_out))) == on
+    # A model's own format replaces the spec's for that model.
+    own = keys(load_variant(tmp_path, "d", lambda r: r["models"][0].update(chat_template=False)))
+    assert own == before
+    thinking_off = {"template_args": {"enable_thinking": False}}
+    other = keys(load_variant(tmp_path, "e", lambda r: r["models"][0].update(chat_template=thinking_off)))
+    assert all(other[name] not in (before[name], on[name]) for name in before)
+    for edit in (lambda m: {"date": "2026-12-07"}, lambda m: {"system_prompt": "Be brief."}):
+        changed = keys(load_variant(tmp_path, "f", lambda r, e=edit: r["models"][0].update(chat_template=e(r))))
+        assert all(changed[name] != on[name] for name in on)
+
+
+def test_a_bad_prompt_format_is_a_schema_problem(tmp_path):
+    from relxfer.errors import SpecError
+
+    with pytest.raises(SpecError, match=r"chat_template.*date"):
+        load_variant(tmp_path, "a", lambda r: r["prompt"].update(chat_template={"date": "today"}))
+    with pytest.raises(SpecError, match=r"unknown key 'enable_thinking'"):
+        load_variant(tmp_path, "b", lambda r: r["prompt"].update(chat_template={"enable_thinking": False}))
+
+
+def test_a_local_models_chat_template_enters_its_keys(tmp_path):
+    """A local model directory's template text is in the keys of its chat-template cells (as a
+    hub model's revision is): an edited template re-runs them; raw-completion cells keep theirs."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+
+    def variant(name: str, chat) -> dict[str, str]:
+        return keys(
+            load_variant(tmp_path, name, lambda r: r["models"][0].update(source=str(model), chat_template=chat))
+        )
+
+    raw_before, chat_before = variant("a", False), variant("b", True)
+    (model / "chat_template.jinja").write_text("{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}")
+    assert variant("c", False) == raw_before
+    after = variant("d", True)
+    assert all(after[name] != chat_before[name] for name in after)

@@ -11,6 +11,7 @@ from relxfer.data.belebele import load_belebele
 from relxfer.data.items import MCItem
 from relxfer.data.prompts import INSTRUCTIONS, PromptBuilder, extract_answer
 from relxfer.errors import SpecError
+from relxfer.spec.types import ChatTemplateSettings
 from tests.support import shared_data
 from tests.support.lm_eval_tasks import write_belebele_tasks
 
@@ -20,6 +21,20 @@ ITEM = MCItem("q#1", "q", "eng_Latn", "The cat sat.", " Where did the cat sit? "
 V1 = {"preset": "relxfer-v1", "labels": ["1", "2", "3", "4"]}
 LM_EVAL = {"preset": "lm-eval-belebele", "labels": ["1", "2", "3", "4"]}
 BELEBELE = shared_data.BELEBELE
+CHAT = ChatTemplateSettings.from_partial({}).to_dict()  # `chat_template: true`, resolved
+
+
+class TagRenderer:
+    """A chat renderer that wraps text in visible tags (the real one: tests/test_chat_formats.py)."""
+
+    end_text = "</assistant>"
+    digest = "tags"
+
+    def answer_prompt(self, text: str) -> str:
+        return f"<user>{text}</user><assistant>"
+
+    def generation_prompt(self, text: str) -> str:
+        return f"<user>{text}</user><assistant>"
 
 
 def test_relxfer_v1_text():
@@ -62,7 +77,11 @@ def test_template_id_names_preset_version_and_hash():
     [
         {"labels": ["A", "B", "C", "D"]},
         {"instruction_language": "target"},
-        {"chat_template": True},
+        {"chat_template": CHAT},
+        {"chat_template": CHAT | {"template_args": {"enable_thinking": False}}},
+        {"chat_template": CHAT | {"system_prompt": "Answer with a number."}},
+        {"chat_template": CHAT | {"answer_prefix": "Answer:"}},
+        {"chat_template": CHAT | {"date": "2026-12-07"}},
         {"preset": "lm-eval-belebele"},
     ],
 )
@@ -101,18 +120,31 @@ def test_instruction_language_errors_say_how_to_fix():
 
 
 def test_chat_template_wraps_the_user_text_and_drops_the_delimiter():
-    builder = PromptBuilder.from_spec(LM_EVAL | {"chat_template": True})
+    builder = PromptBuilder.from_spec(LM_EVAL | {"chat_template": CHAT})
     with pytest.raises(SpecError, match=r"bind it to the model first"):
         builder.direct(ITEM)
-    chat = builder.bind(lambda text: f"<user>{text}</user><assistant>")
+    with pytest.raises(SpecError, match=r"resolve it to its settings first"):
+        PromptBuilder.from_spec(LM_EVAL | {"chat_template": True})
+    chat = builder.bind(TagRenderer())
     plain = PromptBuilder.from_spec(LM_EVAL)
     assert chat.direct(ITEM) == f"<user>{plain.direct(ITEM)}</user><assistant>"
     # As lm-eval with --apply_chat_template: the label opens the assistant turn, no delimiter.
     assert chat.continuations() == ["A", "B", "C", "D"]
     assert chat.cot(ITEM) == f"<user>{plain.direct(ITEM)} Let's think step by step.</user><assistant>"
     assert chat.cot_continuations() == [" A", " B", " C", " D"]  # after "The answer is"
-    assert chat.template_id == builder.template_id  # binding a renderer is not an option
-    assert builder.training_example(ITEM, chat=chat.chat) == (chat.direct(ITEM), "A")
+    # What the renderer renders is part of the id: the same settings on another template differ.
+    assert chat.template_id != builder.template_id
+    assert chat.template_id == builder.bind(TagRenderer()).template_id
+    # Training closes the answer as the template closes an assistant message.
+    assert builder.training_example(ITEM, TagRenderer()) == (chat.direct(ITEM), "A</assistant>")
+
+
+def test_an_answer_prefix_keeps_the_delimiter_unless_it_ends_in_whitespace():
+    """lm-eval's rule with a gen_prefix: " A" after "Answer:", "A" after "Answer: "."""
+    bound = PromptBuilder.from_spec(LM_EVAL | {"chat_template": CHAT | {"answer_prefix": "Answer:"}})
+    assert bound.continuations() == [" A", " B", " C", " D"]
+    spaced = PromptBuilder.from_spec(LM_EVAL | {"chat_template": CHAT | {"answer_prefix": "Answer: "}})
+    assert spaced.continuations() == ["A", "B", "C", "D"]
 
 
 LABELS = ("1", "2", "3", "4")

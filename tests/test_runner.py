@@ -41,8 +41,14 @@ def test_chat_template_runs_through_training_and_evaluation(tmp_path, relxfer_ca
     outcomes = runner.run()
     assert [o.status for o in outcomes] == ["FINISHED"] * len(plan(spec))
     run = tracker.client.get_run(next(o.run_id for o in outcomes if o.cell.kind == "evaluate"))
-    chat_id = PromptBuilder.from_spec(spec.prompt.to_dict()).template_id
-    assert run.data.tags["relxfer.template"] == chat_id
+    from relxfer.models.chat_format import ChatFormat
+    from relxfer.models.loading import load_tokenizer
+    from relxfer.spec.types import ChatTemplateSettings
+
+    settings = ChatTemplateSettings.from_partial({}).to_dict()  # what `true` stands for
+    renderer = ChatFormat(load_tokenizer(spec.models[0], relxfer_cache), settings)
+    chat_id = PromptBuilder.from_spec(spec.prompt.to_dict(), settings).bind(renderer).template_id
+    assert run.data.tags["relxfer.template"] == chat_id == run.data.params["template_id"]
     assert chat_id != PromptBuilder.from_spec({**spec.prompt.to_dict(), "chat_template": False}).template_id
     # Every run says what made it: the parent, the fine-tune and the evaluation runs.
     finetune = tracker.client.get_run(next(o.run_id for o in outcomes if o.cell.kind == "finetune"))

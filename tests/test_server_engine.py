@@ -149,6 +149,40 @@ def test_cot_text_equals_local_greedy_generation(engine, local, belebele):
     assert np.abs(logprobs(ours)[same_text] - logprobs(theirs)[same_text]).max() < TOL
 
 
+def test_chat_template_prompts_and_cot_ids_equal_local(
+    vllm_server, server_url, local, belebele, relxfer_cache, tmp_path
+):
+    """Under a chat template the server backend renders the same prompts as the local one (one
+    tokenization class), scores the labels where the template opens the answer, and keeps the
+    generated ids of a chain of thought: the same ids, log-probs and predictions as local."""
+    from relxfer.spec.types import ChatTemplateSettings
+
+    settings = ChatTemplateSettings.from_partial({"reasoning_budget": 16}).to_dict()
+    chat = PromptBuilder.from_spec({"preset": "relxfer-v1"}, settings)
+    items = belebele["eng_Latn"][:20]
+    # The tiny template's header ends in "\n", which moves onto the labels: multi-token labels,
+    # read from prompt log-probs, one request at a time on this CPU server with LoRA.
+    engine = make_engine(
+        tmp_path, relxfer_cache, {"kind": "vllm", "base_url": server_url, "dtype": "float32", **SERIAL}
+    )
+    server = engine.backend(None)
+    ours, theirs = (
+        evaluate_items(local, items, chat, progress=False),
+        evaluate_items(server, items, chat, progress=False),
+    )
+    assert ours.records[0]["prompt_template"] == theirs.records[0]["prompt_template"]
+    assert np.abs(logprobs(ours.records) - logprobs(theirs.records)).max() < TOL
+    assert [r["predicted"] for r in ours.records] == [r["predicted"] for r in theirs.records]
+    prompts = [local.encode(local.chat_format(settings).generation_prompt("Say hi."))]
+    assert local.generate_ids(prompts, 16) == server.generate_ids(prompts, 16)
+    cot = CotSpec(max_new_tokens=256, stop=("\n\n",))
+    ours_cot = evaluate_items(local, items[:8], chat, cot=cot, progress=False)
+    theirs_cot = evaluate_items(server, items[:8], chat, cot=cot, progress=False)
+    assert [r["cot_truncated"] for r in ours_cot.records] == [r["cot_truncated"] for r in theirs_cot.records]
+    assert ours_cot.metrics["truncated_rate"] == theirs_cot.metrics["truncated_rate"]
+    engine.close()
+
+
 @pytest.fixture(scope="module")
 def adapter(synthetic, relxfer_cache, tmp_path_factory) -> Adapter:
     """A plain-LoRA fine-tune (unquantized base: the server's base is the trained base)."""

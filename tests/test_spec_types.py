@@ -46,6 +46,7 @@ CLASSES: dict[type[SpecPart], str] = {
     spec_types.EvalSpec: "/properties/eval",
     spec_types.GroupSpec: "/properties/eval/properties/groups/items",
     spec_types.PromptSpec: "/properties/prompt",
+    spec_types.ChatTemplateSettings: "/$defs/chatTemplateSettings",
     spec_types.CotSpec: "/properties/cot",
     spec_types.EvaluationSpec: "/properties/evaluation",
     spec_types.AnalysisSpec: "/properties/analysis",

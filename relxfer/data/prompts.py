@@ -2,12 +2,14 @@
 continuations. Training uses the same prompt with the gold continuation as the completion.
 
 Options (the spec's `prompt` object): the preset, the answer labels, the language of the
-instruction (`instruction_language`: "en" or "target", from the fixed table below) and whether
-the prompt is wrapped in the model's chat template (`chat_template`). Every option that changes
-the rendered text changes `PromptBuilder.template_id`, a tag of every evaluation run.
+instruction (`instruction_language`: "en" or "target", from the fixed table below) and the
+model's prompt format: a raw completion prompt, or its chat template with settings (template
+arguments, system prompt, answer prefix, fixed date; `relxfer.models.chat_format`). Every option
+that changes the rendered text changes `PromptBuilder.template_id`, a tag of every run; bound to
+a renderer, the id also hashes what the renderer renders.
 
-The chat template belongs to the model, so a builder only applies it once bound to a backend
-(`builder.bind(backend.chat)`; `evaluate_items` does this itself). Evaluation code never calls
+The chat template belongs to the model, so a builder only applies it once bound to a renderer
+(`builder.bind(renderer)`; `evaluate_items` binds the backend's). Evaluation code never calls
 the tokenizer: the backend renders the chat turn.
 """
 
@@ -16,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from relxfer.data.items import MCItem
 from relxfer.errors import SpecError
@@ -100,7 +103,26 @@ INSTRUCTIONS: dict[str, dict[str, str]] = {
 }
 INSTRUCTION_LANGUAGES = ("en", "target")
 
-ChatFn = Callable[[str], str]
+# A model's resolved chat-template settings (`ChatTemplateSettings.to_dict()`).
+ChatSettings = Mapping[str, Any]
+
+
+class ChatRenderer(Protocol):
+    """A model's chat template with its settings (relxfer.models.chat_format.ChatFormat)."""
+
+    @property
+    def end_text(self) -> str:
+        """What ends an assistant message (a training example's completion ends with it)."""
+
+    @property
+    def digest(self) -> str:
+        """A hash of what the renderer renders."""
+
+    def answer_prompt(self, text: str) -> str:
+        """`text` as the user turn, then the final answer opened: the label follows."""
+
+    def generation_prompt(self, text: str) -> str:
+        """`text` as the user turn, ending where the assistant's reply begins."""
 
 
 @dataclass(frozen=True)
@@ -108,9 +130,10 @@ class PromptBuilder:
     preset: Preset
     labels: tuple[str, ...]
     instruction_language: str = "en"  # "en" or "target" (the item's language)
-    chat_template: bool = False
-    # The backend's chat renderer (user text -> templated prompt); set by `bind`.
-    chat: ChatFn | None = field(default=None, compare=False, repr=False)
+    # The model's chat-template settings, resolved (None: a raw completion prompt).
+    chat: ChatSettings | None = None
+    # The model's chat renderer; set by `bind`.
+    renderer: ChatRenderer | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         if self.instruction_language not in INSTRUCTION_LANGUAGES:
@@ -125,36 +148,47 @@ class PromptBuilder:
             )
 
     @classmethod
-    def from_spec(cls, prompt: dict) -> PromptBuilder:
-        """A builder for the spec's `prompt` object (missing options take the schema defaults)."""
+    def from_spec(cls, prompt: dict, chat: ChatSettings | None = None) -> PromptBuilder:
+        """A builder for the spec's `prompt` object (missing options take the schema defaults)
+        and a model's resolved chat-template settings (`relxfer.spec.types.chat_settings`; None:
+        the prompt's own `chat_template`, which must then be false or a settings object)."""
         name = prompt.get("preset", "relxfer-v1")
         if name not in PRESETS:
             raise SpecError(f"unknown prompt preset {name!r}; known: {', '.join(sorted(PRESETS))}")
         preset = PRESETS[name]
         # lm-eval's Belebele letters are part of the preset; other presets take the spec's labels.
         labels = preset.labels if preset.fixed_labels else tuple(prompt.get("labels", preset.labels))
-        return cls(
-            preset,
-            labels,
-            instruction_language=prompt.get("instruction_language", "en"),
-            chat_template=bool(prompt.get("chat_template", False)),
-        )
+        if chat is None:
+            declared = prompt.get("chat_template", False)
+            if declared is True:
+                raise SpecError("prompt.chat_template true: resolve it to its settings first (chat_settings)")
+            chat = declared or None
+        return cls(preset, labels, instruction_language=prompt.get("instruction_language", "en"), chat=chat)
 
-    def bind(self, chat: ChatFn | None) -> PromptBuilder:
+    @property
+    def chat_template(self) -> bool:
+        """Whether prompts are wrapped in the model's chat template."""
+        return self.chat is not None
+
+    def bind(self, renderer: ChatRenderer | None) -> PromptBuilder:
         """This builder with the model's chat renderer (needed when `chat_template` is on)."""
-        return replace(self, chat=chat)
+        return replace(self, renderer=renderer)
 
     # -- identity -----------------------------------------------------------------------------
 
     @property
     def template_id(self) -> str:
-        """name@version#hash, the hash over everything that shapes the rendered text."""
-        options = {
+        """name@version#hash, the hash over everything that shapes the rendered text: the
+        options, and under a chat template its settings and, once bound, the digest of what the
+        model's template renders with them."""
+        options: dict[str, Any] = {
             "preset": self.preset.fields(),
             "labels": list(self.labels),
             "instruction_language": self.instruction_language,
-            "chat_template": self.chat_template,
+            "chat_template": False if self.chat is None else dict(self.chat),
         }
+        if self.chat is not None and self.renderer is not None:
+            options["rendered"] = self.renderer.digest
         if self.instruction_language == "target":
             options["instructions"] = [INSTRUCTIONS_VERSION, INSTRUCTIONS.get(self.preset.id.split("@")[0], {})]
         blob = json.dumps(options, sort_keys=True, ensure_ascii=False).encode("utf-8")
@@ -184,42 +218,56 @@ class PromptBuilder:
             instruction=self.instruction(item.language), passage=item.passage, question=question, options=options
         )
 
-    def _wrap(self, text: str) -> str:
-        if not self.chat_template:
-            return text
-        if self.chat is None:
+    def _renderer(self) -> ChatRenderer:
+        if self.renderer is None:
             raise SpecError(
-                "prompt.chat_template is on but this prompt builder has no chat renderer: "
-                "bind it to the model first (builder.bind(backend.chat))"
+                "the prompt uses a chat template but this prompt builder has no chat renderer: "
+                "bind it to the model first (builder.bind(renderer))"
             )
-        return self.chat(text)
+        return self.renderer
 
     def direct(self, item: MCItem) -> str:
-        """The direct prompt as the model sees it (chat-templated when `chat_template` is on)."""
-        return self._wrap(self.user_text(item))
+        """The direct prompt as the model sees it: under a chat template, the user turn and the
+        assistant's final message opened where the model writes its answer."""
+        text = self.user_text(item)
+        return self._renderer().answer_prompt(text) if self.chat_template else text
+
+    def label_delimiter(self) -> str:
+        """Between the prompt and the label: the preset's, except under a chat template, where
+        the label opens the answer (lm-eval's rule: no delimiter unless an answer prefix that
+        does not end in whitespace precedes it)."""
+        if self.chat is None:
+            return self.preset.delimiter
+        prefix = str(self.chat.get("answer_prefix") or "")
+        return self.preset.delimiter if prefix and not prefix[-1].isspace() else ""
 
     def continuations(self) -> list[str]:
-        """The scored continuations after `direct`: delimiter + label. Under a chat template the
-        label starts the assistant's turn, so there is no delimiter (lm-eval's rule)."""
-        delimiter = "" if self.chat_template else self.preset.delimiter
-        return [delimiter + label for label in self.labels]
+        """The scored continuations after `direct`: delimiter + label."""
+        return [self.label_delimiter() + label for label in self.labels]
 
     def cot(self, item: MCItem) -> str:
-        """The prompt that asks for reasoning (the cue ends the user turn under a chat template)."""
-        return self._wrap(self.user_text(item) + self.preset.cot_cue)
+        """The prompt that asks for reasoning (the cue ends the user turn under a chat template,
+        and the model opens its reply the way its family does)."""
+        text = self.user_text(item) + self.preset.cot_cue
+        return self._renderer().generation_prompt(text) if self.chat_template else text
 
     def after_reasoning(self, cot_prompt: str, reasoning: str) -> str:
-        """The CoT prompt, the generated reasoning and the answer cue, before the label."""
+        """The CoT prompt, the generated reasoning and the answer cue, before the label (reasoning
+        in plain text; marked reasoning is closed on token ids, relxfer.models.reasoning)."""
         return cot_prompt + reasoning + self.preset.answer_cue
 
     def cot_continuations(self) -> list[str]:
         """The scored continuations after `after_reasoning` (the answer cue ends mid-sentence)."""
         return [self.preset.delimiter + label for label in self.labels]
 
-    def training_example(self, item: MCItem, chat: ChatFn | None = None) -> tuple[str, str]:
-        """(prompt, gold continuation) for fine-tuning: exactly what evaluation scores."""
-        builder = self.bind(chat) if chat is not None else self
-        return builder.direct(item), builder.continuations()[item.gold]
+    def training_example(self, item: MCItem, renderer: ChatRenderer | None = None) -> tuple[str, str]:
+        """(prompt, gold completion) for fine-tuning: exactly what evaluation scores, and under a
+        chat template the answer closed as the family closes it (label, then its end token)."""
+        builder = self.bind(renderer) if renderer is not None else self
+        completion = builder.continuations()[item.gold]
+        if builder.chat_template:
+            completion += builder._renderer().end_text
+        return builder.direct(item), completion
 
 
 # ---------------------------------------------------------------------------------------------

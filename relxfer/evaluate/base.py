@@ -11,6 +11,9 @@ from typing import Protocol
 
 import numpy as np
 
+from relxfer.data.prompts import ChatSettings
+from relxfer.models.chat_format import ChatFormat
+
 
 class Backend(Protocol):
     name: str
@@ -22,9 +25,12 @@ class Backend(Protocol):
         """(context_ids, continuation_ids) the lm-evaluation-harness way: encode the whole
         string, then cut it at the length of the encoded context."""
 
-    def chat(self, text: str) -> str:
-        """`text` as one user turn of the model's chat template, ending where the assistant's
-        reply begins (for `prompt.chat_template`)."""
+    def decode(self, ids: Sequence[int]) -> str:
+        """The text of `ids`, special tokens left out."""
+
+    def chat_format(self, settings: ChatSettings) -> ChatFormat:
+        """The model's chat template with `settings`: renders the prompts, the end of an answer
+        and the family's reasoning markers (for a model whose prompt format is a chat template)."""
 
     def label_logprobs(
         self,
@@ -46,6 +52,16 @@ class Backend(Protocol):
         progress: bool = False,
     ) -> list[str]:
         """Greedy continuation text of each prompt, cut at the first stop string."""
+
+    def generate_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[tuple[list[int], bool]]:
+        """Greedy continuation ids of each prompt, special tokens kept, up to (not including)
+        the first EOS, and whether the row stopped at EOS (False: it used `max_new_tokens`)."""
 
 
 @dataclass(frozen=True)

@@ -296,6 +296,40 @@ class LocalBackend(TokenizerMethods):
         tokens and cut before the first occurrence of any stop string. Generation of a row ends at
         EOS, at a stop string or after `max_new_tokens` tokens."""
         stop = [s for s in stop if s]
+        rows = self._greedy(prompts, max_new_tokens, stop, batch_size, progress)
+        return [cut_at_stop(self.decode(row), stop) for row in rows]
+
+    def generate_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[tuple[list[int], bool]]:
+        """Greedy continuation ids of each prompt, up to the first EOS (special tokens kept), and
+        whether the row ended at EOS."""
+        rows = self._greedy(prompts, max_new_tokens, [], batch_size, progress)
+        ends = self._eos_ids()
+        out = []
+        for row in rows:
+            at = next((i for i, t in enumerate(row) if t in ends), None)
+            out.append((row, False) if at is None else (row[:at], True))
+        return out
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {self.tokenizer.eos_token_id}
+        return {int(i) for i in ids if i is not None}
+
+    def _greedy(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        stop: Sequence[str],
+        batch_size: int | None,
+        progress: bool,
+    ) -> list[list[int]]:
+        """The generated ids of each prompt (padding after EOS included)."""
         config = copy.deepcopy(self.model.generation_config)
         # Greedy decoding whatever sampling defaults the checkpoint ships with.
         config.update(do_sample=False, temperature=None, top_p=None, top_k=None, num_beams=1)
@@ -306,7 +340,7 @@ class LocalBackend(TokenizerMethods):
         # A generation step keeps the logits of one position per row, like a one-target request.
         requests = [Request(i, None, [int(t) for t in p], [[0]]) for i, p in enumerate(prompts)]
         requests.sort(key=lambda r: (-len(r.input_ids), r.index))
-        out = [""] * len(requests)
+        out: list[list[int]] = [[] for _ in requests]
         with torch.inference_mode(), tqdm(total=len(requests), desc="generating", disable=not progress) as bar:
             for batch in self._batches(requests, batch_size, extra_tokens=int(max_new_tokens)):
                 ids, mask, _ = left_pad([r.input_ids for r in batch], self.pad_id, self.device)
@@ -317,6 +351,6 @@ class LocalBackend(TokenizerMethods):
                     tokenizer=self.tokenizer if stop else None,
                 )
                 for request, row in zip(batch, generated[:, ids.shape[1] :].tolist()):
-                    out[request.index] = cut_at_stop(self.decode(row), stop)
+                    out[request.index] = row
                 bar.update(len(batch))
         return out

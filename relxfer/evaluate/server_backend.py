@@ -211,3 +211,36 @@ class ServerBackend(TokenizerMethods):
             text = self.decode(ids) if ids is not None else str(choice.get("text", ""))
             out.append(cut_at_stop(text, stop))
         return out
+
+    def generate_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[tuple[list[int], bool]]:
+        """Greedy continuation ids of each prompt, up to the first EOS (the server stops there
+        and leaves it out), and whether the row ended there (`finish_reason` "stop")."""
+        bodies = [
+            {
+                "model": self.served_model,
+                "prompt": [int(t) for t in p],
+                "max_tokens": int(max_new_tokens),
+                "temperature": 0.0,
+                "return_token_ids": True,
+                "skip_special_tokens": False,
+            }
+            for p in prompts
+        ]
+        out = []
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        for answer in self._map(bodies, progress=progress, desc="generating"):
+            choice = (answer.get("choices") or [{}])[0]
+            ids = choice.get("token_ids")
+            if ids is None:
+                raise ServerError(f"{self.where}: no token ids came back for a generation (vLLM's return_token_ids)")
+            ids = [int(t) for t in ids]
+            if eos is not None and eos in ids:
+                ids = ids[: ids.index(eos)]
+            out.append((ids, choice.get("finish_reason") == "stop"))
+        return out

@@ -292,3 +292,31 @@ class TinkerBackend(TokenizerMethods):
                 tokens = tokens[: tokens.index(eos)]
             texts.append(cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), stop))
         return texts
+
+    def generate_ids(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[tuple[list[int], bool]]:
+        """Greedy continuation ids of each prompt, up to the first EOS, and whether the row
+        ended there."""
+        tinker = sdk()
+        eos = self.tokenizer.eos_token_id
+        stop = [int(eos)] if eos is not None else None
+        params = tinker.types.SamplingParams(max_tokens=int(max_new_tokens), temperature=0.0, seed=0, stop=stop)
+        submits = []
+        for prompt in prompts:
+            model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompt])
+            submits.append(
+                lambda model_input=model_input: self.client.sample(
+                    prompt=model_input, num_samples=1, sampling_params=params
+                )
+            )
+        out = []
+        for response in self._run(submits, progress, "generating"):
+            tokens = [int(t) for t in response.sequences[0].tokens]
+            ended = eos is not None and eos in tokens
+            out.append((tokens[: tokens.index(eos)] if ended else tokens, ended or len(tokens) < int(max_new_tokens)))
+        return out

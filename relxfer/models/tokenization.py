@@ -10,7 +10,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from relxfer.errors import ModelError
+from relxfer.data.prompts import ChatSettings
+from relxfer.models.chat_format import ChatFormat
 
 
 def default_add_bos_token(model=None) -> bool:
@@ -20,22 +21,6 @@ def default_add_bos_token(model=None) -> bool:
     `add_special_tokens=True` is exactly that default for every tokenizer, so this is True.
     (lm-eval before 0.4.13 added BOS for Gemma models only.) `model` is ignored."""
     return True
-
-
-def render_chat(tokenizer, text: str, add_bos_token: bool, name: str = "model") -> str:
-    """`text` as one user turn of the tokenizer's chat template, ending where the assistant's
-    reply begins (lm-eval's `apply_chat_template`). A BOS the template writes is dropped when
-    encoding adds one itself, so the ids hold one BOS either way (lm-eval's has_bos_prefix).
-    Needs only the tokenizer, so training data can be rendered before a model is loaded."""
-    if not getattr(tokenizer, "chat_template", None):
-        raise ModelError(f"model {name!r} has no chat template; set prompt.chat_template to false")
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-    )
-    bos = tokenizer.bos_token
-    if add_bos_token and bos and rendered.startswith(bos):
-        rendered = rendered[len(bos) :]
-    return rendered
 
 
 def tok_encode(tokenizer, text: str, add_bos_token: bool) -> list[int]:
@@ -118,9 +103,9 @@ class TokenizerMethods:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def chat(self, text: str) -> str:
-        """`text` as one user turn of the tokenizer's chat template (see `render_chat`)."""
-        return render_chat(self.tokenizer, text, self.add_bos_token, self.name)
+    def chat_format(self, settings: ChatSettings) -> ChatFormat:
+        """The model's chat template with `settings` (resolved `ChatTemplateSettings`)."""
+        return ChatFormat(self.tokenizer, settings, self.add_bos_token, self.name)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:

@@ -10,16 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from relxfer import FINETUNE_VERSION, RESULT_VERSION
 from relxfer.plan.study_data import local_data_digest
+from relxfer.spec.checks import is_local_path
 from relxfer.spec.engines import (
     evaluation_identity,
     evaluation_quantization,
     finetune_identity,
 )
-from relxfer.spec.types import Condition, EvalGroup, GroupRole, ModelSpec, Spec
+from relxfer.spec.types import Condition, EvalGroup, GroupRole, ModelSpec, Spec, chat_settings
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,36 @@ def _data_identity(spec: Spec) -> dict[str, Any]:
     return {"source": source, "split": spec.data.split.to_dict()}
 
 
+def _prompt_identity(spec: Spec, model: ModelSpec) -> dict[str, Any]:
+    # The model's own prompt format, resolved: `true` and the settings it stands for give one
+    # key, and a raw completion prompt (false) keeps the form it always had.
+    prompt = dict(spec.prompt.to_dict())
+    settings = chat_settings(spec.chat_template(model))
+    prompt["chat_template"] = False if settings is None else settings.to_dict()
+    template = None if settings is None else local_chat_template(model.source)
+    if template is not None:
+        # A local model directory is named by its template's text, as a hub model is by its
+        # revision: an edited template re-runs the cells it renders.
+        prompt["chat_template_source"] = hashlib.sha256(template.encode("utf-8")).hexdigest()[:16]
+    return prompt
+
+
+def local_chat_template(source: str) -> str | None:
+    """The chat template a local model directory holds (chat_template.jinja, else the
+    tokenizer_config.json entry), or None (a hub id, a built-in, a directory without one)."""
+    if source.startswith("builtin:") or not is_local_path(source):
+        return None
+    directory = Path(source).expanduser()
+    jinja = directory / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    config = directory / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
+
+
 def _dict_or_none(part: Any) -> dict[str, Any] | None:
     return None if part is None else dict(part.to_dict())
 
@@ -88,7 +120,7 @@ def finetune_cell(spec: Spec, model: ModelSpec, seed: int) -> Cell:
             "data": _data_identity(spec),
             "train": spec.train.to_dict(),
             "finetune": _dict_or_none(spec.finetune),
-            "prompt": spec.prompt.to_dict(),
+            "prompt": _prompt_identity(spec, model),
             "seed": seed,
         }
     )
@@ -105,7 +137,7 @@ def evaluation_cell(
         "data": _data_identity(spec),
         "condition": condition.value,
         "language": language,
-        "prompt": spec.prompt.to_dict(),
+        "prompt": _prompt_identity(spec, model),
         "max_items": spec.evaluation.max_items,
         "quantization": _dict_or_none(evaluation_quantization(spec, model)),
         "cot": spec.cot.to_dict() if condition.uses_cot else None,

@@ -38,7 +38,7 @@ from relxfer.provenance import provenance_tags
 from relxfer.run.failures import describe, traceback_text
 from relxfer.spec.engines import EngineContext, evaluation_engine, trainer
 from relxfer.spec.load import spec_from_dict
-from relxfer.spec.types import ModelSpec, RunStatus, Spec
+from relxfer.spec.types import RunStatus, Spec, chat_settings
 from relxfer.tracking.checkpoint_mirror import CheckpointMirror
 from relxfer.tracking.client import TAG, UNFINISHED, ParentRun, Tracker
 from relxfer.train.base import TrainRequest
@@ -170,7 +170,7 @@ class CellRunner:
         self.study = study
         self.spec = study.spec
         self.tracker = study.tracker
-        self.builder = PromptBuilder.from_spec(study.spec.prompt.to_dict())
+        self._builders: dict[str, PromptBuilder] = {}
         self.outcomes: list[CellOutcome] = []
 
     # --- look before running -----------------------------------------------------------------
@@ -228,8 +228,8 @@ class CellRunner:
                     run_id, _flatten("finetune", finetune.to_dict()) | {"model_source": model.source}
                 )
                 self.tracker.log_dataset(run_id, "train", data.train_digest, data.source, "train")
-            chat = self._chat_renderer(model) if self.spec.prompt.chat_template else None
-            examples = [self.builder.training_example(item, chat=chat) for item in data.train_items]
+            builder = self.builder(cell.model)
+            examples = [builder.training_example(item) for item in data.train_items]
             # The run's artifacts hold the checkpoints: what is on this machine's disk may be
             # stale or another machine's, so the working directory starts empty.
             work_dir = self.study.cache_dir / "finetune" / cell.key
@@ -303,8 +303,8 @@ class CellRunner:
                 run_id,
                 {
                     "prompt_preset": self.spec.prompt.preset,
-                    "labels": json.dumps(list(self.builder.labels)),
-                    "template_id": self.builder.template_id,
+                    "labels": json.dumps(list(self.builder(cell.model).labels)),
+                    "template_id": self.builder(cell.model).template_id,
                     "condition": str(cell.condition),
                 },
             )
@@ -316,7 +316,7 @@ class CellRunner:
             result = evaluate_items(
                 backend,
                 items,
-                self.builder,
+                self.builder(cell.model),
                 cot=self.spec.cot if cell.condition is not None and cell.condition.uses_cot else None,
                 batch_size=self.spec.evaluation.batch_size,
                 progress=self.study.progress,
@@ -351,7 +351,7 @@ class CellRunner:
             orphans = [o for o in orphans if o.info.run_id != run_id]
         else:
             run_id = self.tracker.start_child(
-                parent, cell.run_name, cell_tags(self.spec, cell, self.builder) | provenance
+                parent, cell.run_name, cell_tags(self.spec, cell, self.builder(cell.model)) | provenance
             )
         for orphan in orphans:
             if orphan.info.status not in ("KILLED", FAILED):
@@ -382,19 +382,20 @@ class CellRunner:
         self.outcomes.append(CellOutcome(cell, run_id, FINISHED, metrics, where=self.study.where))
         return run_id
 
-    def _chat_renderer(self, model: ModelSpec):
-        """The model's chat template as a text -> text function, from its tokenizer alone."""
-        from functools import partial
+    def builder(self, model_name: str) -> PromptBuilder:
+        """The prompt builder of a model: its own prompt format, bound to its chat template
+        (rendered from its tokenizer alone) when the format is one, so that training examples,
+        tags and evaluation records carry the same template id."""
+        if model_name not in self._builders:
+            from relxfer.models.chat_format import prompt_builder
+            from relxfer.models.loading import load_tokenizer
+            from relxfer.models.tokenization import default_add_bos_token
 
-        from relxfer.models.loading import load_tokenizer
-        from relxfer.models.tokenization import default_add_bos_token, render_chat
-
-        return partial(
-            render_chat,
-            load_tokenizer(model, self.study.cache_dir),
-            add_bos_token=default_add_bos_token(),
-            name=model.name,
-        )
+            model = self.spec.model(model_name)
+            needs_tokenizer = chat_settings(self.spec.chat_template(model)) is not None
+            tokenizer = load_tokenizer(model, self.study.cache_dir) if needs_tokenizer else None
+            self._builders[model_name] = prompt_builder(self.spec, model, tokenizer, default_add_bos_token())
+        return self._builders[model_name]
 
     def _fetch_adapter(self, finetune_run_id: str, finetune_key: str) -> Path:
         """The adapter as the tracking server stores it, not a local path only the trainer knew.

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from relxfer.errors import RelxferError
+from relxfer.errors import RelxferError, SpecError
 from relxfer.plan.cells import plan
 from relxfer.plan.study_data import StudyData, load_study_data
 from relxfer.run.cell import (
@@ -29,7 +29,7 @@ from relxfer.run.cell import (
     run_provenance,
 )
 from relxfer.spec.engines import EngineContext, evaluation_engine, trainer
-from relxfer.spec.types import Spec
+from relxfer.spec.types import Spec, chat_settings
 from relxfer.tracking.client import CELLS_TABLE, TAG, ParentRun, Tracker
 from relxfer.tracking.study_view import (
     NOTE_TAG,
@@ -51,6 +51,25 @@ def check_writable(directory: Path, what: str) -> None:
         raise RelxferError(
             f"{what} {directory} is not writable ({e.strerror or e}); choose another with --cache-dir"
         ) from None
+
+
+def check_prompt_format(spec: Spec, index: int, cache_dir: Path) -> None:
+    """Refuse a chat-template format model `index` cannot render (an argument its template does
+    not read, an answer prefix its tokenizer cannot encode, a template that cannot continue a
+    final assistant message), naming the spec file and the setting's JSON path."""
+    model = spec.models[index]
+    settings = chat_settings(spec.chat_template(model))
+    if settings is None:
+        return
+    from relxfer.models.chat_format import ChatFormat
+    from relxfer.models.loading import load_tokenizer
+
+    where = f"/models/{index}/chat_template" if model.chat_template is not None else "/prompt/chat_template"
+    tokenizer = load_tokenizer(model, cache_dir)
+    try:
+        ChatFormat(tokenizer, settings.to_dict(), name=model.name).check(where)
+    except SpecError as exc:
+        raise SpecError(f"{spec.path}: {exc}") from None
 
 
 class StudyRunner:
@@ -79,8 +98,9 @@ class StudyRunner:
         from relxfer.models.loading import check_source
 
         check_writable(self.cache_dir, "cache directory")
-        for model in self.spec.models:
+        for index, model in enumerate(self.spec.models):
             check_source(model)
+            check_prompt_format(self.spec, index, self.cache_dir)
             context = EngineContext(model, self.spec, self.cache_dir, self.report, self.progress)
             evaluation_engine(context).check()
             if self.spec.finetune is not None:

@@ -214,7 +214,7 @@ class SpecChecks:
         )
 
         try:
-            PromptBuilder.from_spec(self.raw["prompt"])
+            PromptBuilder.from_spec({**self.raw["prompt"], "chat_template": False})
         except SpecError as e:
             yield Problem(("prompt",), str(e))
         labels = self.raw["prompt"]["labels"]

@@ -33,8 +33,9 @@ def _fill(instance: Any, schema: dict[str, Any], root: dict[str, Any]) -> None:
     schema = resolve_ref(schema, root)
     if "oneOf" in schema and isinstance(instance, dict):
         # Object-valued choices (data source, engines) are made by `kind`: fill that branch.
+        # A choice between a plain value and one object (a chat template) fills the object.
         for branch in schema["oneOf"]:
-            if branch_kind(branch, root) == instance.get("kind"):
+            if branch_kind(branch, root) == instance.get("kind") and "properties" in resolve_ref(branch, root):
                 _fill(instance, branch, root)
                 return
     if isinstance(instance, dict):

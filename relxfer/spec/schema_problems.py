@@ -158,6 +158,11 @@ def _explain_choice(error: ValidationError, root: Schema) -> list[Problem]:
     if len(fitting) == 1:
         return [p for sub in fitting[0] for p in _explain(sub, root)]
     branches = [resolve_ref(b, root) for b in options]
+    # An object where the only object-valued choice is one (a chat template's settings beside
+    # a flag): that choice explains it.
+    objects = [i for i, b in enumerate(branches) if b.get("type") == "object"]
+    if isinstance(error.instance, dict) and len(objects) == 1:
+        return [p for sub in _by_branch(error).get(objects[0], []) for p in _explain(sub, root)]
     if isinstance(error.instance, dict) and all(set(b) == {"required"} for b in branches):
         # e.g. a vllm engine needs `launch` or `base_url`: name the keys, not the shapes.
         keys = [" and ".join(repr(k) for k in b["required"]) for b in branches]

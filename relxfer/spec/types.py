@@ -159,6 +159,8 @@ def _parse(hint: Any, value: Any) -> Any:
         parts = [c for c in choices if isinstance(c, type) and issubclass(c, SpecPart)]
         if len(parts) > 1:  # a choice by `kind`
             return next(c for c in parts if _kind_of(c) == value["kind"]).from_dict(value)
+        if parts and isinstance(value, Mapping):  # an object beside plain values (a flag)
+            return parts[0].from_dict(value)
         if isinstance(value, list):
             return _parse(next(c for c in choices if get_origin(c) is tuple), value)
         return _parse(choices[0], value) if len(choices) == 1 else value
@@ -277,11 +279,38 @@ class EvalGroup:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ChatTemplateSettings(SpecPart):
+    """The chat template with these settings (`true` in a spec is this with every default)."""
+
+    SCHEMA = "chatTemplateSettings"
+    template_args: dict[str, Any]
+    system_prompt: str | None
+    answer_prefix: str
+    date: str
+    reasoning_budget: int | None
+
+
+# A prompt format as declared: raw completion (False), the chat template with its defaults
+# (True), or the chat template with settings.
+ChatTemplate = bool | ChatTemplateSettings
+
+
+def chat_settings(declared: ChatTemplate) -> ChatTemplateSettings | None:
+    """The settings a declared format means: None for a raw completion prompt, the schema's
+    defaults for `true`."""
+    if declared is False:
+        return None
+    if declared is True:
+        return ChatTemplateSettings.from_partial({})
+    return declared
+
+
+@dataclass(frozen=True, kw_only=True)
 class PromptSpec(SpecPart):
     preset: PromptPreset
     labels: tuple[str, ...]
     instruction_language: InstructionLanguage
-    chat_template: bool
+    chat_template: ChatTemplate
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -468,6 +497,7 @@ class ModelSpec(SpecPart):
     trust_remote_code: bool
     device_map: str
     gguf_file: str | None
+    chat_template: ChatTemplate | None = optional()  # None: the spec's `prompt.chat_template`
     engines: EnginesSpec
     resources: Resources
 
@@ -579,6 +609,10 @@ class Spec(SpecPart):
 
     def model(self, name: str) -> ModelSpec:
         return next(m for m in self.models if m.name == name)
+
+    def chat_template(self, model: ModelSpec) -> ChatTemplate:
+        """The model's prompt format as declared: its own, else the spec's."""
+        return self.prompt.chat_template if model.chat_template is None else model.chat_template
 
     @property
     def eval_quantization(self) -> Quantization | None:

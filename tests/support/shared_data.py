@@ -13,6 +13,7 @@ import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BELEBELE = SHARED_DATA / "belebele"
+TOKENIZERS = SHARED_DATA / "tokenizers"  # real tokenizers and chat templates, no weights (SOURCE.md)
 REQUIRE_ENV = "RELXFER_REQUIRE_SHARED_DATA"
 
 
