@@ -133,7 +133,7 @@ def plan(
     data = summarize_study_data(loaded)
     how = "loaded" if data.loaded else "expected"
     click.echo(
-        f"data ({how}): {data.train_items} training items from {', '.join(loaded.train_languages)}; "
+        f"data ({how}): {'unknown' if data.train_items is None else data.train_items} training items from {', '.join(loaded.train_languages)}; "
         f"{data.held_out_ids} held-out ids; {data.leaked_ids} held-out ids in training"
     )
     if data.note:

@@ -71,6 +71,18 @@ PRESETS = {
         strip_question=True,
         fixed_labels=True,
     ),
+    # Topic or label classification: the text, then the label names as numbered options (SIB-200's
+    # seven topics); no question. The labels must number the options (as many as the set has).
+    "topic-v1": Preset(
+        id="topic-v1@1",
+        template="{instruction}\n\nText: {passage}\n{options}\nAnswer:",
+        option_line="{label}. {text}",
+        labels=("1", "2", "3", "4", "5", "6", "7"),
+        delimiter=" ",
+        cot_cue=" Let's think step by step.",
+        answer_cue="\nThe answer is",
+        instruction="Classify the text: answer with the number of the topic it is about.",
+    ),
 }
 
 # ---------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def _data_identity(spec: Spec) -> dict[str, Any]:
     # A local directory is named by what it holds, not where it lies: the same files in another
     # clone or under another mount give the same keys, and edited files give new ones.
     source = dict(spec.data.source.to_dict())
-    if source.get("path"):
+    if source.get("path"):  # every local source, whatever its kind
         del source["path"]
         source["content"] = local_data_digest(spec)
     return {"source": source, "split": spec.data.split.to_dict()}

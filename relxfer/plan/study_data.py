@@ -3,14 +3,14 @@ evaluation sets, and refuse to go on if any held-out question reached training."
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from relxfer.data import split, synthetic
+from relxfer.data import split
 from relxfer.data.digest import items_digest
 from relxfer.data.items import MCItem
-from relxfer.spec.types import BelebeleSource, Spec, SyntheticSource
+from relxfer.plan.sources import loader_for
+from relxfer.spec.types import BelebeleSource, ParallelSource, Spec
 
 
 @dataclass(frozen=True)
@@ -24,75 +24,64 @@ class StudyData:
     eval_digests: dict[str, str]
 
 
-def _load_source(spec: Spec, languages: list[str]) -> tuple[dict[str, list[MCItem]], str]:
-    source = spec.data.source
-    if isinstance(source, SyntheticSource):
-        langs = [
-            synthetic.SyntheticLanguage(code=lang.code, overlap=lang.overlap, alphabet=lang.alphabet)
-            for lang in source.languages
-        ]
-        items = synthetic.generate(
-            langs,
-            n_passages=source.n_passages,
-            questions_per_passage=source.questions_per_passage,
-            facts_per_passage=source.facts_per_passage,
-            objects_per_category=source.objects_per_category,
-            seed=source.seed,
-        )
-        uri = f"relxfer-synthetic://seed={source.seed}/passages={source.n_passages}"
-        return {code: items[code] for code in languages}, uri
-    from relxfer.data.belebele import load_belebele
-
-    data = load_belebele(languages, path=source.path, hub_id=source.hub_id, revision=source.revision)
-    return data.items_by_language, data.source
-
-
 def local_data_digest(spec: Spec) -> str:
     """Digest of the items a local-path source gives for the spec's languages: the data's identity
     in cell keys, wherever the directory lies."""
-    languages = sorted({*spec.train_languages, *spec.eval_languages})
-    source = spec.data.source
-    assert isinstance(source, BelebeleSource) and source.path, "only a local source has a directory"
-    return _local_digest(source.path, tuple(languages), _mtimes(source.path))
+    path = loader_for(spec.data.source).local_path(spec.data.source)
+    assert path, "only a local source has a directory"
+    key = (spec.hash, path, _mtimes(path))
+    if key not in _DIGESTS:
+        _DIGESTS[key] = loader_for(spec.data.source).load(spec, spec.train_languages, spec.eval_languages).digest
+    return _DIGESTS[key]
 
 
 def _mtimes(path: str) -> tuple[tuple[str, int], ...]:
     # Part of the cache key, so a file edited within one process is read again.
-    folder = Path(path)
-    return tuple(sorted((f.name, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()))
+    where = Path(path)
+    files = [where] if where.is_file() else [f for f in where.rglob("*") if f.is_file()]
+    return tuple(sorted((str(f.relative_to(where)), f.stat().st_mtime_ns) for f in files))
 
 
-@functools.lru_cache(maxsize=8)
-def _local_digest(path: str, languages: tuple[str, ...], _stamp: tuple[tuple[str, int], ...]) -> str:
-    from relxfer.data.belebele import load_belebele
-
-    data = load_belebele(list(languages), path=path)
-    return data.digest
+# (spec hash, path, file stamps) -> digest: planning a spec reads its files once per process.
+_DIGESTS: dict[tuple[str, str, tuple[tuple[str, int], ...]], str] = {}
 
 
 def load_study_data(spec: Spec) -> StudyData:
-    languages = list(dict.fromkeys([*spec.train_languages, *spec.eval_languages]))
-    items_by_language, uri = _load_source(spec, languages)
-    split_cfg = spec.data.split
-    held_out = split.held_out_split(items_by_language, split_cfg.held_out, split_cfg.seed, unit=split_cfg.unit)
-    train = held_out.training_items(items_by_language, spec.train_languages)
-    cap = spec.train.max_items_per_language
-    if cap is not None:
-        train = [item for lang in spec.train_languages for item in [i for i in train if i.language == lang][:cap]]
-    held_out.assert_no_leakage(train)
-    evaluation = held_out.evaluation_items(items_by_language, spec.eval_languages)
+    loaded = loader_for(spec.data.source).load(spec, spec.train_languages, spec.eval_languages)
+    if loaded.own_splits:
+        # The set's own splits: every evaluated id is held out, and none may reach training.
+        train = [item for lang in spec.train_languages for item in loaded.train[lang]]
+        evaluation = {lang: list(loaded.eval[lang]) for lang in spec.eval_languages}
+        held_out_ids = sorted({item.question_id for items in evaluation.values() for item in items})
+        train = _capped(train, spec)
+        split.assert_no_leakage(train, held_out_ids)
+    else:
+        split_cfg = spec.data.split
+        held_out = split.held_out_split(loaded.train, split_cfg.held_out, split_cfg.seed, unit=split_cfg.unit)
+        train = _capped(held_out.training_items(loaded.train, spec.train_languages), spec)
+        held_out.assert_no_leakage(train)
+        evaluation = held_out.evaluation_items(loaded.train, spec.eval_languages)
+        held_out_ids = list(held_out.held_out_ids)
     max_items = spec.evaluation.max_items
     if max_items is not None:
         evaluation = {lang: items[:max_items] for lang, items in evaluation.items()}
     return StudyData(
         train_items=train,
         eval_items=evaluation,
-        held_out_ids=list(held_out.held_out_ids),
-        source=uri,
-        digest=items_digest(i for items in items_by_language.values() for i in items),
+        held_out_ids=held_out_ids,
+        source=loaded.source,
+        digest=loaded.digest,
         train_digest=items_digest(train),
         eval_digests={lang: items_digest(items) for lang, items in evaluation.items()},
     )
+
+
+def _capped(train: list[MCItem], spec: Spec) -> list[MCItem]:
+    """At most `train.max_items_per_language` items of each training language, in file order."""
+    cap = spec.train.max_items_per_language
+    if cap is None:
+        return train
+    return [item for lang in spec.train_languages for item in [i for i in train if i.language == lang][:cap]]
 
 
 # Every variant of the Belebele release has the same 900 questions (488 passages), parallel.
@@ -101,7 +90,7 @@ BELEBELE_QUESTIONS_PER_LANGUAGE = 900
 
 @dataclass(frozen=True)
 class DataSummary:
-    train_items: int
+    train_items: int | None  # None: unknown until the hub is contacted
     held_out_ids: int
     leaked_ids: int
     eval_items: dict[str, int]
@@ -131,6 +120,8 @@ def summarize_study_data(spec: Spec) -> DataSummary:
                 f"questions per language; the leakage guard checks the loaded data before any run"
             ),
         )
+    if isinstance(source, ParallelSource) and not source.path:
+        return _hub_summary(spec, source)
     data = load_study_data(spec)
     return DataSummary(
         train_items=len(data.train_items),
@@ -138,4 +129,24 @@ def summarize_study_data(spec: Spec) -> DataSummary:
         leaked_ids=len({item.question_id for item in data.train_items} & set(data.held_out_ids)),
         eval_items={lang: len(items) for lang, items in data.eval_items.items()},
         loaded=True,
+    )
+
+
+def _hub_summary(spec: Spec, source: ParallelSource) -> DataSummary:
+    """Sizes of a declared hub set without contacting the hub: with one split the evaluation
+    size is the held-out count; the rest is known once the rows are loaded."""
+    own_splits = source.splits is not None and source.splits.train != source.splits.eval
+    max_items = spec.evaluation.max_items
+    held_out = None if own_splits else spec.data.split.held_out
+    n_eval = min(x for x in (held_out, max_items) if x is not None) if (held_out or max_items) else None
+    return DataSummary(
+        train_items=None,
+        held_out_ids=held_out or 0,
+        leaked_ids=0,
+        eval_items={lang: n_eval for lang in spec.eval_languages} if n_eval is not None else {},
+        loaded=False,
+        note=(
+            f"{source.hub_id} not contacted; the sizes it does not fix are known once loaded, and the leakage "
+            f"guard and the column checks run on the loaded rows before any run"
+        ),
     )

@@ -36,6 +36,7 @@ class SpecChecks:
         self.problems: list[Problem] = []
         self.groups: list[EvalGroup] = []
         source = ("data", "source")
+        self._check(self._expand_recipe, [source])
         self._check(self._expand_data_path, [source])
         shape = ("questions_per_passage", "facts_per_passage", "objects_per_category")
         self._check(self._synthetic_shape, [(*source, "kind"), *((*source, field) for field in shape)])
@@ -50,7 +51,7 @@ class SpecChecks:
         self._check(self._groups_disjoint, [("eval", "groups"), (*source, "kind"), (*source, "languages")])
         self._check(self._conditions_have_a_finetune, [("conditions",), ("finetune",)])
         self._check(self._finetunes_fit, [("conditions",), ("finetune",), ("models",)])
-        self._check(self._prompt_options, [("prompt",)])
+        self._check(self._prompt_options, [("prompt",), ("data", "source")])
         models = self.raw["models"] if isinstance(self.raw.get("models"), list) else [None]
         self._check(
             self._models,
@@ -73,17 +74,35 @@ class SpecChecks:
             return {lang["code"]: lang["family"] for lang in source["languages"]}
         return None
 
+    def _expand_recipe(self) -> Iterator[Problem]:
+        """Fill the settings a `parallel` source leaves out from its recipe, so the resolved spec
+        (and every cell key) holds the whole declaration; without a recipe, the source must
+        declare its columns and where its rows are."""
+        source = self.raw["data"]["source"]
+        if source.get("kind") != "parallel":
+            return
+        if source.get("recipe"):
+            from relxfer.data.recipes import recipe
+
+            for name, value in recipe(source["recipe"]).items():
+                if source.get(name) is None:
+                    source[name] = value
+        if source.get("columns") is None:
+            yield Problem(("data", "source"), "a parallel source needs `columns` (or a `recipe` that declares them)")
+        elif source["columns"].get("options") is None and not source.get("choices"):
+            yield Problem(("data", "source", "columns"), "declare the options: `columns.options` or `choices`")
+        if not source.get("path") and not source.get("hub_id"):
+            yield Problem(("data", "source"), "a parallel source needs a local `path` or a `hub_id`")
+
     def _expand_data_path(self) -> Iterator[Problem]:
         """Expand ${VAR} in a local data path and resolve it against the spec's directory."""
         source = self.raw["data"]["source"]
-        if source.get("kind") != "belebele" or not source.get("path"):
+        if source.get("kind") not in ("belebele", "parallel") or not source.get("path"):
             return
         unset = [name for name in _ENV_VAR.findall(source["path"]) if not os.environ.get(name)]
         if unset:
-            yield Problem(
-                ("data", "source", "path"),
-                f"environment variable {unset[0]} is not set (set it to the Belebele directory or zip)",
-            )
+            what = "the Belebele directory or zip" if source["kind"] == "belebele" else "the data directory"
+            yield Problem(("data", "source", "path"), f"environment variable {unset[0]} is not set (set it to {what})")
             return
         expanded = Path(_ENV_VAR.sub(lambda m: os.environ[m.group(1)], source["path"])).expanduser()
         if not expanded.is_absolute():
@@ -217,11 +236,24 @@ class SpecChecks:
             PromptBuilder.from_spec({**self.raw["prompt"], "chat_template": False})
         except SpecError as e:
             yield Problem(("prompt",), str(e))
-        labels = self.raw["prompt"]["labels"]
-        if len(labels) != N_OPTIONS:
+        labels, n_options = self.raw["prompt"]["labels"], self._n_options()
+        if n_options is not None and len(labels) != n_options:
             yield Problem(
-                ("prompt", "labels"), f"{len(labels)} labels for {N_OPTIONS} answer options; give exactly {N_OPTIONS}"
+                ("prompt", "labels"), f"{len(labels)} labels for {n_options} answer options; give exactly {n_options}"
             )
+
+    def _n_options(self) -> int | None:
+        """Options per item as the source declares them; None when only the rows tell (a list
+        column: each row is checked against the labels as it is loaded)."""
+        source = self.raw["data"]["source"]
+        if not isinstance(source, dict) or source.get("kind") != "parallel":
+            return N_OPTIONS
+        options = (source.get("columns") or {}).get("options")
+        if isinstance(options, list):
+            return len(options)
+        if options is None and source.get("choices"):
+            return len(source["choices"])
+        return None
 
     def _models(self) -> Iterator[Problem]:
         names: list[str] = []

@@ -62,6 +62,7 @@ class RunStatus(SpecEnum):
 class SourceKind(SpecEnum):
     SYNTHETIC = "synthetic"
     BELEBELE = "belebele"
+    PARALLEL = "parallel"
 
 
 class EvaluateEngineKind(SpecEnum):
@@ -93,7 +94,10 @@ QuantStorage = Literal["compute_dtype", "uint8"]
 Scoring = Literal["auto", "label_ids", "prompt_logprobs", "echo"]
 LrScheduler = Literal["linear", "cosine", "constant"]
 SplitUnit = Literal["question", "passage"]
-PromptPreset = Literal["relxfer-v1", "lm-eval-belebele"]
+PromptPreset = Literal["relxfer-v1", "lm-eval-belebele", "topic-v1"]
+DataFormat = Literal["jsonl", "csv", "tsv", "parquet"]
+AnswerFormat = Literal["number", "index", "letter", "text"]
+Recipe = Literal["belebele", "sib200"]
 InstructionLanguage = Literal["en", "target"]
 Alphabet = Literal["shared", "disjoint"]
 Architecture = Literal["dense", "moe"]
@@ -227,7 +231,43 @@ class BelebeleSource(SpecPart):
     path: str | None  # expanded and absolute once loaded
 
 
-DataSource = SyntheticSource | BelebeleSource
+@dataclass(frozen=True, kw_only=True)
+class ParallelSplits(SpecPart):
+    train: str
+    eval: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ColumnMap(SpecPart):
+    answer: str
+    id: tuple[str, ...] | None = optional()
+    group: str | None = optional()
+    passage: str | None = optional()
+    question: str | None = optional()
+    options: tuple[str, ...] | str | None = optional()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelSource(SpecPart):
+    """A declared parallel set; a `recipe` has been expanded into the settings left out
+    (relxfer.spec.checks), so every setting here is what loading uses."""
+
+    SCHEMA = "parallelSource"
+    kind: Literal[SourceKind.PARALLEL] = SourceKind.PARALLEL
+    recipe: Recipe | None = optional()
+    hub_id: str | None = optional()
+    config: str | dict[str, str] | None = optional()
+    revision: str | None = optional()
+    path: str | None = optional()  # expanded and absolute once loaded
+    files: str | None = optional()
+    format: DataFormat | None = optional()
+    splits: ParallelSplits | None = optional()
+    columns: ColumnMap | None = optional()
+    answer_format: AnswerFormat | None = optional()
+    choices: tuple[str, ...] | None = optional()
+
+
+DataSource = SyntheticSource | BelebeleSource | ParallelSource
 
 
 @dataclass(frozen=True, kw_only=True)
