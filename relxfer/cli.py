@@ -64,13 +64,15 @@ def _spec_arg():
 @main.command()
 @_spec_arg()
 def validate(spec: Path) -> None:
-    """Check SPEC against the schema and the language table; run nothing.
+    """Check SPEC against the schema and the language table, and a declared local data set's rows; run nothing.
 
     Example: relxfer validate specs/smoke.json
     """
+    from relxfer.plan.study_data import check_local_data
     from relxfer.spec.load import load_spec
 
     loaded = load_spec(spec)
+    check_local_data(loaded)
     click.echo(f"{spec}: valid (spec hash {loaded.hash})")
 
 

@@ -233,6 +233,11 @@ def belebele_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sib200_dir() -> Path:
+    return shared_data.sib200_dir()
+
+
+@pytest.fixture(scope="session")
 def vllm_server(relxfer_cache, tmp_path_factory):
     """One real vLLM server (tiny model, float32, LoRA at run time) for the session; its
     environment is built on first use (tests/servers/vllm_env.py)."""

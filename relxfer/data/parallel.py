@@ -169,7 +169,7 @@ def _items(
 ) -> list[MCItem]:
     items: list[MCItem] = []
     for position, (location, row) in enumerate(rows, start=1):
-        item = _item(declaration, row, code, location, position)
+        item = _item(declaration, row, code, location, split, position)
         if n_options is not None and len(item.options) != n_options:
             raise DataError(f"{location}: {len(item.options)} options, but the prompt has {n_options} labels")
         first = locations.setdefault((split, code, item.question_id), location)
@@ -181,7 +181,9 @@ def _items(
     return items
 
 
-def _item(declaration: ParallelDeclaration, row: dict[str, Any], code: str, location: str, position: int) -> MCItem:
+def _item(
+    declaration: ParallelDeclaration, row: dict[str, Any], code: str, location: str, split: str, position: int
+) -> MCItem:
     columns = declaration.columns
     named = [columns.answer, *(columns.id or ()), columns.group, columns.passage, columns.question]
     if isinstance(columns.options, tuple):
@@ -191,7 +193,9 @@ def _item(declaration: ParallelDeclaration, row: dict[str, Any], code: str, loca
     missing = [name for name in named if name is not None and name not in row]
     if missing:
         raise DataError(f"{location}: no column {missing[0]!r}; the row has {', '.join(map(repr, row))}")
-    question_id = "#".join(_id_part(row[c]) for c in columns.id) if columns.id else str(position)
+    # Without id columns an item is its row: parallel by order, and named by its split so
+    # rows of two splits never share an id.
+    question_id = "#".join(_id_part(row[c]) for c in columns.id) if columns.id else f"{split}#{position}"
     options = _options(declaration, row, location)
     return MCItem(
         question_id=question_id,

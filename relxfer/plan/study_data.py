@@ -150,3 +150,11 @@ def _hub_summary(spec: Spec, source: ParallelSource) -> DataSummary:
             f"guard and the column checks run on the loaded rows before any run"
         ),
     )
+
+
+def check_local_data(spec: Spec) -> None:
+    """Load a declared local source's rows, so every column, answer and id problem is reported
+    (DataError, with file and row) before anything runs; a hub is not contacted here."""
+    source = spec.data.source
+    if isinstance(source, ParallelSource) and source.path:
+        load_study_data(spec)

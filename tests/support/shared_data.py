@@ -14,6 +14,7 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 BELEBELE = SHARED_DATA / "belebele"
 TOKENIZERS = SHARED_DATA / "tokenizers"  # real tokenizers and chat templates, no weights (SOURCE.md)
+SIB200 = SHARED_DATA / "sib200"
 REQUIRE_ENV = "RELXFER_REQUIRE_SHARED_DATA"
 
 
@@ -43,3 +44,10 @@ def belebele_dir() -> Path:
     """The real Belebele directory (one <code>.jsonl per language)."""
     need(BELEBELE / "eng_Latn.jsonl", "real Belebele files")
     return BELEBELE
+
+
+def sib200_dir() -> Path:
+    """The real SIB-200 directory (<code>/{train,dev,test}.tsv): $SIB200_DIR, else ../shared/data."""
+    root = Path(os.environ["SIB200_DIR"]) if os.environ.get("SIB200_DIR") else SIB200
+    need(root / "arb_Arab" / "train.tsv", "real SIB-200 files")
+    return root
