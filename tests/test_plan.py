@@ -102,11 +102,12 @@ def test_engines_and_resources_default_to_local_and_leave_keys_alone(tmp_path):
     assert keys(load_variant(tmp_path, "explicit", explicit)) == keys(plain)
 
 
-def test_cell_keys_of_every_shipped_spec_are_pinned(monkeypatch, belebele_dir):
+def test_cell_keys_of_every_shipped_spec_are_pinned(monkeypatch, belebele_dir, sib200_dir):
     """A cell's key decides what a re-run skips: the keys of every spec in specs/ stay what
-    tests/plan_keys.json records (a change there re-runs finished studies). Belebele keys hold
-    a digest of the files, so they are pinned for the shared copy of the data."""
+    tests/plan_keys.json records (a change there re-runs finished studies). Belebele and SIB-200
+    keys hold a digest of the files, so they are pinned for the shared copy of the data."""
     monkeypatch.setenv("BELEBELE_DIR", str(belebele_dir))
+    monkeypatch.setenv("SIB200_DIR", str(sib200_dir))
     pinned = json.loads((REPO / "tests" / "plan_keys.json").read_text())
     shipped = sorted(p.name for p in (REPO / "specs").glob("*.json"))
     assert sorted(pinned) == shipped

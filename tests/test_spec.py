@@ -197,6 +197,7 @@ def test_spec_hash_ignores_prose_but_not_settings(tmp_path):
 @pytest.mark.parametrize("spec_file", sorted((REPO / "specs").glob("*.json")))
 def test_every_shipped_spec_validates(spec_file, monkeypatch, tmp_path):
     monkeypatch.setenv("BELEBELE_DIR", str(tmp_path))
+    monkeypatch.setenv("SIB200_DIR", str(tmp_path))
     load_spec(spec_file)
 
 

@@ -210,8 +210,9 @@ def test_conditions_know_their_adapter_and_chain_of_thought():
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "specs").glob("*.json")))
-def test_every_shipped_spec_parses_and_gives_back_its_resolved_dict(name, monkeypatch, belebele_dir):
+def test_every_shipped_spec_parses_and_gives_back_its_resolved_dict(name, monkeypatch, belebele_dir, sib200_dir):
     monkeypatch.setenv("BELEBELE_DIR", str(belebele_dir))
+    monkeypatch.setenv("SIB200_DIR", str(sib200_dir))
     spec = load_spec(REPO / "specs" / name)
     document = spec.to_dict()
     expected = {k: v for k, v in spec.raw.items() if k != "$schema"}

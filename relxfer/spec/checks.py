@@ -51,7 +51,7 @@ class SpecChecks:
         self._check(self._groups_disjoint, [("eval", "groups"), (*source, "kind"), (*source, "languages")])
         self._check(self._conditions_have_a_finetune, [("conditions",), ("finetune",)])
         self._check(self._finetunes_fit, [("conditions",), ("finetune",), ("models",)])
-        self._check(self._prompt_options, [("prompt",), ("data", "source")])
+        self._check(self._prompt_options, [("prompt",)])
         models = self.raw["models"] if isinstance(self.raw.get("models"), list) else [None]
         self._check(
             self._models,
@@ -245,13 +245,14 @@ class SpecChecks:
     def _n_options(self) -> int | None:
         """Options per item as the source declares them; None when only the rows tell (a list
         column: each row is checked against the labels as it is loaded)."""
-        source = self.raw["data"]["source"]
+        source = self.raw["data"]["source"] if isinstance(self.raw.get("data"), dict) else None
         if not isinstance(source, dict) or source.get("kind") != "parallel":
             return N_OPTIONS
-        options = (source.get("columns") or {}).get("options")
+        columns = source.get("columns")
+        options = columns.get("options") if isinstance(columns, dict) else None
         if isinstance(options, list):
             return len(options)
-        if options is None and source.get("choices"):
+        if options is None and isinstance(source.get("choices"), list):
             return len(source["choices"])
         return None
 
