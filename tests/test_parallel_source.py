@@ -209,7 +209,9 @@ def test_a_local_parallel_source_is_keyed_by_its_items_not_its_path(sib200_dir, 
     first = small_sib(tmp_path / "a", sib200_dir)
     second = tmp_path / "b" / "elsewhere"
     shutil.copytree(first, second)
-    keys = [[c.key for c in plan(load_spec(small_spec(tmp_path / d, root)))] for d, root in (("a", first), ("b", second))]
+    keys = [
+        [c.key for c in plan(load_spec(small_spec(tmp_path / d, root)))] for d, root in (("a", first), ("b", second))
+    ]
     assert keys[0] == keys[1]
     edit_tsv(second / "eng_Latn" / "test.tsv", lambda t: t[1].__setitem__(2, t[1][2] + " (edited)"))
     edited = [c.key for c in plan(load_spec(small_spec(tmp_path / "b", second)))]
@@ -245,8 +247,12 @@ def test_csv_quoting_parquet_list_columns_and_letter_answers(tmp_path):
             ("1", rows[0]["text"], ("x", "y", "z"), 1),
             ("2", "plain", ("p", "q", "r"), 2),
         ], code
-    declaration = ParallelDeclaration(columns=columns, answer_format="letter", path=str(tmp_path), files="{language}.csv")
-    with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'eng_Latn.csv'}:2: 3 options, but the prompt has 4 labels")):
+    declaration = ParallelDeclaration(
+        columns=columns, answer_format="letter", path=str(tmp_path), files="{language}.csv"
+    )
+    with pytest.raises(
+        DataError, match=re.escape(f"{tmp_path / 'eng_Latn.csv'}:2: 3 options, but the prompt has 4 labels")
+    ):
         load_parallel(declaration, {"test": ["eng_Latn"]}, n_options=4)
 
 

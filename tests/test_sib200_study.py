@@ -70,7 +70,9 @@ def test_sib200_runs_through_finetune_evaluation_and_compare(sib200_dir, relxfer
     report = json.loads((out / "report.json").read_text())
     gains = [g for g in report["gains"] if g["condition"] == "finetuned"]
     assert sorted(g["language"] for g in gains) == sorted(spec.eval_languages)
-    assert {g["role"] for g in gains if g["language"] in ("heb_Hebr", "amh_Ethi", "mlt_Latn", "tir_Ethi")} == {"related"}
+    assert {g["role"] for g in gains if g["language"] in ("heb_Hebr", "amh_Ethi", "mlt_Latn", "tir_Ethi")} == {
+        "related"
+    }
     gap = report["analyses"]["family_gap[finetuned]"]
     assert gap["ci_low"] <= gap["estimate"] <= gap["ci_high"]
     assert 1 / 210 <= gap["perm_p_value"] <= 1  # 4 + 6 languages: 210 assignments

@@ -198,7 +198,10 @@ def test_data_source_mistake_names_the_field_of_its_kind(tmp_path):
     path = spec_file(tmp_path, "full.json", lambda r: r["data"].update(source={"kind": "belebel"}))
     assert errors(path)[0] == f"{path}: /data/source/kind: unknown kind 'belebel'; did you mean belebele?"
     path = spec_file(tmp_path, "full.json", lambda r: r["data"].update(source={"path": "/data"}))
-    assert errors(path)[0] == f"{path}: /data/source: 'kind' is a required property (one of: synthetic, belebele, parallel)"
+    assert (
+        errors(path)[0]
+        == f"{path}: /data/source: 'kind' is a required property (one of: synthetic, belebele, parallel)"
+    )
 
 
 def test_mistakes_inside_an_engine_name_the_fields_of_its_kind(tmp_path):

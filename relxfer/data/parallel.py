@@ -89,7 +89,9 @@ def load_parallel(
             rows, where = _rows(declaration, code, split)
             per_language[code] = _items(declaration, rows, code, where, n_options, locations, split)
         _check_parallel(per_language, split, locations)
-    everything = [item for per_language in items.values() for lang_items in per_language.values() for item in lang_items]
+    everything = [
+        item for per_language in items.values() for lang_items in per_language.values() for item in lang_items
+    ]
     return ParallelData(items=items, source=_uri(declaration), digest=items_digest(_distinct(everything)))
 
 
@@ -255,7 +257,9 @@ def _gold(declaration: ParallelDeclaration, value: Any, options: tuple[str, ...]
         letters = _LETTERS[:n]
         if isinstance(value, str) and len(value) == 1 and value in letters:
             return letters.index(value)
-        raise DataError(f"{location}: answer {_shown(value)} in column {column!r} is outside the options A to {letters[-1]}")
+        raise DataError(
+            f"{location}: answer {_shown(value)} in column {column!r} is outside the options A to {letters[-1]}"
+        )
     first = 1 if fmt == "number" else 0
     number = _whole_number(value)
     if number is None or not first <= number < first + n:
@@ -277,7 +281,9 @@ def _whole_number(value: Any) -> int | None:
     return None
 
 
-def _check_parallel(per_language: dict[str, list[MCItem]], split: str, locations: dict[tuple[str, str, str], str]) -> None:
+def _check_parallel(
+    per_language: dict[str, list[MCItem]], split: str, locations: dict[tuple[str, str, str], str]
+) -> None:
     """Every language of a split holds the same ids; else name an id one language lacks."""
     codes = list(per_language)
     if len(codes) < 2:
@@ -291,11 +297,15 @@ def _check_parallel(per_language: dict[str, list[MCItem]], split: str, locations
         extra = [qid for qid in ids if qid not in reference_set]
         if extra:
             where = locations[(split, code, extra[0])]
-            raise DataError(f"{where}: id {extra[0]!r} of {code} is not in {reference}: ids are not parallel across languages")
+            raise DataError(
+                f"{where}: id {extra[0]!r} of {code} is not in {reference}: ids are not parallel across languages"
+            )
         lacking = [qid for qid in reference_ids if qid not in id_set]
         if lacking:
             where = locations[(split, reference, lacking[0])]
-            raise DataError(f"{where}: id {lacking[0]!r} of {reference} is not in {code}: ids are not parallel across languages")
+            raise DataError(
+                f"{where}: id {lacking[0]!r} of {reference} is not in {code}: ids are not parallel across languages"
+            )
 
 
 def _shown(value: Any) -> str:

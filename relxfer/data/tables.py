@@ -24,7 +24,9 @@ def format_of(file: Path, declared: str | None) -> str:
         return declared
     found = _BY_SUFFIX.get(file.suffix.lower())
     if found is None:
-        raise DataError(f"{file}: cannot tell the format from the extension; set data.source.format to one of {', '.join(FORMATS)}")
+        raise DataError(
+            f"{file}: cannot tell the format from the extension; set data.source.format to one of {', '.join(FORMATS)}"
+        )
     return found
 
 
