@@ -20,6 +20,9 @@ from relxfer.spec.types import BelebeleSource, DataSource, ParallelSource, Spec,
 
 ItemsByLanguage = dict[str, list[MCItem]]
 
+# Every variant of the Belebele release has the same 900 questions (488 passages), parallel.
+BELEBELE_QUESTIONS_PER_LANGUAGE = 900
+
 
 @dataclass(frozen=True)
 class LoadedItems:
@@ -30,11 +33,24 @@ class LoadedItems:
     digest: str  # of every item loaded
 
 
+@dataclass(frozen=True)
+class DataSummary:
+    train_items: int | None  # None: unknown until the hub is contacted
+    held_out_ids: int
+    leaked_ids: int
+    eval_items: dict[str, int]
+    loaded: bool  # False: sizes follow from the source's known shape; nothing was read
+    note: str = ""
+
+
 class SourceLoader(Protocol):
     def load(self, spec: Spec, train_languages: Sequence[str], eval_languages: Sequence[str]) -> LoadedItems: ...
 
     def local_path(self, source: Any) -> str | None:
         """The local file or directory the source reads; None for generated or hub data."""
+
+    def unloaded_summary(self, spec: Spec) -> DataSummary | None:
+        """The sizes `relxfer plan` shows for a source it does not read (a hub); None: load it."""
 
 
 def _single_split(items: ItemsByLanguage, uri: str, digest: str) -> LoadedItems:
@@ -66,6 +82,9 @@ class SyntheticLoader:
     def local_path(self, source: Any) -> str | None:
         return None
 
+    def unloaded_summary(self, spec: Spec) -> DataSummary | None:
+        return None  # generated offline, in seconds
+
 
 class BelebeleLoader:
     def load(self, spec: Spec, train_languages: Sequence[str], eval_languages: Sequence[str]) -> LoadedItems:
@@ -79,6 +98,29 @@ class BelebeleLoader:
 
     def local_path(self, source: Any) -> str | None:
         return source.path if isinstance(source, BelebeleSource) else None
+
+    def unloaded_summary(self, spec: Spec) -> DataSummary | None:
+        source = spec.data.source
+        assert isinstance(source, BelebeleSource)
+        if source.path:
+            return None
+        held_out = spec.data.split.held_out
+        per_language = BELEBELE_QUESTIONS_PER_LANGUAGE - held_out
+        cap = spec.train.max_items_per_language
+        per_language = min(per_language, cap) if cap else per_language
+        max_items = spec.evaluation.max_items
+        n_eval = min(held_out, max_items) if max_items else held_out
+        return DataSummary(
+            train_items=per_language * len(spec.train_languages),
+            held_out_ids=held_out,
+            leaked_ids=0,
+            eval_items={lang: n_eval for lang in spec.eval_languages},
+            loaded=False,
+            note=(
+                f"{source.hub_id} not contacted; sizes from Belebele's {BELEBELE_QUESTIONS_PER_LANGUAGE} parallel "
+                f"questions per language; the leakage guard checks the loaded data before any run"
+            ),
+        )
 
 
 class ParallelLoader:
@@ -102,6 +144,29 @@ class ParallelLoader:
 
     def local_path(self, source: Any) -> str | None:
         return source.path if isinstance(source, ParallelSource) else None
+
+    def unloaded_summary(self, spec: Spec) -> DataSummary | None:
+        """A declared hub set, not contacted: with one split the evaluation size is the held-out
+        count; the rest is known once the rows are loaded."""
+        source = spec.data.source
+        assert isinstance(source, ParallelSource)
+        if source.path:
+            return None
+        own_splits = source.splits is not None and source.splits.train != source.splits.eval
+        held_out = None if own_splits else spec.data.split.held_out
+        known = [n for n in (held_out, spec.evaluation.max_items) if n is not None]
+        n_eval = min(known) if known else None
+        return DataSummary(
+            train_items=None,
+            held_out_ids=held_out or 0,
+            leaked_ids=0,
+            eval_items={lang: n_eval for lang in spec.eval_languages} if n_eval is not None else {},
+            loaded=False,
+            note=(
+                f"{source.hub_id} not contacted; the sizes it does not fix are known once loaded, and the "
+                f"leakage guard and the column checks run on the loaded rows before any run"
+            ),
+        )
 
 
 def parallel_declaration(source: ParallelSource) -> ParallelDeclaration:

@@ -9,8 +9,8 @@ from pathlib import Path
 from relxfer.data import split
 from relxfer.data.digest import items_digest
 from relxfer.data.items import MCItem
-from relxfer.plan.sources import loader_for
-from relxfer.spec.types import BelebeleSource, ParallelSource, Spec
+from relxfer.plan.sources import DataSummary, loader_for
+from relxfer.spec.types import ParallelSource, Spec
 
 
 @dataclass(frozen=True)
@@ -84,44 +84,12 @@ def _capped(train: list[MCItem], spec: Spec) -> list[MCItem]:
     return [item for lang in spec.train_languages for item in [i for i in train if i.language == lang][:cap]]
 
 
-# Every variant of the Belebele release has the same 900 questions (488 passages), parallel.
-BELEBELE_QUESTIONS_PER_LANGUAGE = 900
-
-
-@dataclass(frozen=True)
-class DataSummary:
-    train_items: int | None  # None: unknown until the hub is contacted
-    held_out_ids: int
-    leaked_ids: int
-    eval_items: dict[str, int]
-    loaded: bool  # False: sizes follow from the source's known shape; nothing was read
-    note: str = ""
-
-
 def summarize_study_data(spec: Spec) -> DataSummary:
     """Sizes of the training and evaluation sets. Local and synthetic data are loaded and counted
-    (leakage is measured); a hub source is not contacted: its sizes follow from Belebele's shape."""
-    source = spec.data.source
-    if isinstance(source, BelebeleSource) and not source.path:
-        held_out = spec.data.split.held_out
-        per_language = BELEBELE_QUESTIONS_PER_LANGUAGE - held_out
-        cap = spec.train.max_items_per_language
-        per_language = min(per_language, cap) if cap else per_language
-        max_items = spec.evaluation.max_items
-        n_eval = min(held_out, max_items) if max_items else held_out
-        return DataSummary(
-            train_items=per_language * len(spec.train_languages),
-            held_out_ids=held_out,
-            leaked_ids=0,
-            eval_items={lang: n_eval for lang in spec.eval_languages},
-            loaded=False,
-            note=(
-                f"{source.hub_id} not contacted; sizes from Belebele's {BELEBELE_QUESTIONS_PER_LANGUAGE} parallel "
-                f"questions per language; the leakage guard checks the loaded data before any run"
-            ),
-        )
-    if isinstance(source, ParallelSource) and not source.path:
-        return _hub_summary(spec, source)
+    (leakage is measured); a hub source is not contacted: its loader says what it knows."""
+    unloaded = loader_for(spec.data.source).unloaded_summary(spec)
+    if unloaded is not None:
+        return unloaded
     data = load_study_data(spec)
     return DataSummary(
         train_items=len(data.train_items),
@@ -129,26 +97,6 @@ def summarize_study_data(spec: Spec) -> DataSummary:
         leaked_ids=len({item.question_id for item in data.train_items} & set(data.held_out_ids)),
         eval_items={lang: len(items) for lang, items in data.eval_items.items()},
         loaded=True,
-    )
-
-
-def _hub_summary(spec: Spec, source: ParallelSource) -> DataSummary:
-    """Sizes of a declared hub set without contacting the hub: with one split the evaluation
-    size is the held-out count; the rest is known once the rows are loaded."""
-    own_splits = source.splits is not None and source.splits.train != source.splits.eval
-    max_items = spec.evaluation.max_items
-    held_out = None if own_splits else spec.data.split.held_out
-    n_eval = min(x for x in (held_out, max_items) if x is not None) if (held_out or max_items) else None
-    return DataSummary(
-        train_items=None,
-        held_out_ids=held_out or 0,
-        leaked_ids=0,
-        eval_items={lang: n_eval for lang in spec.eval_languages} if n_eval is not None else {},
-        loaded=False,
-        note=(
-            f"{source.hub_id} not contacted; the sizes it does not fix are known once loaded, and the leakage "
-            f"guard and the column checks run on the loaded rows before any run"
-        ),
     )
 
 
