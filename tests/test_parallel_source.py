@@ -112,6 +112,20 @@ def test_sib200_recipe_reads_the_real_files_with_their_own_splits(sib200_dir, tm
     assert {i.gold for items in data.eval_items.values() for i in items} == set(range(7))
 
 
+def test_max_items_of_an_own_split_is_a_seeded_draw_of_every_topic(sib200_dir, tmp_path):
+    """SIB-200's test split is sorted by topic: its first rows are all science/technology, so
+    `evaluation.max_items` draws ids by `data.split.seed` (the same in every language)."""
+    raw = sib_raw(sib200_dir)
+    raw["evaluation"] = {"max_items": 24}
+    data = load_study_data(load_spec(write(tmp_path, raw)))
+    ids = {code: [i.question_id for i in items] for code, items in data.eval_items.items()}
+    assert all(len(v) == 24 and v == ids["heb_Hebr"] for v in ids.values())
+    assert len({i.gold for i in data.eval_items["heb_Hebr"]}) == 7
+    raw["data"]["split"] = {"seed": 1}
+    other = load_study_data(load_spec(write(tmp_path, raw, "seed1.json")))
+    assert [i.question_id for i in other.eval_items["heb_Hebr"]] != ids["heb_Hebr"]
+
+
 def test_topic_preset_renders_the_text_and_the_numbered_topics(sib200_dir, tmp_path):
     spec = load_spec(write(tmp_path, sib_raw(sib200_dir)))
     item = load_study_data(spec).eval_items["heb_Hebr"][0]

@@ -3,6 +3,7 @@ evaluation sets, and refuse to go on if any held-out question reached training."
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def load_study_data(spec: Spec) -> StudyData:
     if loaded.own_splits:
         # The set's own splits: every evaluated id is held out, and none may reach training.
         train = [item for lang in spec.train_languages for item in loaded.train[lang]]
-        evaluation = {lang: list(loaded.eval[lang]) for lang in spec.eval_languages}
+        evaluation = _drawn(spec, {lang: list(loaded.eval[lang]) for lang in spec.eval_languages})
         held_out_ids = sorted({item.question_id for items in evaluation.values() for item in items})
         train = _capped(train, spec)
         split.assert_no_leakage(train, held_out_ids)
@@ -74,6 +75,18 @@ def load_study_data(spec: Spec) -> StudyData:
         train_digest=items_digest(train),
         eval_digests={lang: items_digest(items) for lang, items in evaluation.items()},
     )
+
+
+def _drawn(spec: Spec, evaluation: dict[str, list[MCItem]]) -> dict[str, list[MCItem]]:
+    """With `evaluation.max_items` below the split's size, a seeded draw (`data.split.seed`) of
+    that many ids, the same in every language, kept in file order: a split may be sorted (SIB-200's
+    test split is, by topic), so its first rows would be a sample of one class."""
+    max_items = spec.evaluation.max_items
+    ids = sorted({item.question_id for items in evaluation.values() for item in items})
+    if max_items is None or max_items >= len(ids):
+        return evaluation
+    drawn = set(random.Random(spec.data.split.seed).sample(ids, max_items))
+    return {lang: [item for item in items if item.question_id in drawn] for lang, items in evaluation.items()}
 
 
 def _capped(train: list[MCItem], spec: Spec) -> list[MCItem]:
