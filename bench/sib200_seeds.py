@@ -3,7 +3,7 @@
     SIB200_DIR=../shared/data/sib200 python bench/sib200_seeds.py [--seeds 0 1 2]
         [--max-steps N --batch-size N --learning-rate X --train-items N --eval-items N]
         [--tracking-uri URI] [--cache-dir DIR] [--out bench/results/sib200_seeds.json]
-    python bench/sib200_seeds.py --existing NAME --tracking-uri URI --seeds 0   # tabulate a study already run
+    python bench/sib200_seeds.py --existing NAME [--parent RUN_ID] --tracking-uri URI --seeds 0   # a study run before
     python bench/sib200_seeds.py --table bench/results/sib200_seeds.json       # reprint a table
 
 For every seed it writes a variant of the spec (`seeds` = [seed]; SIB-200's splits are fixed, so
@@ -61,10 +61,9 @@ def write_variant(seed: int, sizes: argparse.Namespace, work: Path) -> Path:
     return path
 
 
-def summarize(name: str, seed: int, uri: str, env: dict, work: Path) -> dict:
-    done = relxfer(
-        "compare", "--experiment", name, "--tracking-uri", uri, "--format", "json", "--no-log", env=env, cwd=work
-    )
+def summarize(name: str, seed: int, uri: str, env: dict, work: Path, parent: str | None = None) -> dict:
+    selector = ["--parent", parent] if parent else ["--experiment", name]
+    done = relxfer("compare", *selector, "--tracking-uri", uri, "--format", "json", "--no-log", env=env, cwd=work)
     if done.returncode != 0:
         raise SystemExit(f"relxfer compare {name} failed:\n{done.stderr[-3000:]}")
     report = json.loads(done.stdout)
@@ -133,6 +132,7 @@ def main() -> None:
     parser.add_argument("--tracking-uri")
     parser.add_argument("--cache-dir", type=Path)
     parser.add_argument("--existing", help="tabulate this experiment, already run, instead of running")
+    parser.add_argument("--parent", help="with --existing: the cells of this parent run only")
     parser.add_argument("--out", type=Path, default=REPO / "bench/results/sib200_seeds.json")
     parser.add_argument("--table", type=Path, help="only print the table of a results file written before")
     args = parser.parse_args()
@@ -145,7 +145,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if args.existing:
-        results = [summarize(args.existing, args.seeds[0], uri, env, work)]
+        results = [summarize(args.existing, args.seeds[0], uri, env, work, args.parent)]
     else:
         if not os.environ.get("SIB200_DIR"):
             raise SystemExit("set SIB200_DIR to the SIB-200 directory (<code>/{train,dev,test}.tsv)")
