@@ -16,11 +16,14 @@ DIGIT_LABELS = {
 }
 
 
-def write_belebele_tasks(root: Path, languages, belebele_dir: Path, digits: bool = False) -> Path:
+def write_belebele_tasks(
+    root: Path, languages, belebele_dir: Path, digits: bool = False, gen_prefix: str | None = None
+) -> Path:
     """One task config per language, `belebele_local_<code>`: the installed harness's own
     Belebele template (`include`: prompt, choices, metrics) with the data from
-    `<belebele_dir>/<code>.jsonl` (`digits`: options and choices 1-4, DIGIT_LABELS). Returns
-    `root`, for `TaskManager(include_path=root)`."""
+    `<belebele_dir>/<code>.jsonl` (`digits`: options and choices 1-4, DIGIT_LABELS;
+    `gen_prefix`: the task's `gen_prefix`, which opens the assistant's answer under a chat
+    template). Returns `root`, for `TaskManager(include_path=root)`."""
     import lm_eval
 
     template = Path(lm_eval.__file__).parent / "tasks" / "belebele" / "_default_template_yaml"
@@ -38,5 +41,7 @@ def write_belebele_tasks(root: Path, languages, belebele_dir: Path, digits: bool
             "test_split": "test",
             "fewshot_split": "test",
         } | (DIGIT_LABELS if digits else {})
+        if gen_prefix is not None:
+            config["gen_prefix"] = gen_prefix
         (root / f"belebele_local_{code}.yaml").write_text(json.dumps(config))  # JSON is YAML
     return root
