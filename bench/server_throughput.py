@@ -4,12 +4,12 @@ questions, in one run; questions/s, their ratio and per-item prediction agreemen
 
     python tests/servers/vllm_env.py          # builds vLLM's environment once (or set RELXFER_VLLM_PYTHON)
     python bench/server_throughput.py [--languages eng_Latn fra_Latn] [--limit 200] [--concurrency 16] [--rounds 2]
-    python bench/server_throughput.py --model qwen3-twin --labels digits --limit 200 --rounds 1
+    python bench/server_throughput.py --model builtin:qwen3-twin --labels digits --limit 200 --rounds 1
 
 The server: `python -m vllm.entrypoints.openai.api_server` on 127.0.0.1, float32, eager, no
 LoRA, prefix caching on (vLLM's default), the model from --model (the built-in tiny model by
-default; `qwen3-twin`: a tiny random-weight Qwen3 with the real Qwen3 tokenizer,
-tests/support/qwen3_twin.py), started once. Its prefix cache is emptied before every timed run (`/reset_prefix_cache`,
+default; `builtin:qwen3-twin`: a tiny random-weight Qwen3 with the real Qwen3 tokenizer,
+relxfer/models/twins.py), started once. Its prefix cache is emptied before every timed run (`/reset_prefix_cache`,
 VLLM_SERVER_DEV_MODE=1), so no run profits from an earlier one.
 
 Both sides send token ids built with the model's tokenizer, with BOS (lm-eval's API models
@@ -62,11 +62,9 @@ from relxfer.services.openai_client import OpenAIClient  # noqa: E402
 from relxfer.services.vllm_launch import VllmServer, free_port  # noqa: E402
 from relxfer.spec.types import ModelSpec  # noqa: E402
 from tests.support.lm_eval_tasks import DIGIT_LABELS, write_belebele_tasks  # noqa: E402
-from tests.support.qwen3_twin import qwen3_twin  # noqa: E402
 
 DEFAULT_BELEBELE = REPO.parent / "shared" / "data" / "belebele"
 SERVED = "bench"
-QWEN3_TWIN = "qwen3-twin"
 
 
 def prompt_builder(labels: str) -> PromptBuilder:
@@ -171,9 +169,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200, help="questions per language (the first N rows)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight, both sides")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument(
-        "--model", default=TINY_ID, help=f"a relxfer model source (built-in id or local directory), or {QWEN3_TWIN}"
-    )
+    parser.add_argument("--model", default=TINY_ID, help="a relxfer model source (built-in id or local directory)")
     parser.add_argument("--labels", choices=("letters", "digits"), default="letters", help="answer choices A-D or 1-4")
     parser.add_argument("--cache-dir", type=Path, default=Path(".relxfer-cache"))
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
@@ -181,8 +177,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
-    source = str(qwen3_twin(args.cache_dir)) if args.model == QWEN3_TWIN else args.model
-    model = ModelSpec.from_partial({"name": "bench", "source": source})
+    model = ModelSpec.from_partial({"name": "bench", "source": args.model})
     model_dir = Path(resolve_source(model, args.cache_dir))
     tokenizer = load_tokenizer(model, args.cache_dir)
     n_questions = args.limit * len(args.languages)

