@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 from relxfer.data.digest import items_digest
 from relxfer.data.items import MCItem
 from relxfer.data.languages import language
+from relxfer.data.tables import json_lines
 from relxfer.errors import DataError, SpecError
 
 DEFAULT_HUB_ID = "facebook/belebele"
@@ -155,7 +156,7 @@ def _load_dir_file(directory: Path, code: str) -> list[MCItem]:
         raise DataError(f"{file} not found; {_available(available, directory)}")
     try:
         with file.open("rb") as lines:
-            return _items_from_rows(_json_rows(lines, str(file)), code, where=str(file))
+            return _items_from_rows(json_lines(lines, str(file)), code, where=str(file))
     except OSError as error:
         raise DataError(f"cannot read {file}: {error.strerror or error}") from error
 
@@ -170,7 +171,7 @@ def _load_zip_member(archive: zipfile.ZipFile, zip_path: Path, code: str) -> lis
     where = f"{zip_path}/{candidates[0]}"
     try:
         with archive.open(candidates[0]) as lines:  # streamed from the archive, never extracted
-            return _items_from_rows(_json_rows(lines, where), code, where=where)
+            return _items_from_rows(json_lines(lines, where), code, where=where)
     except (zipfile.BadZipFile, OSError, EOFError) as error:  # damaged or truncated archive
         raise DataError(f"cannot read {where}: {error}") from error
 
@@ -195,22 +196,6 @@ def _available(codes: list[str], where: Path) -> str:
 
 
 # --- Rows to items ----------------------------------------------------------------------------
-
-
-def _json_rows(lines: Iterable[bytes], where: str) -> Iterator[tuple[str, Any]]:
-    """(location "file:line", decoded JSON value) for each non-blank line."""
-    for number, raw in enumerate(lines, start=1):
-        location = f"{where}:{number}"
-        try:
-            text = raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n")
-        except UnicodeDecodeError as error:
-            raise DataError(f"{location}: not valid UTF-8 (byte {error.start})") from error
-        if not text.strip():
-            continue
-        try:
-            yield location, json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{location}: invalid JSON: {error.msg} (column {error.colno})") from error
 
 
 def _items_from_rows(rows: Iterable[tuple[str, Any]], code: str, where: str) -> list[MCItem]:

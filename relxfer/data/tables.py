@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +43,25 @@ def read_rows(file: Path, fmt: str) -> Iterator[Located]:
         raise DataError(f"cannot read {file}: {error.strerror or error}") from error
 
 
+def json_lines(lines: Iterable[bytes], where: str) -> Iterator[tuple[str, Any]]:
+    """(location "file:line", decoded JSON value) for each non-blank line."""
+    for number, raw in enumerate(lines, start=1):
+        location = f"{where}:{number}"
+        try:
+            text = raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n")
+        except UnicodeDecodeError as error:
+            raise DataError(f"{location}: not valid UTF-8 (byte {error.start})") from error
+        if not text.strip():
+            continue
+        try:
+            yield location, json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{location}: invalid JSON: {error.msg} (column {error.colno})") from error
+
+
 def _jsonl_rows(file: Path) -> Iterator[Located]:
     with file.open("rb") as lines:
-        for number, raw in enumerate(lines, start=1):
-            location = f"{file}:{number}"
-            try:
-                text = raw.decode("utf-8").lstrip("\ufeff").rstrip("\r\n")
-            except UnicodeDecodeError as error:
-                raise DataError(f"{location}: not valid UTF-8 (byte {error.start})") from error
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{location}: invalid JSON: {error.msg} (column {error.colno})") from error
+        for location, row in json_lines(lines, str(file)):
             if not isinstance(row, dict):
                 raise DataError(f"{location}: expected a JSON object, got {type(row).__name__}")
             yield location, row

@@ -259,6 +259,23 @@ class TinkerBackend(TokenizerMethods):
 
     # -- generation -------------------------------------------------------------------------------
 
+    def _sample_greedy(
+        self, prompts: Sequence[Sequence[int]], max_new_tokens: int, stop: list[str] | list[int] | None, progress: bool
+    ) -> list:
+        """The service's greedy samples of `prompts` (one each), in order; `stop`: strings or
+        token ids the service ends a sample at."""
+        tinker = sdk()
+        params = tinker.types.SamplingParams(max_tokens=int(max_new_tokens), temperature=0.0, seed=0, stop=stop)
+        submits = []
+        for prompt in prompts:
+            model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompt])
+            submits.append(
+                lambda model_input=model_input: self.client.sample(
+                    prompt=model_input, num_samples=1, sampling_params=params
+                )
+            )
+        return self._run(submits, progress, "generating")
+
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
@@ -272,21 +289,11 @@ class TinkerBackend(TokenizerMethods):
         early; without them, EOS does."""
         from relxfer.models.tokenization import cut_at_stop
 
-        tinker = sdk()
         stop = [s for s in stop if s]
         eos = self.tokenizer.eos_token_id
         service_stop = list(stop) if stop else ([int(eos)] if eos is not None else None)
-        params = tinker.types.SamplingParams(max_tokens=int(max_new_tokens), temperature=0.0, seed=0, stop=service_stop)
-        submits = []
-        for prompt in prompts:
-            model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompt])
-            submits.append(
-                lambda model_input=model_input: self.client.sample(
-                    prompt=model_input, num_samples=1, sampling_params=params
-                )
-            )
         texts = []
-        for response in self._run(submits, progress, "generating"):
+        for response in self._sample_greedy(prompts, max_new_tokens, service_stop, progress):
             tokens = list(response.sequences[0].tokens)
             if eos is not None and eos in tokens:
                 tokens = tokens[: tokens.index(eos)]
@@ -302,20 +309,9 @@ class TinkerBackend(TokenizerMethods):
     ) -> list[tuple[list[int], bool]]:
         """Greedy continuation ids of each prompt, up to the first EOS, and whether the row
         ended there."""
-        tinker = sdk()
         eos = self.tokenizer.eos_token_id
-        stop = [int(eos)] if eos is not None else None
-        params = tinker.types.SamplingParams(max_tokens=int(max_new_tokens), temperature=0.0, seed=0, stop=stop)
-        submits = []
-        for prompt in prompts:
-            model_input = tinker.types.ModelInput.from_ints([int(t) for t in prompt])
-            submits.append(
-                lambda model_input=model_input: self.client.sample(
-                    prompt=model_input, num_samples=1, sampling_params=params
-                )
-            )
         out = []
-        for response in self._run(submits, progress, "generating"):
+        for response in self._sample_greedy(prompts, max_new_tokens, [int(eos)] if eos is not None else None, progress):
             tokens = [int(t) for t in response.sequences[0].tokens]
             ended = eos is not None and eos in tokens
             out.append((tokens[: tokens.index(eos)] if ended else tokens, ended or len(tokens) < int(max_new_tokens)))

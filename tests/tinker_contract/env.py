@@ -1,6 +1,7 @@
 """The environment the Tinker contract tests run in: the SDK the hosted service speaks
 (`tinker==0.38.0`), pytest, and the few light packages relxfer's SDK-facing modules import
-(jsonschema for the spec types, tqdm for progress bars). No torch: those modules must not need
+(jsonschema for the spec types, tqdm for progress bars, jinja2 for the chat templates the
+backends render). No torch: those modules must not need
 it (tests/tinker_contract/test_sdk_contract.py checks that they do not load it).
 
     python tests/tinker_contract/env.py      # pre-build (CI runs this in the background); prints the Python
@@ -22,8 +23,8 @@ from tests.servers.venvs import VenvSpec, ensure_venv  # noqa: E402
 SDK_VERSION = "0.38.0"
 CONTRACT_ENV = VenvSpec(
     name="tinker-contract",
-    requirements=(f"tinker=={SDK_VERSION}", "pytest>=8", "jsonschema>=4.20", "tqdm>=4.66"),
-    check="import tinker, jsonschema, tqdm, pytest",
+    requirements=(f"tinker=={SDK_VERSION}", "pytest>=8", "jsonschema>=4.20", "tqdm>=4.66", "jinja2>=3.1"),
+    check="import tinker, jsonschema, tqdm, jinja2, pytest",
     installer="uv",
 )
 
