@@ -90,12 +90,14 @@ def seeds_for(runs: int, n_models: int, n_languages: int = 6) -> int:
 
 
 def write_spec(path: Path, experiment: str, n_models: int = 7, n_seeds: int = 1) -> Path:
-    """specs/full.json with `n_models` of its models, `n_seeds` seeds and its own experiment."""
+    """specs/full.json with `n_models` of its models, `n_seeds` seeds and its own experiment. The
+    models read raw completion prompts: the scripted engine answers from the prompt's text, and a
+    chat template would need each model's tokenizer from the hub."""
     raw = json.loads(FULL_SPEC.read_text())
     raw.pop("$schema", None)
     raw["name"] = f"{experiment}-study"
     raw["experiment"] = experiment
-    raw["models"] = raw["models"][:n_models]
+    raw["models"] = [{**model, "chat_template": False} for model in raw["models"][:n_models]]
     raw["seeds"] = list(range(n_seeds))
     path.write_text(json.dumps(raw, indent=1))
     return path
@@ -213,7 +215,7 @@ def populate(
         params={},
     )
     runner = CellRunner(StudyContext(spec, tracker, parent, data, workdir / "cache", progress=False))
-    labels = runner.builder.labels
+    labels = runner.builder(spec.models[0].name).labels  # the labels are the spec's, shared by its models
     run_ids: dict[str, str] = {}
     done = [0]
     lock = threading.Lock()

@@ -402,3 +402,22 @@ def test_training_rows_learn_the_label_and_the_end_token(family, completion_ids,
     assert ids[-n_completion:] == completion_ids
     contexts, _ = encode_requests(methods, [builder.direct(ITEM)], builder.continuations())
     assert ids[:-n_completion] == contexts[0]  # the prompt exactly as evaluation encodes it
+
+
+def test_a_model_that_declares_raw_completion_gets_it_under_a_chat_template_default(tmp_path):
+    """`prompt.chat_template: true` is the spec's default; a model's own `false` wins."""
+    from pathlib import Path
+
+    from relxfer.models.chat_format import prompt_builder
+    from relxfer.spec.load import load_spec
+
+    raw = json.loads((Path(__file__).resolve().parents[1] / "specs" / "smoke.json").read_text())
+    raw["prompt"]["chat_template"] = True
+    raw["models"][0]["chat_template"] = False
+    path = tmp_path / "raw-model.json"
+    path.write_text(json.dumps(raw))
+    spec = load_spec(path)
+    plain = load_spec(Path(__file__).resolve().parents[1] / "specs" / "smoke.json")
+    builder = prompt_builder(spec, spec.models[0])
+    assert builder.chat is None
+    assert builder.template_id == prompt_builder(plain, plain.models[0]).template_id

@@ -92,12 +92,15 @@ def test_a_model_with_corrupt_weights_fails_alone_on_ray_and_a_rerun_after_the_f
     assert all(len(runs[name]) == 1 for name in good)
 
 
-def test_fail_fast_on_ray_stops_scheduling_at_the_first_failure(cluster, tmp_path, relxfer_cache, bad_model):
+def test_fail_fast_on_ray_stops_scheduling_at_the_first_failure(
+    cluster, mlflow_server, tmp_path, relxfer_cache, bad_model
+):
     """Cells run side by side on Ray, so some may be in flight when the first failure comes back:
     those are cancelled (their runs end KILLED), every cell not started is recorded NOT_RUN, each
     with the reason, and the bad model's fine-tuned cells never start."""
     spec = two_model_spec(tmp_path / "fail-fast-ray.json", bad_model, bad_first=True)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # A tracking server, as a cluster has: the cancel makes workers and driver write at once.
+    uri = mlflow_server.uri
     result = driver(cluster, spec, uri, tmp_path / "driver-cache", "--fail-fast")
 
     output = result.stdout + result.stderr

@@ -233,7 +233,9 @@ def prompt_builder(spec: Spec, model: ModelSpec, tokenizer: Any = None, add_bos_
     backend's own when it is not)."""
     settings = chat_settings(spec.chat_template(model))
     chat = None if settings is None else settings.to_dict()
-    builder = PromptBuilder.from_spec(spec.prompt.to_dict(), chat)
+    # The model's own format wins: raw completion for it, whatever the spec-level default says.
+    prompt = spec.prompt.to_dict() if settings is not None else {**spec.prompt.to_dict(), "chat_template": False}
+    builder = PromptBuilder.from_spec(prompt, chat)
     if chat is not None and tokenizer is not None:
         builder = builder.bind(ChatFormat(tokenizer, chat, add_bos_token, model.name))
     return builder

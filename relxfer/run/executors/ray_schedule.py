@@ -13,7 +13,7 @@ from collections import defaultdict
 import ray
 
 from relxfer.plan.cells import Cell
-from relxfer.run.cell import FAILED, NOT_RUN, SKIPPED, CellOutcome, StudyContext
+from relxfer.run.cell import FAILED, FINISHED, NOT_RUN, SKIPPED, CellOutcome, StudyContext
 from relxfer.run.executors import ray_tasks
 from relxfer.run.executors.ray_claims import ClusterClaims
 from relxfer.run.failures import describe, traceback_text
@@ -135,6 +135,9 @@ class Schedule:
             results = ray.get(ref)
         except ray.exceptions.RayError as e:  # retries used up, cancelled, or a failed dependency
             results = [self._raised(c, e, cancelled) for c in cells]
+            if isinstance(e, ray.exceptions.TaskCancelledError):
+                # A task of several cells may have finished some before it was cancelled.
+                results = [self._finished_before_cancel(o) or o for o in results]
         seen = {o.cell.key for o in results}
         results += [
             CellOutcome(c, "", FAILED, error="the task returned no outcome for it") for c in cells if c.key not in seen
@@ -152,6 +155,16 @@ class Schedule:
             return CellOutcome(cell, "", NOT_RUN, error=finetune_failed(self.ledger.finetune_failed[cell.finetune_key]))
         cause = getattr(error, "cause", None) or error
         return CellOutcome(cell, "", FAILED, error=describe(cause, cell.kind), traceback=traceback_text(cause))
+
+    def _finished_before_cancel(self, outcome: CellOutcome) -> CellOutcome | None:
+        """The FINISHED outcome of a cancelled task's cell whose run ended FINISHED under this
+        parent before the cancel reached it; None when it did not."""
+        runs = self.study.tracker.cell_runs(self.study.parent.experiment_id, outcome.cell.key)
+        parent = self.study.parent.run_id
+        for run in reversed(runs):
+            if run.info.status == FINISHED and run.data.tags.get("mlflow.parentRunId") == parent:
+                return CellOutcome(outcome.cell, run.info.run_id, FINISHED, dict(run.data.metrics))
+        return None
 
     def _record(self, outcome: CellOutcome) -> None:
         cell = outcome.cell
