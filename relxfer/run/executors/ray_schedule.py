@@ -20,6 +20,7 @@ from relxfer.run.failures import describe, traceback_text
 from relxfer.run.ledger import Ledger, finetune_failed
 from relxfer.spec.resources import cell_request
 from relxfer.spec.types import ModelSpec
+from relxfer.tracking.client import ERROR_TAG
 
 MAX_RETRIES = 3  # retries of a task whose worker or node died (never of an error a cell raised)
 POLL_S = 1.0  # how often the driver looks for finished tasks and for cells another driver freed
@@ -136,8 +137,8 @@ class Schedule:
         except ray.exceptions.RayError as e:  # retries used up, cancelled, or a failed dependency
             results = [self._raised(c, e, cancelled) for c in cells]
             if isinstance(e, ray.exceptions.TaskCancelledError):
-                # A task of several cells may have finished some before it was cancelled.
-                results = [self._finished_before_cancel(o) or o for o in results]
+                # A cell may have ended on its own (finished, or failed) before the cancel reached it.
+                results = [self._ended_before_cancel(o) or o for o in results]
         seen = {o.cell.key for o in results}
         results += [
             CellOutcome(c, "", FAILED, error="the task returned no outcome for it") for c in cells if c.key not in seen
@@ -156,14 +157,19 @@ class Schedule:
         cause = getattr(error, "cause", None) or error
         return CellOutcome(cell, "", FAILED, error=describe(cause, cell.kind), traceback=traceback_text(cause))
 
-    def _finished_before_cancel(self, outcome: CellOutcome) -> CellOutcome | None:
-        """The FINISHED outcome of a cancelled task's cell whose run ended FINISHED under this
-        parent before the cancel reached it; None when it did not."""
+    def _ended_before_cancel(self, outcome: CellOutcome) -> CellOutcome | None:
+        """What a cancelled task's cell became when its run ended FINISHED or FAILED under this
+        parent before the cancel reached it; None when it did not (it ran no further, or ended KILLED)."""
         runs = self.study.tracker.cell_runs(self.study.parent.experiment_id, outcome.cell.key)
         parent = self.study.parent.run_id
         for run in reversed(runs):
-            if run.info.status == FINISHED and run.data.tags.get("mlflow.parentRunId") == parent:
+            if run.data.tags.get("mlflow.parentRunId") != parent:
+                continue
+            if run.info.status == FINISHED:
                 return CellOutcome(outcome.cell, run.info.run_id, FINISHED, dict(run.data.metrics))
+            if run.info.status == FAILED:
+                error = run.data.tags.get(ERROR_TAG) or "failed (see the run's error.txt)"
+                return CellOutcome(outcome.cell, run.info.run_id, FAILED, error=error)
         return None
 
     def _record(self, outcome: CellOutcome) -> None:
