@@ -6,6 +6,7 @@ A server that dies with requests in flight is told at once, with its exit code, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -59,6 +60,20 @@ def wait_gone(pids, timeout=20.0) -> list[int]:
     return alive
 
 
+def kernel_states(pid: int) -> str:
+    """What the kernel says each thread of `pid` is doing (state and wait channel): why a process
+    does not go is read there, not in Python."""
+    states = []
+    for task in sorted(os.listdir(f"/proc/{pid}/task")) if os.path.isdir(f"/proc/{pid}/task") else []:
+        try:
+            stat = open(f"/proc/{pid}/task/{task}/stat").read().split(")")[-1].split()[0]
+            wchan = open(f"/proc/{pid}/task/{task}/wchan").read() or "-"
+        except OSError:
+            continue
+        states.append(f"{task}:{stat}/{wchan}")
+    return ", ".join(states) or "no /proc entry"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_server_does_not_outlive_relxfer(sig, tmp_path):
     relxfer = subprocess.Popen(
@@ -74,7 +89,14 @@ def test_server_does_not_outlive_relxfer(sig, tmp_path):
     group = session_processes(server_pid)
     assert len(group) == 2
     relxfer.send_signal(sig)
-    relxfer.wait(timeout=60)
+    try:
+        relxfer.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        states = kernel_states(relxfer.pid)
+        for pid in [relxfer.pid, *group]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"{signal.Signals(sig).name}: relxfer still there after 60 s: {states}")
     # SIGKILL leaves relxfer no say: the kernel sends the server SIGTERM (PR_SET_PDEATHSIG), and
     # vLLM's engine processes follow their parent; this small server's child does not.
     expected_gone = [server_pid] if sig == signal.SIGKILL else group
