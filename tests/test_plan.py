@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from relxfer.errors import ModelError
+from relxfer.models import packaged_gemma, real_tokenizers, tiny, twins
+from relxfer.models.builtin_recipes import builtin_recipe_hash
 from relxfer.plan.cells import count_by_kind, plan
+from relxfer.spec.builtins import BUILTIN_MODEL_IDS
 from relxfer.spec.load import load_spec
+from tests.support.shared_data import tokenizers_dir
 
 pytestmark = pytest.mark.unit
 
@@ -105,14 +111,56 @@ def test_engines_and_resources_default_to_local_and_leave_keys_alone(tmp_path):
 def test_cell_keys_of_every_shipped_spec_are_pinned(monkeypatch, belebele_dir, sib200_dir):
     """A cell's key decides what a re-run skips: the keys of every spec in specs/ stay what
     tests/plan_keys.json records (a change there re-runs finished studies). Belebele and SIB-200
-    keys hold a digest of the files, so they are pinned for the shared copy of the data."""
+    keys hold a digest of the files, and a twin's keys the digests of its tokenizer files, so they
+    are pinned for the shared copy of the data."""
     monkeypatch.setenv("BELEBELE_DIR", str(belebele_dir))
     monkeypatch.setenv("SIB200_DIR", str(sib200_dir))
+    monkeypatch.setenv(real_tokenizers.TOKENIZERS_ENV, str(tokenizers_dir()))
     pinned = json.loads((REPO / "tests" / "plan_keys.json").read_text())
     shipped = sorted(p.name for p in (REPO / "specs").glob("*.json"))
     assert sorted(pinned) == shipped
     for name in shipped:
         assert keys(load_spec(REPO / "specs" / name)) == pinned[name], name
+
+
+def test_a_built_in_model_is_keyed_by_the_recipe_that_names_its_cache_directory(tmp_path, monkeypatch):
+    """The hash in a built-in model's cell keys is the one its built files are stored under: a
+    recipe that builds other files gives other keys."""
+    monkeypatch.setenv(real_tokenizers.TOKENIZERS_ENV, str(tokenizers_dir()))
+    directories = {
+        tiny.BUILTIN_ID: tiny.tiny_model_dir(tmp_path),
+        packaged_gemma.BUILTIN_ID: packaged_gemma.gemma_model_dir(tmp_path),
+        **{item.builtin_id: twins.twin_dir(tmp_path, item) for item in twins.TWINS},
+    }
+    assert sorted(directories) == sorted(BUILTIN_MODEL_IDS)
+    for source, directory in directories.items():
+        assert directory.name.endswith("-" + builtin_recipe_hash(source)), source
+    with pytest.raises(ModelError, match="unknown built-in model 'builtin:nope'"):
+        builtin_recipe_hash("builtin:nope")
+
+    before = keys(load_variant(tmp_path, "a"))
+    monkeypatch.setattr(tiny, "BUILD_VERSION", tiny.BUILD_VERSION + 1)
+    after = keys(load_variant(tmp_path, "b"))
+    assert all(after[name] != before[name] for name in before)
+
+
+def test_a_twin_is_keyed_by_its_tokenizer_files_not_their_location(tmp_path, monkeypatch):
+    """A twin is built from the real tokenizer and chat template: the same files elsewhere give
+    the same keys, an edited chat template new keys for that twin's cells only."""
+    spec_path = REPO / "specs" / "families.json"
+    monkeypatch.setenv(real_tokenizers.TOKENIZERS_ENV, str(tokenizers_dir()))
+    original = keys(load_spec(spec_path))
+
+    copy = tmp_path / "tokenizers"
+    shutil.copytree(tokenizers_dir(), copy)
+    monkeypatch.setenv(real_tokenizers.TOKENIZERS_ENV, str(copy))
+    assert keys(load_spec(spec_path)) == original
+
+    template = copy / "gpt-oss" / "chat_template.jinja"
+    template.write_text(template.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    edited = keys(load_spec(spec_path))
+    gpt_oss = {name for name in original if name.split("/")[1] == "gpt-oss"}
+    assert gpt_oss and {name for name in original if edited[name] != original[name]} == gpt_oss
 
 
 def test_a_local_data_directory_is_keyed_by_its_items_not_its_location(tmp_path, monkeypatch, belebele_dir):

@@ -11,13 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from relxfer.data.synthetic import tokenizer_corpus
 from relxfer.models.build_once import build_once
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+# torch, tokenizers and transformers are imported where the model is built: the recipe (and its
+# hash, which enters cell keys) is read by `relxfer plan`, which stays free of them.
 
 BUILTIN_ID = "builtin:tiny-llama"
 
@@ -84,6 +87,9 @@ def recipe_hash(seed: int = 0) -> str:
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Train the byte-level BPE on the synthetic corpus. The `tokenizers` BPE trainer breaks ties
     between equally frequent pairs by the pair itself, so the result is deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -115,6 +121,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
     """A randomly initialised Llama whose weights depend only on `seed`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,

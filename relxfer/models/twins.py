@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from relxfer.models import real_tokenizers
 from relxfer.models.build_once import build_once, quiet_transformers
 
@@ -35,7 +33,7 @@ HIDDEN = 64
 # Std of the normal init, 1/sqrt(hidden) as in the built-in tiny model: with transformers' 0.02
 # the logits of a random model stay too flat for fine-tuning to move probability onto the labels.
 INIT_STD = HIDDEN**-0.5
-STORED_DTYPE = torch.bfloat16
+STORED_DTYPE = "bfloat16"  # a torch dtype's name: the recipe is read without importing torch
 
 
 @dataclass(frozen=True)
@@ -190,7 +188,7 @@ def recipe(item: Twin, seed: int = 0) -> dict:
         "name": item.name,
         "config_class": item.config_class,
         "sizes": item.sizes,
-        "stored_dtype": str(STORED_DTYPE),
+        "stored_dtype": f"torch.{STORED_DTYPE}",
         "tokenizer_files": {name: real_tokenizers.files_digest(name) for name in tokenizer_sources(item)},
         "deepseek_specials": list(real_tokenizers.DEEPSEEK_SPECIALS) if item.tokenizer == "deepseek-v3.1" else None,
     }
@@ -252,6 +250,7 @@ def build_generation_config(item: Twin, config):
 
 def build_model(item: Twin, tokenizer, seed: int = 0):
     """A randomly initialised model of the twin's class whose weights depend only on `seed`."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     config = build_config(item, tokenizer)
@@ -271,10 +270,12 @@ def build_twin(cache_dir: Path, builtin_id: str, seed: int = 0) -> Path:
     item = twin(builtin_id)
 
     def write(tmp: Path) -> None:
+        import torch
+
         tokenizer = build_tokenizer(item)
         model = build_model(item, tokenizer, seed)
         with quiet_transformers():
-            model.to(STORED_DTYPE).save_pretrained(tmp, safe_serialization=True)
+            model.to(getattr(torch, STORED_DTYPE)).save_pretrained(tmp, safe_serialization=True)
             if item.tokenizer == "deepseek-v3.1":
                 tokenizer.save_pretrained(tmp)
             else:

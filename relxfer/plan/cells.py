@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from relxfer import FINETUNE_VERSION, RESULT_VERSION
+from relxfer.models.builtin_recipes import builtin_recipe_hash
 from relxfer.plan.study_data import local_data_digest
 from relxfer.spec.checks import is_local_path
 from relxfer.spec.engines import (
@@ -61,6 +62,9 @@ def _model_identity(model: ModelSpec, engine: dict[str, Any] | None = None) -> d
         "backend": model.backend,
         "trust_remote_code": model.trust_remote_code,
     }
+    if model.source.startswith("builtin:"):
+        # A built-in model is named by what builds it, as a hub model by its revision.
+        identity["builtin_recipe"] = builtin_recipe_hash(model.source)
     if engine is not None:
         identity["engine"] = engine
     return identity

@@ -51,3 +51,9 @@ def sib200_dir() -> Path:
     root = Path(os.environ["SIB200_DIR"]) if os.environ.get("SIB200_DIR") else SIB200
     need(root / "arb_Arab" / "train.tsv", "real SIB-200 files")
     return root
+
+
+def tokenizers_dir() -> Path:
+    """The real tokenizer and chat-template folders of the flagship's families (SOURCE.md there)."""
+    need(TOKENIZERS / "qwen3" / "vocab.json", "the real tokenizer files")
+    return TOKENIZERS
