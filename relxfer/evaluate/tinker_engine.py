@@ -35,6 +35,7 @@ from relxfer.services.tinker_client import (
     call,
     check_base_model,
     check_environment,
+    close_session,
     run_all,
     sdk,
     sdk_version,
@@ -149,8 +150,8 @@ class TinkerEngine:
         return {}
 
     def close(self) -> None:
-        self._backend = None
-        self._client = None
+        client, self._client, self._backend = self._client, None, None
+        close_session(client, float(self.config.request_timeout_s), f"relxfer: {self.context.model.name}'s evaluation")
 
 
 class TinkerBackend(TokenizerMethods):

@@ -15,6 +15,8 @@ installed SDK offers (`supports`, `standalone_rest_client`) instead of pinning o
   (`call`, `run_all`): a request that blocks, a future that never resolves.
 - 0.36+ builds `tinker.RestClient()` on its own; `create_rest_client()` and
   `ServiceClient.get_server_capabilities()` are deprecated there and used only on older lines.
+- 0.38 ends a session on request (`ServiceClient.close(status)`, which stops its heartbeats):
+  relxfer does so when a fine-tune or a model's evaluations end; older lines end it on exit.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +41,7 @@ KEY_VARIABLE = "TINKER_API_KEY"
 URL_VARIABLE = "TINKER_BASE_URL"
 CREDENTIAL_COMMAND_VARIABLE = "TINKER_CREDENTIAL_CMD"  # the 0.38 line runs it for a fresh credential
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class TinkerError(RelxferError):
@@ -216,6 +221,32 @@ def service_client(timeout: float):
     tinker = sdk()
     options = {"timeout": timeout} if http_timeout_honoured() else {}
     return call(lambda: tinker.ServiceClient(**options), timeout)
+
+
+def closes_sessions() -> bool:
+    """Whether the SDK ends a session on request (0.38: `ServiceClient.close(status)`, which also
+    stops its heartbeats); on older lines a session ends with the process."""
+    return supports(getattr(sdk().ServiceClient, "close", None), "status")
+
+
+def ending_status() -> str:
+    """How a session ends, in the SDK's words, from the exception being handled (none: success)."""
+    error = sys.exc_info()[1]
+    if error is None:
+        return "success"
+    return "errored" if isinstance(error, Exception) else "interrupted"
+
+
+def close_session(client, timeout: float, detail: str) -> None:
+    """Tell the service the session is over (status from `ending_status`) where the SDK can.
+    Never raises: a session that cannot be closed must not hide the outcome being reported."""
+    if client is None or not closes_sessions():
+        return
+    status = ending_status()
+    try:
+        call(lambda: client.close(status, detail), timeout)
+    except TinkerError as error:
+        log.warning("the Tinker session did not close cleanly: %s", error)
 
 
 def rest_client(client, timeout: float):

@@ -42,6 +42,7 @@ from relxfer.services.tinker_client import (
     call,
     check_base_model,
     check_environment,
+    close_session,
     sdk,
     sdk_version,
     service_client,
@@ -115,33 +116,36 @@ class TinkerTrainer:
 
         # -- the service: train (or resume), then save the weights the evaluation samples -------
         client = service_client(self.timeout)
-        check_base_model(client, self.base_model, self.timeout)
-        run = train_on_service(
-            client,
-            rows,
-            base_model=self.base_model,
-            finetune=cfg,
-            seed=request.seed,
-            out_dir=out_dir,
-            config_hash=config_hash,
-            timeout=self.timeout,
-            on_step=on_step,
-            on_checkpoint=request.on_checkpoint,
-            progress=request.progress,
-        )
-        result = TrainResult(
-            adapter_dir=out_dir / "adapter",
-            n_items=len(rows),
-            steps=run.steps,
-            resumed_from_step=run.start_step,
-            final_loss=run.loss_history[-1],
-            tokens_per_s=sum(run.speeds) / len(run.speeds) if run.speeds else 0.0,
-            peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this client process
-            loss_history=run.loss_history,
-            config_hash=config_hash,
-        )
-        self._export(client, run, tokenizer, model, cfg, request, result)
-        return result
+        try:
+            check_base_model(client, self.base_model, self.timeout)
+            run = train_on_service(
+                client,
+                rows,
+                base_model=self.base_model,
+                finetune=cfg,
+                seed=request.seed,
+                out_dir=out_dir,
+                config_hash=config_hash,
+                timeout=self.timeout,
+                on_step=on_step,
+                on_checkpoint=request.on_checkpoint,
+                progress=request.progress,
+            )
+            result = TrainResult(
+                adapter_dir=out_dir / "adapter",
+                n_items=len(rows),
+                steps=run.steps,
+                resumed_from_step=run.start_step,
+                final_loss=run.loss_history[-1],
+                tokens_per_s=sum(run.speeds) / len(run.speeds) if run.speeds else 0.0,
+                peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this client process
+                loss_history=run.loss_history,
+                config_hash=config_hash,
+            )
+            self._export(client, run, tokenizer, model, cfg, request, result)
+            return result
+        finally:
+            close_session(client, self.timeout, f"relxfer: {model.name}'s fine-tune")
 
     def _export(
         self,

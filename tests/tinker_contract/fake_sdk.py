@@ -278,6 +278,7 @@ class Service:
                 ),
                 "create_rest_client": lambda **a: self.rest_client(),
                 "get_server_capabilities": lambda **a: self.capabilities(),
+                "close": lambda **a: self._answer("close", lambda: None),
             },
             self.log,
         )

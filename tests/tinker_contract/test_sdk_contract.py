@@ -17,6 +17,7 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,6 +58,8 @@ from tests.tinker_contract.support import (
 )
 
 pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_sdk_line_under_test():
@@ -192,6 +195,59 @@ def test_a_client_creation_that_never_returns_is_bounded(service):
     with pytest.raises(TinkerError, match="did not answer in time"):
         tinker_client.call(lambda: client.create_sampling_client(base_model="toy/base"), 0.3)
     assert time.monotonic() - started < 3
+
+
+# -- ending a session ----------------------------------------------------------------------------
+
+
+def ended(service) -> list[tuple[str, str]]:
+    return [(c.arguments["status"], c.arguments["detail"]) for c in service.calls("close")]
+
+
+def test_a_session_is_closed_with_how_it_ended_where_the_sdk_can(service):
+    client = service_client(timeout=5.0)
+    tinker_client.close_session(client, 5.0, "done")
+    try:
+        raise ValueError("a cell failed")
+    except ValueError:
+        tinker_client.close_session(client, 5.0, "failed")
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        tinker_client.close_session(client, 5.0, "stopped")
+    assert tinker_client.closes_sessions() == LINE_038
+    # The 0.16 line has no way to end a session but the process's exit.
+    assert ended(service) == (
+        [("success", "done"), ("errored", "failed"), ("interrupted", "stopped")] if LINE_038 else []
+    )
+
+
+def test_a_close_the_service_never_answers_neither_hangs_nor_raises(service, caplog):
+    if not LINE_038:
+        pytest.skip("the 0.16 line has no session close")
+    service.lose = {"close"}
+    client = service_client(timeout=5.0)
+    started = time.monotonic()
+    tinker_client.close_session(client, 0.3, "done")
+    assert time.monotonic() - started < 3
+    assert "the Tinker session did not close cleanly: Tinker did not answer in time" in caplog.text
+
+
+def test_the_evaluation_engine_ends_its_session_when_it_is_closed(service, tmp_path):
+    from relxfer.evaluate.tinker_engine import TinkerEngine
+    from relxfer.spec.engines import EngineContext
+    from relxfer.spec.load import load_spec
+
+    spec = load_spec(REPO / "specs" / "full-tinker.json")
+    model = spec.models[0]
+    engine = TinkerEngine(model.engines.evaluate, EngineContext(model, spec, tmp_path, print, False))
+    engine._client = service_client(timeout=5.0)  # what the first backend opens
+    try:
+        raise ValueError("its last cell failed")
+    except ValueError:
+        engine.close()
+    engine.close()  # idempotent: nothing left to close
+    assert ended(service) == ([("errored", f"relxfer: {model.name}'s evaluation")] if LINE_038 else [])
 
 
 def test_training_sends_the_recipe_and_reports_the_mean_completion_loss(service, tmp_path):
