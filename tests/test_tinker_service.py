@@ -29,7 +29,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import REPO, MlflowServer, free_port
 from tests.servers.skyrl_env import skyrl_python
-from tests.servers.skyrl_server import SkyRLServer, served_tiny_model
+from tests.servers.skyrl_server import SkyRLServer, served_model
 
 pytestmark = pytest.mark.system
 
@@ -43,7 +43,7 @@ def skyrl_server(tmp_path_factory, relxfer_cache):
     from relxfer.models.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("skyrl")
-    model_dir = served_tiny_model(build_tiny_model(relxfer_cache), root / "tiny-llama")
+    model_dir = served_model(build_tiny_model(relxfer_cache), root / "tiny-llama")
     server = SkyRLServer(skyrl_python(), model_dir, root / "server", free_port()).start()
     yield server
     server.stop()

@@ -331,8 +331,10 @@ class LocalBackend(TokenizerMethods):
     ) -> list[list[int]]:
         """The generated ids of each prompt (padding after EOS included)."""
         config = copy.deepcopy(self.model.generation_config)
-        # Greedy decoding whatever sampling defaults the checkpoint ships with.
-        config.update(do_sample=False, temperature=None, top_p=None, top_k=None, num_beams=1)
+        # Greedy decoding whatever sampling defaults the checkpoint ships with. The sampling
+        # settings get transformers' neutral values, not None: generate() fills a None back in
+        # from the checkpoint's defaults and then warns that greedy decoding ignores them.
+        config.update(do_sample=False, temperature=1.0, top_p=1.0, top_k=50, num_beams=1)
         config.update(max_new_tokens=int(max_new_tokens), pad_token_id=self.pad_id)
         if stop:
             config.update(stop_strings=list(stop))

@@ -1,15 +1,18 @@
 """A real SkyRL tx server (a Tinker-compatible LoRA training and sampling service on JAX) on
-127.0.0.1, serving the project's tiny model, for the Tinker engine's tests.
+127.0.0.1, serving one of the project's built-in models, for the Tinker engine's tests.
 
 SkyRL tx serves one base model from a Hugging Face directory. It supports Llama, Qwen3 and
-DeepSeek-V3 architectures; the tiny model is a `LlamaForCausalLM`, but it is saved by
-transformers 5 and the server runs transformers 4.57 (its pin), which reads two files
-differently. `served_tiny_model` copies the directory and makes the smallest change that lets
+DeepSeek-V3 architectures: the tiny model (a `LlamaForCausalLM`) and the Qwen3 twin qualify, but
+they are saved by transformers 5 and the server runs transformers 4.57 (its pin), which reads two
+files differently. `served_model` copies the directory and makes the smallest change that lets
 the server read the same model: `config.json` gains `rope_theta` (transformers 4's spelling of
 the `rope_parameters.rope_theta` that transformers 5 writes; SkyRL reads the attribute from a
-bare PretrainedConfig, so the Llama default does not apply), and `tokenizer_config.json` names
-`PreTrainedTokenizerFast` (transformers 5 writes `TokenizersBackend`, unknown to 4.x) with its
-extra special tokens under 4.x's key. Weights and `tokenizer.json` are byte-identical.
+bare PretrainedConfig, so the architecture's default does not apply), and
+`tokenizer_config.json` names `PreTrainedTokenizerFast` (transformers 5 writes
+`TokenizersBackend`, unknown to 4.x) with its extra special tokens under 4.x's key. SkyRL
+computes in the config's `dtype`: a twin stores bfloat16 weights, so its copy names the dtype the
+spec loads it in (float32), as a server would be started for that spec. Weights and tokenizer
+files are byte-identical.
 """
 
 from __future__ import annotations
@@ -24,15 +27,18 @@ import urllib.request
 from pathlib import Path
 
 
-def served_tiny_model(tiny_dir: Path, dest: Path) -> Path:
-    """A copy of the built tiny model directory that SkyRL tx 0.3.0 (transformers 4.57) loads."""
+def served_model(model_dir: Path, dest: Path, dtype: str | None = None) -> Path:
+    """A copy of a built model directory that SkyRL tx 0.3.0 (transformers 4.57) loads, computing
+    in `dtype` where given (else in the dtype the weights are stored in)."""
     if (dest / "config.json").is_file():
         return dest
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(tiny_dir, tmp)
+    shutil.copytree(model_dir, tmp)
     config = json.loads((tmp / "config.json").read_text())
     config["rope_theta"] = config.get("rope_parameters", {}).get("rope_theta", 10000.0)
+    if dtype is not None:
+        config["dtype"] = dtype
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     tok = json.loads((tmp / "tokenizer_config.json").read_text())
     if tok.get("tokenizer_class") == "TokenizersBackend":
