@@ -38,9 +38,9 @@ def twin_server(tmp_path_factory, relxfer_cache):
         env.setenv(real_tokenizers.TOKENIZERS_ENV, str(tokenizers_dir()))
         twin = build_twin(relxfer_cache, "builtin:qwen3-twin")
     root = tmp_path_factory.mktemp("skyrl-twin")
-    server = SkyRLServer(
-        skyrl_python(), served_model(twin, root / "qwen3-twin", "float32"), root / "server", free_port()
-    )
+    served = served_model(twin, root / "qwen3-twin", "float32")
+    # Four sequences a sampling batch: each holds a 151,936-wide logits row per position.
+    server = SkyRLServer(skyrl_python(), served, root / "server", free_port(), sample_max_num_sequences=4)
     yield server.start()
     server.stop()
 

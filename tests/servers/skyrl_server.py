@@ -57,8 +57,11 @@ class SkyRLServer:
     (through the environment's `uv` shim); both run in their own process group, which `stop`
     ends."""
 
-    def __init__(self, python: Path, model_dir: Path, root: Path, port: int, max_lora_rank: int = 8):
+    def __init__(self, python: Path, model_dir: Path, root: Path, port: int, max_lora_rank: int = 8, **backend_options):
+        """`backend_options`: more of SkyRL tx's JAX backend settings (`sample_max_num_sequences`
+        bounds a sampling batch, and with it the full-vocabulary logits it holds)."""
         self.python = Path(python)
+        self.backend_options = backend_options
         self.model_dir = Path(model_dir)
         self.root = Path(root)
         self.port = port
@@ -81,7 +84,7 @@ class SkyRLServer:
             "TX_DATABASE_URL": f"sqlite:///{self.root / 'tinker.db'}",
         }
         env.pop("PYTHONPATH", None)  # relxfer's source tree is none of the server's business
-        backend_config = {"max_lora_adapters": 4, "max_lora_rank": self.max_lora_rank}
+        backend_config = {"max_lora_adapters": 4, "max_lora_rank": self.max_lora_rank, **self.backend_options}
         argv = [
             str(self.python),
             "-m",
