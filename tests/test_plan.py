@@ -123,6 +123,15 @@ def test_cell_keys_of_every_shipped_spec_are_pinned(monkeypatch, belebele_dir, s
         assert keys(load_spec(REPO / "specs" / name)) == pinned[name], name
 
 
+def test_the_one_gpu_study_is_the_full_studys_4b_model_cell_for_cell():
+    """specs/one-gpu.json runs the 4B model of specs/full.json in the same format and design: its
+    cells are that model's cells of the full study, key for key, so either run's results serve
+    the other."""
+    full = {c.run_name: c.key for c in plan(load_spec(REPO / "specs" / "full.json")) if "/qwen3-4b/" in c.run_name}
+    one_gpu = keys(load_spec(REPO / "specs" / "one-gpu.json"))
+    assert one_gpu == full and len(one_gpu) == 19
+
+
 def test_a_built_in_model_is_keyed_by_the_recipe_that_names_its_cache_directory(tmp_path, monkeypatch):
     """The hash in a built-in model's cell keys is the one its built files are stored under: a
     recipe that builds other files gives other keys."""
