@@ -35,6 +35,33 @@ def test_processes_creating_one_experiment_at_once_share_it(mlflow_server):
     assert errors == [] and len(ids) == 6 and len(set(ids)) == 1
 
 
+def test_studies_tagging_one_experiment_at_once_all_succeed(mlflow_server):
+    """Studies started together describe their shared experiment at once: MLflow's SQL store lets
+    concurrent first writes of one tag collide on its unique key (4 writers collide in most
+    rounds), and the loser must write again rather than fail its study."""
+    errors = []
+    for round_ in range(12):
+        experiment_id = Tracker(mlflow_server.uri).experiment_id(f"tagged-concurrently-{round_}")
+        barrier = threading.Barrier(4)
+
+        def tag(writer: int, experiment_id=experiment_id, barrier=barrier):
+            tracker = Tracker(mlflow_server.uri)
+            barrier.wait()
+            try:
+                tracker.set_experiment_tags(experiment_id, {"relxfer.shared": "same", f"relxfer.writer{writer}": "own"})
+            except Exception as e:  # noqa: BLE001 - the assertion below reports it
+                errors.append(e)
+
+        threads = [threading.Thread(target=tag, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        tags = Tracker(mlflow_server.uri).experiment_tags(experiment_id)
+        assert tags["relxfer.shared"] == "same" and all(tags[f"relxfer.writer{w}"] == "own" for w in range(4))
+    assert errors == []
+
+
 def test_parent_started_by_mlflow_run_takes_the_spec_name_unless_given_one(mlflow_server):
     """Under `mlflow run` the parent run exists before relxfer starts: MLflow's generated name is
     replaced by the spec's name, a name the user gave (`--run-name`) is kept, and params MLflow

@@ -81,6 +81,9 @@ def test_server_does_not_outlive_relxfer(sig, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell without job control (CI run as a background job) starts its children with
+        # SIGINT ignored, and they inherit that: give relxfer the default a user's terminal gives.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     server_pid = int(relxfer.stdout.readline())
     deadline = time.time() + 20

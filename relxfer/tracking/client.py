@@ -80,6 +80,21 @@ def _mlflow() -> tuple[ModuleType, type[MlflowClient]]:
     return mlflow, MlflowClient
 
 
+TAG_WRITE_ATTEMPTS = 3
+
+
+def _unique_key_collision(error: Exception) -> bool:
+    """Whether the store refused a write because another writer inserted the same key first
+    (SQLite, PostgreSQL and MySQL word it differently)."""
+    text = str(error).lower()
+    return (
+        "integrityerror" in text
+        or "uniqueviolation" in text
+        or "unique constraint" in text
+        or "duplicate entry" in text
+    )
+
+
 def resolve_tracking_uri(uri: str | None) -> str:
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
@@ -192,8 +207,19 @@ class Tracker:
 
     @server_call
     def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
+        from mlflow.exceptions import MlflowException
+
         for key, value in tags.items():
-            self.client.set_experiment_tag(experiment_id, key, value)
+            for attempt in range(TAG_WRITE_ATTEMPTS):
+                try:
+                    self.client.set_experiment_tag(experiment_id, key, value)
+                    break
+                except MlflowException as e:
+                    # Two studies starting together tag their shared experiment at once: MLflow's
+                    # SQL store inserts a tag it did not find, and the second insert breaks the
+                    # unique key. The row exists now, so writing again updates it.
+                    if attempt + 1 == TAG_WRITE_ATTEMPTS or not _unique_key_collision(e):
+                        raise
 
     @server_call
     def runs(self, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
