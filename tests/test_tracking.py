@@ -35,30 +35,38 @@ def test_processes_creating_one_experiment_at_once_share_it(mlflow_server):
     assert errors == [] and len(ids) == 6 and len(set(ids)) == 1
 
 
-def test_studies_tagging_one_experiment_at_once_all_succeed(mlflow_server):
-    """Studies started together describe their shared experiment at once: MLflow's SQL store lets
-    concurrent first writes of one tag collide on its unique key (4 writers collide in most
-    rounds), and the loser must write again rather than fail its study."""
+def test_studies_starting_together_on_one_experiment_all_record_what_they_share(mlflow_server):
+    """Studies started together tag their shared experiment and register the same new data set at
+    once: MLflow's SQL store lets concurrent first writes of one row collide on its unique key
+    (4 writers collide in most rounds), and the loser must write again rather than fail."""
     errors = []
     for round_ in range(12):
-        experiment_id = Tracker(mlflow_server.uri).experiment_id(f"tagged-concurrently-{round_}")
+        tracker = Tracker(mlflow_server.uri)
+        study = Study(tracker.experiment_id(f"started-together-{round_}"))
+        parents = [tracker.start_parent(study, f"study {w}", {}, {}).run_id for w in range(4)]
         barrier = threading.Barrier(4)
 
-        def tag(writer: int, experiment_id=experiment_id, barrier=barrier):
+        def start(
+            writer: int, experiment_id=study.experiment_id, parents=parents, barrier=barrier, digest=f"digest-{round_}"
+        ):
             tracker = Tracker(mlflow_server.uri)
             barrier.wait()
             try:
                 tracker.set_experiment_tags(experiment_id, {"relxfer.shared": "same", f"relxfer.writer{writer}": "own"})
+                tracker.log_dataset(parents[writer], "train", digest, "belebele", "train")
             except Exception as e:  # noqa: BLE001 - the assertion below reports it
                 errors.append(e)
 
-        threads = [threading.Thread(target=tag, args=(w,)) for w in range(4)]
+        threads = [threading.Thread(target=start, args=(w,)) for w in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        tags = Tracker(mlflow_server.uri).experiment_tags(experiment_id)
+        tags = tracker.experiment_tags(study.experiment_id)
         assert tags["relxfer.shared"] == "same" and all(tags[f"relxfer.writer{w}"] == "own" for w in range(4))
+        for parent in parents:
+            (used,) = tracker.client.get_run(parent).inputs.dataset_inputs
+            assert used.dataset.digest == f"digest-{round_}"
     assert errors == []
 
 

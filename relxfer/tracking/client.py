@@ -80,7 +80,23 @@ def _mlflow() -> tuple[ModuleType, type[MlflowClient]]:
     return mlflow, MlflowClient
 
 
-TAG_WRITE_ATTEMPTS = 3
+WRITE_ATTEMPTS = 3  # of a write that lost an insert race
+
+
+def _despite_insert_races(write: Callable[[], object]) -> None:
+    """Run `write`, again when it lost an insert race: MLflow's SQL store inserts a row (a tag, a
+    data set) it did not find, so two processes writing the same new row at once collide on its
+    unique key. The loser's next try finds the winner's row and updates or reuses it."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            write()
+            return
+        except MlflowException as e:
+            if attempt == WRITE_ATTEMPTS or not _unique_key_collision(e):
+                raise
+            time.sleep(0.2 * attempt)  # the winner's transaction commits
 
 
 def _unique_key_collision(error: Exception) -> bool:
@@ -207,19 +223,9 @@ class Tracker:
 
     @server_call
     def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
-        from mlflow.exceptions import MlflowException
-
         for key, value in tags.items():
-            for attempt in range(TAG_WRITE_ATTEMPTS):
-                try:
-                    self.client.set_experiment_tag(experiment_id, key, value)
-                    break
-                except MlflowException as e:
-                    # Two studies starting together tag their shared experiment at once: MLflow's
-                    # SQL store inserts a tag it did not find, and the second insert breaks the
-                    # unique key. The row exists now, so writing again updates it.
-                    if attempt + 1 == TAG_WRITE_ATTEMPTS or not _unique_key_collision(e):
-                        raise
+            # Studies starting together tag their shared experiment at once.
+            _despite_insert_races(functools.partial(self.client.set_experiment_tag, experiment_id, key, value))
 
     @server_call
     def runs(self, experiment_id: str, filter_string: str, order_by: list[str] | None = None) -> list[Run]:
@@ -324,13 +330,8 @@ class Tracker:
 
         dataset = Dataset(name=name, digest=digest, source_type="relxfer", source=json.dumps({"uri": source}))
         inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
-        try:
-            self.client.log_inputs(run_id, inputs)
-        except Exception:  # noqa: BLE001 - the race below raises whatever the store raises
-            # Two processes registering the same new dataset at once race on the server's unique
-            # key; the loser's second try finds the row the winner wrote.
-            time.sleep(0.5)
-            self.client.log_inputs(run_id, inputs)
+        # Studies starting together register the same new data set at once.
+        _despite_insert_races(lambda: self.client.log_inputs(run_id, inputs))
 
     @server_call
     def download(self, run_id: str, artifact_path: str, dst: Path) -> Path:
