@@ -12,20 +12,11 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from relxfer.cli import main
+from tests.support.spec_files import shipped, write_spec
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load(name: str) -> dict:
-    return json.loads((REPO / "specs" / name).read_text())
-
-
-def write(tmp_path: Path, raw: dict, name: str = "spec.json") -> Path:
-    path = tmp_path / name
-    path.write_text(json.dumps(raw, indent=2, ensure_ascii=False))
-    return path
 
 
 def run_cli(tmp_path: Path, args: list[str], env: dict | None = None) -> str:
@@ -46,11 +37,11 @@ def run_cli(tmp_path: Path, args: list[str], env: dict | None = None) -> str:
 
 
 def belebele_spec(tmp_path: Path, data_dir: Path, edit=None) -> Path:
-    raw = load("belebele-local.json")
+    raw = shipped("belebele-local.json")
     raw["data"]["source"]["path"] = str(data_dir)
     if edit:
         edit(raw)
-    return write(tmp_path, raw)
+    return write_spec(tmp_path, raw)
 
 
 def test_unknown_language_code_suggests_close_codes(tmp_path, belebele_dir):
@@ -66,16 +57,16 @@ def test_unknown_family_suggests_close_names(tmp_path, belebele_dir):
     )
     raw = json.loads(spec.read_text())
     del raw["eval"]["groups"][0]["languages"]
-    spec = write(tmp_path, raw)
+    spec = write_spec(tmp_path, raw)
     assert run_cli(tmp_path, ["validate", str(spec)]) == (
         f"{spec}: /eval/groups/0/family: unknown language family or genus 'Semetic'; did you mean Semitic?"
     )
 
 
 def test_missing_model_directory(tmp_path):
-    raw = load("smoke.json")
+    raw = shipped("smoke.json")
     raw["models"][0]["source"] = str(tmp_path / "no-such-model")
-    spec = write(tmp_path, raw)
+    spec = write_spec(tmp_path, raw)
     assert run_cli(tmp_path, ["run", str(spec)]) == (
         f"{spec}: /models/0/source: model directory '{tmp_path / 'no-such-model'}' does not exist"
     )
@@ -83,9 +74,9 @@ def test_missing_model_directory(tmp_path):
 
 def test_model_directory_without_a_checkpoint(tmp_path):
     (tmp_path / "empty-model").mkdir()
-    raw = load("smoke.json")
+    raw = shipped("smoke.json")
     raw["models"][0]["source"] = str(tmp_path / "empty-model")
-    spec = write(tmp_path, raw)
+    spec = write_spec(tmp_path, raw)
     assert run_cli(tmp_path, ["run", str(spec)]) == (
         f"{spec}: /models/0/source: model directory '{tmp_path / 'empty-model'}' has no config.json "
         "(not a transformers checkpoint)"
@@ -93,9 +84,9 @@ def test_model_directory_without_a_checkpoint(tmp_path):
 
 
 def test_unknown_builtin_model(tmp_path):
-    raw = load("smoke.json")
+    raw = shipped("smoke.json")
     raw["models"][0]["source"] = "builtin:tiny-llma"
-    spec = write(tmp_path, raw)
+    spec = write_spec(tmp_path, raw)
     assert run_cli(tmp_path, ["run", str(spec)]) == (
         f"{spec}: /models/0/source: unknown built-in model 'builtin:tiny-llma'; did you mean builtin:tiny-llama?"
     )
@@ -149,9 +140,9 @@ def test_held_out_larger_than_available(tmp_path, belebele_dir):
 
 
 def test_label_set_not_matching_the_options(tmp_path):
-    raw = load("smoke.json")
+    raw = shipped("smoke.json")
     raw["prompt"]["labels"] = ["A", "B", "C", "D", "E"]
-    spec = write(tmp_path, raw)
+    spec = write_spec(tmp_path, raw)
     assert (
         run_cli(tmp_path, ["run", str(spec)])
         == f"{spec}: /prompt/labels: 5 labels for 4 answer options; give exactly 4"
@@ -159,10 +150,10 @@ def test_label_set_not_matching_the_options(tmp_path):
 
 
 def test_condition_that_needs_a_finetune(tmp_path):
-    raw = load("smoke.json")
+    raw = shipped("smoke.json")
     del raw["finetune"]
     raw["conditions"] = ["baseline", "finetuned_cot"]
-    spec = write(tmp_path, raw)
+    spec = write_spec(tmp_path, raw)
     assert run_cli(tmp_path, ["run", str(spec)]) == (
         f"{spec}: /conditions: condition 'finetuned_cot' needs a fine-tune, but the spec declares no `finetune` section"
     )
@@ -214,10 +205,10 @@ def tokenizer_model(tmp_path: Path, folder: str) -> Path:
 
 
 def test_a_template_argument_the_models_template_does_not_read(tmp_path):
-    raw = load("smoke.json")
+    raw = shipped("smoke.json")
     raw["models"][0]["source"] = str(tokenizer_model(tmp_path, "qwen3-instruct-2507"))
     raw["models"][0]["chat_template"] = {"template_args": {"enable_thinking": False}}
-    spec = write(tmp_path, raw)
+    spec = write_spec(tmp_path, raw)
     assert run_cli(tmp_path, ["run", str(spec)]) == (
         f"{spec}: /models/0/chat_template/template_args: 'enable_thinking' is not an argument of model 'tiny''s "
         "chat template (it reads: content, reasoning_content)"
@@ -235,10 +226,10 @@ def test_an_answer_prefix_the_tokenizer_cannot_encode(tmp_path):
     model = tmp_path / "word-level"
     tokenizer.save_pretrained(model)
     (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    raw = load("smoke.json")
+    raw = shipped("smoke.json")
     raw["models"][0]["source"] = str(model)
     raw["prompt"]["chat_template"] = {"answer_prefix": "Réponse:"}
-    spec = write(tmp_path, raw)
+    spec = write_spec(tmp_path, raw)
     assert run_cli(tmp_path, ["run", str(spec)]) == (
         f"{spec}: /prompt/chat_template/answer_prefix: model 'tiny''s tokenizer cannot encode 'Réponse:' "
         "(it decodes back as '[UNK]:')"
@@ -254,10 +245,10 @@ def test_a_template_that_cannot_continue_a_final_assistant_message(tmp_path):
         "{% endfor %}{% if add_generation_prompt %}<reply>{% endif %}"
     )
     (model / "tokenizer_config.json").write_text(json.dumps(config))
-    raw = load("smoke.json")
+    raw = shipped("smoke.json")
     raw["models"][0]["source"] = str(model)
     raw["prompt"]["chat_template"] = True
-    spec = write(tmp_path, raw)
+    spec = write_spec(tmp_path, raw)
     message = run_cli(tmp_path, ["run", str(spec)])
     assert message.startswith(
         f"{spec}: /prompt/chat_template: model 'tiny''s chat template cannot continue a final assistant message"

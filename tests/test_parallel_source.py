@@ -27,22 +27,13 @@ from relxfer.plan.sources import parallel_declaration
 from relxfer.plan.study_data import load_study_data
 from relxfer.spec.load import load_spec
 from relxfer.spec.types import ParallelSource
+from tests.support.spec_files import shipped, write_spec
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[1]
 BELEBELE_CODES = ["arb_Arab", "eng_Latn", "fra_Latn", "tur_Latn", "zho_Hans"]
 TOPICS = "science/technology, travel, politics, sports, health, entertainment, geography"
-
-
-def load(name: str) -> dict:
-    return json.loads((REPO / "specs" / name).read_text())
-
-
-def write(tmp_path: Path, raw: dict, name: str = "spec.json") -> Path:
-    path = tmp_path / name
-    path.write_text(json.dumps(raw, indent=2, ensure_ascii=False))
-    return path
 
 
 def fail(args: list[str]) -> str:
@@ -78,12 +69,12 @@ def test_belebele_recipe_gives_the_belebele_loaders_items_prompts_and_gold(beleb
 
 
 def test_a_belebele_study_gets_the_same_split_items_and_digests_from_the_recipe(belebele_dir, tmp_path):
-    raw = load("belebele-local.json")
+    raw = shipped("belebele-local.json")
     raw["data"]["source"]["path"] = str(belebele_dir)
     declared = copy.deepcopy(raw)
     declared["data"]["source"] = {"kind": "parallel", "recipe": "belebele", "path": str(belebele_dir)}
-    old = load_study_data(load_spec(write(tmp_path, raw, "old.json")))
-    new = load_study_data(load_spec(write(tmp_path, declared, "new.json")))
+    old = load_study_data(load_spec(write_spec(tmp_path, raw, "old.json")))
+    new = load_study_data(load_spec(write_spec(tmp_path, declared, "new.json")))
     assert new.held_out_ids == old.held_out_ids and len(new.held_out_ids) == 100
     assert new.train_items == old.train_items and new.eval_items == old.eval_items
     assert (new.digest, new.train_digest, new.eval_digests) == (old.digest, old.train_digest, old.eval_digests)
@@ -93,13 +84,13 @@ def test_a_belebele_study_gets_the_same_split_items_and_digests_from_the_recipe(
 
 
 def sib_raw(data_dir: Path) -> dict:
-    raw = load("sib200-gemma.json")
+    raw = shipped("sib200-gemma.json")
     raw["data"]["source"]["path"] = str(data_dir)
     return raw
 
 
 def test_sib200_recipe_reads_the_real_files_with_their_own_splits(sib200_dir, tmp_path):
-    spec = load_spec(write(tmp_path, sib_raw(sib200_dir)))
+    spec = load_spec(write_spec(tmp_path, sib_raw(sib200_dir)))
     data = load_study_data(spec)
     assert len(data.train_items) == 701 and {i.language for i in data.train_items} == {"arb_Arab"}
     assert {code: len(items) for code, items in data.eval_items.items()} == dict.fromkeys(spec.eval_languages, 204)
@@ -117,17 +108,17 @@ def test_max_items_of_an_own_split_is_a_seeded_draw_of_every_topic(sib200_dir, t
     `evaluation.max_items` draws ids by `data.split.seed` (the same in every language)."""
     raw = sib_raw(sib200_dir)
     raw["evaluation"] = {"max_items": 24}
-    data = load_study_data(load_spec(write(tmp_path, raw)))
+    data = load_study_data(load_spec(write_spec(tmp_path, raw)))
     ids = {code: [i.question_id for i in items] for code, items in data.eval_items.items()}
     assert all(len(v) == 24 and v == ids["heb_Hebr"] for v in ids.values())
     assert len({i.gold for i in data.eval_items["heb_Hebr"]}) == 7
     raw["data"]["split"] = {"seed": 1}
-    other = load_study_data(load_spec(write(tmp_path, raw, "seed1.json")))
+    other = load_study_data(load_spec(write_spec(tmp_path, raw, "seed1.json")))
     assert [i.question_id for i in other.eval_items["heb_Hebr"]] != ids["heb_Hebr"]
 
 
 def test_topic_preset_renders_the_text_and_the_numbered_topics(sib200_dir, tmp_path):
-    spec = load_spec(write(tmp_path, sib_raw(sib200_dir)))
+    spec = load_spec(write_spec(tmp_path, sib_raw(sib200_dir)))
     item = load_study_data(spec).eval_items["heb_Hebr"][0]
     builder = PromptBuilder.from_spec(spec.prompt.to_dict())
     options = "\n".join(f"{n}. {t}" for n, t in enumerate(TOPICS.split(", "), start=1))
@@ -169,7 +160,7 @@ def small_spec(tmp_path: Path, data_dir: Path) -> Path:
         {"name": "Semitic", "role": "related", "languages": ["heb_Hebr"]},
         {"name": "controls", "role": "control", "family": "Indo-European", "languages": ["eng_Latn"]},
     ]
-    return write(tmp_path, raw)
+    return write_spec(tmp_path, raw)
 
 
 @pytest.mark.parametrize("command", ["validate", "plan"])
@@ -215,7 +206,7 @@ def test_an_absent_language_file_is_named(command, sib200_dir, tmp_path):
 def test_labels_must_number_the_declared_options(sib200_dir, tmp_path):
     raw = sib_raw(sib200_dir)
     raw["prompt"]["labels"] = ["1", "2", "3", "4"]
-    spec = write(tmp_path, raw)
+    spec = write_spec(tmp_path, raw)
     assert fail(["validate", str(spec)]) == f"{spec}: /prompt/labels: 4 labels for 7 answer options; give exactly 7"
 
 
@@ -284,9 +275,9 @@ def test_the_docs_declare_xnli_xcopa_and_global_mmlu():
 @pytest.mark.parametrize("name,block", DECLARATIONS, ids=[name for name, _ in DECLARATIONS])
 def test_a_hub_declaration_validates_and_plans_offline(name, block, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    raw = load("belebele-local.json") | json.loads(block)
+    raw = shipped("belebele-local.json") | json.loads(block)
     raw["name"] = name
-    spec = write(tmp_path, raw)
+    spec = write_spec(tmp_path, raw)
     result = CliRunner().invoke(main, ["validate", str(spec)])
     assert result.exit_code == 0 and "valid" in result.output, result.output
     result = CliRunner().invoke(main, ["plan", str(spec), "--simulations", "20"])

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from relxfer.cli import main
 from relxfer.errors import SpecError
 from relxfer.spec.load import fill_defaults, load_schema, load_spec
+from tests.support.spec_files import write_spec
 
 pytestmark = pytest.mark.unit
 
@@ -21,12 +22,6 @@ SMOKE = REPO / "specs" / "smoke.json"
 
 def smoke_raw() -> dict:
     return json.loads(SMOKE.read_text())
-
-
-def write(tmp_path: Path, raw, name: str = "spec.json") -> Path:
-    path = tmp_path / name
-    path.write_text(raw if isinstance(raw, str) else json.dumps(raw, indent=2))
-    return path
 
 
 def cli_error(path: Path, *args: str) -> str:
@@ -73,21 +68,21 @@ def test_every_schema_property_has_a_description():
 def test_wrong_type_names_the_json_path(tmp_path):
     raw = smoke_raw()
     raw["finetune"]["lora"]["r"] = "eight"
-    path = write(tmp_path, raw)
+    path = write_spec(tmp_path, raw)
     assert cli_error(path) == f"Error: {path}: /finetune/lora/r: 'eight' is not of type 'integer'"
 
 
 def test_minimum_violation_matches_the_documented_message(tmp_path):
     raw = smoke_raw()
     raw["finetune"]["lora"]["r"] = -1
-    path = write(tmp_path, raw)
+    path = write_spec(tmp_path, raw)
     assert cli_error(path) == f"Error: {path}: /finetune/lora/r: -1 is less than the minimum of 1"
 
 
 def test_unknown_key(tmp_path):
     raw = smoke_raw()
     raw["finetune"]["training"]["learning_rat"] = 0.1
-    path = write(tmp_path, raw)
+    path = write_spec(tmp_path, raw)
     assert (
         cli_error(path) == f"Error: {path}: /finetune/training: unknown key 'learning_rat'; did you mean learning_rate?"
     )
@@ -96,19 +91,19 @@ def test_unknown_key(tmp_path):
 def test_missing_required_field(tmp_path):
     raw = smoke_raw()
     del raw["models"][0]["source"]
-    path = write(tmp_path, raw)
+    path = write_spec(tmp_path, raw)
     assert cli_error(path) == f"Error: {path}: /models/0: 'source' is a required property"
 
 
 def test_missing_top_level_field(tmp_path):
     raw = smoke_raw()
     del raw["conditions"]
-    path = write(tmp_path, raw)
+    path = write_spec(tmp_path, raw)
     assert cli_error(path) == f"Error: {path}: /: 'conditions' is a required property"
 
 
 def test_malformed_json_gives_line_and_column(tmp_path):
-    path = write(tmp_path, '{\n  "name": "x",\n  "data": {,}\n}')
+    path = write_spec(tmp_path, '{\n  "name": "x",\n  "data": {,}\n}')
     assert cli_error(path) == f"Error: {path}:3:12: invalid JSON: Expecting property name enclosed in double quotes"
 
 
@@ -117,7 +112,7 @@ def test_missing_spec_file(tmp_path):
 
 
 def test_debug_flag_shows_the_traceback(tmp_path):
-    path = write(tmp_path, "{")
+    path = write_spec(tmp_path, "{")
     result = CliRunner().invoke(main, ["--debug", "validate", str(path)])
     assert isinstance(result.exception, SpecError)
 
@@ -125,7 +120,7 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 def test_undeclared_synthetic_language_suggests_close_codes(tmp_path):
     raw = smoke_raw()
     raw["eval"]["groups"][0]["languages"] = ["syn_Rela", "syn_Relf"]
-    path = write(tmp_path, raw)
+    path = write_spec(tmp_path, raw)
     assert cli_error(path) == (
         f"Error: {path}: /eval/groups/0/languages/1: language 'syn_Relf' is not declared in "
         f"/data/source/languages; did you mean syn_Rele, syn_Reld or syn_Relc?"
@@ -135,7 +130,7 @@ def test_undeclared_synthetic_language_suggests_close_codes(tmp_path):
 def test_synthetic_shape_that_cannot_make_a_passage(tmp_path):
     raw = smoke_raw()
     raw["data"]["source"]["questions_per_passage"] = 4
-    path = write(tmp_path, raw)
+    path = write_spec(tmp_path, raw)
     assert cli_error(path) == (
         f"Error: {path}: /data/source/questions_per_passage: questions_per_passage (4) must be between 1 and facts_per_passage (3)"
     )
@@ -144,7 +139,7 @@ def test_synthetic_shape_that_cannot_make_a_passage(tmp_path):
 def test_finetuned_condition_needs_a_finetune_section(tmp_path):
     raw = smoke_raw()
     del raw["finetune"]
-    path = write(tmp_path, raw)
+    path = write_spec(tmp_path, raw)
     assert cli_error(path) == (
         f"Error: {path}: /conditions: condition 'finetuned' needs a fine-tune, but the spec declares no `finetune` section"
     )
@@ -153,14 +148,14 @@ def test_finetuned_condition_needs_a_finetune_section(tmp_path):
 def test_label_count_must_match_the_options(tmp_path):
     raw = smoke_raw()
     raw["prompt"]["labels"] = ["1", "2", "3"]
-    path = write(tmp_path, raw)
+    path = write_spec(tmp_path, raw)
     assert cli_error(path) == f"Error: {path}: /prompt/labels: 3 labels for 4 answer options; give exactly 4"
 
 
 def test_code_cannot_be_named_in_a_spec(tmp_path):
     raw = smoke_raw()
     raw["models"][0]["loader"] = "mypackage.evil:load"
-    path = write(tmp_path, raw)
+    path = write_spec(tmp_path, raw)
     assert cli_error(path).startswith(f"Error: {path}: /models/0: unknown key 'loader'; allowed here: name, source, ")
 
 
@@ -170,7 +165,7 @@ def test_group_by_family_for_synthetic_sources(tmp_path):
         {"name": "A", "role": "related", "family": "Synthetic-A"},
         {"name": "B", "role": "control", "family": "Synthetic-B"},
     ]
-    spec = load_spec(write(tmp_path, raw))
+    spec = load_spec(write_spec(tmp_path, raw))
     # The family selects every declared language of it, the training language included.
     assert spec.groups[0].languages == ("syn_Base", "syn_Rela", "syn_Relb", "syn_Relc", "syn_Reld", "syn_Rele")
     assert spec.groups[1].languages == ("syn_Ctla", "syn_Ctlb", "syn_Ctlc", "syn_Ctld", "syn_Ctle")
@@ -187,11 +182,11 @@ def test_fill_defaults_does_not_touch_its_input():
 
 def test_spec_hash_ignores_prose_but_not_settings(tmp_path):
     raw = smoke_raw()
-    base = load_spec(write(tmp_path, raw, "a.json")).hash
+    base = load_spec(write_spec(tmp_path, raw, "a.json")).hash
     raw["description"] = "something else"
-    assert load_spec(write(tmp_path, raw, "b.json")).hash == base
+    assert load_spec(write_spec(tmp_path, raw, "b.json")).hash == base
     raw["finetune"]["training"]["learning_rate"] = 0.01
-    assert load_spec(write(tmp_path, raw, "c.json")).hash != base
+    assert load_spec(write_spec(tmp_path, raw, "c.json")).hash != base
 
 
 @pytest.mark.parametrize("spec_file", sorted((REPO / "specs").glob("*.json")))
@@ -204,7 +199,7 @@ def test_every_shipped_spec_validates(spec_file, monkeypatch, tmp_path):
 def test_prompt_options_are_checked_at_validate_time(tmp_path):
     raw = smoke_raw()
     raw["prompt"] = {"preset": "lm-eval-belebele", "instruction_language": "target"}
-    path = write(tmp_path, raw)
+    path = write_spec(tmp_path, raw)
     message = cli_error(path)
     assert message.startswith(
         f"Error: {path}: /prompt: prompt.instruction_language 'target' needs a preset with an instruction"

@@ -1,11 +1,13 @@
-"""A stable content digest of multiple-choice items, for provenance (the `digest` of an
-mlflow.log_input-style dataset record): equal items give equal digests on any machine."""
+"""Stable content digests: of multiple-choice items, for provenance (the `digest` of an
+mlflow.log_input-style dataset record), and of a file; equal content gives equal digests on any
+machine."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Iterable
+from pathlib import Path
 
 from relxfer.data.items import MCItem
 
@@ -30,3 +32,12 @@ def items_digest(items: Iterable[MCItem]) -> str:
         sha.update(json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
         sha.update(b"\n")
     return sha.hexdigest()[:DIGEST_LENGTH]
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file's bytes, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

