@@ -15,7 +15,8 @@ from relxfer.cli import main
 from relxfer.plan.cells import plan
 from relxfer.spec.load import load_spec
 from relxfer.spec.types import FinetuneSpec, TinkerEvaluateEngine, TrainingSpec
-from tests.test_bad_input import run_cli, write
+from tests.support.spec_files import write_spec
+from tests.test_bad_input import run_cli
 
 pytestmark = pytest.mark.unit
 
@@ -35,8 +36,8 @@ def smoke_with(engines: dict) -> dict:
 
 
 def test_tinker_kinds_fill_their_defaults_and_change_keys(tmp_path):
-    local = plan(load_spec(write(tmp_path, smoke_with({}), "local.json")))
-    spec = load_spec(write(tmp_path, smoke_with({"evaluate": TINKER, "finetune": TINKER}), "tinker.json"))
+    local = plan(load_spec(write_spec(tmp_path, smoke_with({}), "local.json")))
+    spec = load_spec(write_spec(tmp_path, smoke_with({"evaluate": TINKER, "finetune": TINKER}), "tinker.json"))
     engines = spec.models[0].engines.to_dict()
     assert engines["evaluate"] == {
         "kind": "tinker",
@@ -52,13 +53,13 @@ def test_tinker_kinds_fill_their_defaults_and_change_keys(tmp_path):
     renamed = smoke_with(
         {"evaluate": {"kind": "tinker", "base_model": "x/y", "request_timeout_s": 5}, "finetune": TINKER}
     )
-    keys = {c.run_name: c.key for c in plan(load_spec(write(tmp_path, renamed, "renamed.json")))}
+    keys = {c.run_name: c.key for c in plan(load_spec(write_spec(tmp_path, renamed, "renamed.json")))}
     for cell in tinker:
         assert (keys[cell.run_name] == cell.key) == (cell.kind == "finetune"), cell.run_name
 
 
 def test_unknown_tinker_setting_is_bad_input(tmp_path):
-    spec = write(tmp_path, smoke_with({"evaluate": {"kind": "tinker", "api_key": "tml-x"}}))
+    spec = write_spec(tmp_path, smoke_with({"evaluate": {"kind": "tinker", "api_key": "tml-x"}}))
     line = run_cli(tmp_path, ["validate", str(spec)])
     # (best_match reports the `local` branch's complaint here; the path is the right one)
     assert line.startswith(f"{spec}: /models/0/engines/evaluate")
@@ -66,7 +67,7 @@ def test_unknown_tinker_setting_is_bad_input(tmp_path):
 
 def test_plan_needs_no_key_and_run_refuses_without_one(tmp_path, monkeypatch):
     monkeypatch.delenv("TINKER_API_KEY", raising=False)
-    spec = write(tmp_path, smoke_with({"evaluate": TINKER, "finetune": TINKER}))
+    spec = write_spec(tmp_path, smoke_with({"evaluate": TINKER, "finetune": TINKER}))
     result = CliRunner().invoke(main, ["plan", str(spec)], env={"TINKER_API_KEY": None})
     assert result.exit_code == 0, result.output
     assert "tinker" in result.output
@@ -78,7 +79,7 @@ def test_plan_needs_no_key_and_run_refuses_without_one(tmp_path, monkeypatch):
 
 
 def test_tinker_evaluation_of_a_local_finetune_is_refused(tmp_path):
-    spec = write(tmp_path, smoke_with({"evaluate": TINKER}))
+    spec = write_spec(tmp_path, smoke_with({"evaluate": TINKER}))
     line = run_cli(tmp_path, ["run", str(spec)], env={"TINKER_API_KEY": "tml-not-used"})
     assert line == (
         "model 'tiny': the Tinker evaluation engine samples fine-tuned weights from Tinker only, but its "
@@ -89,7 +90,7 @@ def test_tinker_evaluation_of_a_local_finetune_is_refused(tmp_path):
 def test_target_modules_tinker_cannot_express_are_refused(tmp_path):
     raw = smoke_with({"finetune": TINKER})
     raw["finetune"]["lora"]["target_modules"] = ["q_proj", "v_proj"]
-    line = run_cli(tmp_path, ["run", str(write(tmp_path, raw))], env={"TINKER_API_KEY": "tml-not-used"})
+    line = run_cli(tmp_path, ["run", str(write_spec(tmp_path, raw))], env={"TINKER_API_KEY": "tml-not-used"})
     assert line == (
         "/finetune/lora/target_modules: Tinker trains the whole attention group; add k_proj, o_proj or use all-linear"
     )
