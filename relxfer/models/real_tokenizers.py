@@ -73,14 +73,18 @@ def folder(name: str) -> Path:
     return path
 
 
+_digests: dict[tuple, dict[str, str]] = {}  # (folder, its files' names, sizes, mtimes) -> digests
+
+
 def files_digest(name: str) -> dict[str, str]:
-    """sha256 of every file of a family's folder (the LICENSE aside), by file name."""
+    """sha256 of every file of a family's folder (the LICENSE aside), by file name. Cached while
+    the files keep their sizes and mtimes: planning asks once per cell of a twin."""
     base = folder(name)
-    digests = {}
-    for path in sorted(base.iterdir()):
-        if path.is_file() and path.name != "LICENSE":
-            digests[path.name] = file_sha256(path)
-    return digests
+    files = [p for p in sorted(base.iterdir()) if p.is_file() and p.name != "LICENSE"]
+    key = (str(base.resolve()), *((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    if key not in _digests:
+        _digests[key] = {p.name: file_sha256(p) for p in files}
+    return dict(_digests[key])
 
 
 def copy_tokenizer_files(name: str, target: Path) -> None:
